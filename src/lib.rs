@@ -1,1 +1,30 @@
-//! sconce facade
+//! sconce: a machine-learning framework on candle — numerically stable losses, trainable
+//! ResNet/DenseNet/U-Net backbones, output encodings and SVMs, in crates you pick one by one.
+//!
+//! This facade re-exports the crates behind one cargo feature each; depend on a single
+//! crate (e.g. `sconce-svm`) instead when that is all you need. `sconce-core` is always
+//! included: its error type, traits and seeded initialisers are re-exported at the top level.
+//!
+//! | feature | crate | what it holds |
+//! |---|---|---|
+//! | (always) | [`sconce_core`] | `Error`, shared traits, `SeededRng`, initialisers |
+//!
+//! Further crates (tensor kernels, layers, losses, metrics, backbones, hub, encodings, SVM,
+//! data, training) join this table as they land; see the README's crate map.
+//!
+//! ```
+//! use sconce::{Init, SeededRng};
+//! # fn main() -> sconce::Result<()> {
+//! let mut rng = SeededRng::new(1);
+//! let w = Init::pytorch_default_weight().tensor(
+//!     &[16, 3, 3, 3],
+//!     sconce::candle_core::DType::F32,
+//!     &sconce::candle_core::Device::Cpu,
+//!     &mut rng,
+//! )?;
+//! assert_eq!(w.dims(), &[16, 3, 3, 3]);
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub use sconce_core::*;

@@ -45,13 +45,13 @@ pub fn finite(t: &Tensor, what: &str) -> Result<()> {
     if !t.dtype().is_float() {
         return Ok(());
     }
-    // x - x is 0 for finite x and NaN for NaN/±Inf, so one reduction tells whether to look.
-    let probe = t.to_dtype(DType::F64)?.flatten_all()?;
-    let s = (&probe - &probe)?.sum_all()?.to_scalar::<f64>()?;
+    // x - x is exactly 0 for finite x and NaN for NaN/±Inf, so one reduction in the tensor's
+    // own dtype (a sum of zeros cannot overflow) tells whether to look closer.
+    let s = t.sub(t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if s == 0.0 {
         return Ok(());
     }
-    let values = probe.to_vec1::<f64>()?;
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     match values.iter().position(|v| !v.is_finite()) {
         Some(i) => Err(Error::data(
             what,

@@ -1,0 +1,20 @@
+//! sconce-tensor: numerically stable math and CPU kernels with correct backward passes, as
+//! functions on candle `Tensor`s that take part in autograd.
+//!
+//! | area | functions |
+//! |---|---|
+//! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
+//!
+//! Every op checks its arguments and returns a [`sconce_core::Error`] for bad input (wrong
+//! rank, zero or negative sizes, a kernel larger than the padded input), never a panic.
+//! The kernels run on the CPU in `f32` and `f64`, parallel over the batch and channels.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod gradcheck;
+mod kernel;
+mod pool;
+mod separable;
+
+pub use pool::{
+    AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
+};

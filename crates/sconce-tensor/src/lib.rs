@@ -3,6 +3,8 @@
 //!
 //! | area | functions |
 //! |---|---|
+//! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
+//! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
 //!
 //! Every op checks its arguments and returns a [`sconce_core::Error`] for bad input (wrong
@@ -13,8 +15,12 @@
 pub mod gradcheck;
 mod kernel;
 mod pool;
+mod resize;
 mod separable;
+mod stable;
 
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };
+pub use resize::{Interpolation, resize};
+pub use stable::{log_sigmoid, log_softmax, logsumexp, one_hot, sigmoid, softmax, softplus};

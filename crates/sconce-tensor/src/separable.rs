@@ -15,8 +15,8 @@ use crate::kernel::{Real, contiguous_slice};
 pub(crate) struct Taps {
     /// `offsets[o]..offsets[o + 1]` are output `o`'s taps.
     offsets: Vec<usize>,
-    index: Vec<usize>,
-    weight: Vec<f64>,
+    pub(crate) index: Vec<usize>,
+    pub(crate) weight: Vec<f64>,
     in_len: usize,
 }
 
@@ -36,6 +36,11 @@ impl Taps {
 
     pub(crate) fn out_len(&self) -> usize {
         self.offsets.len() - 1
+    }
+
+    #[cfg(test)]
+    pub(crate) fn offsets_for(&self, o: usize) -> std::ops::Range<usize> {
+        self.offsets[o]..self.offsets[o + 1]
     }
 }
 

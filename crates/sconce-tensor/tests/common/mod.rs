@@ -1,0 +1,83 @@
+//! Test helpers: load PyTorch fixtures (written by `scripts/fixtures_tensor.py`) and compare
+//! values and gradients with a tolerance suited to the dtype.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor, Var};
+
+/// One fixture file: its case list and tensors.
+pub struct Fixture {
+    pub cases: Vec<serde_json::Value>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+pub fn load(name: &str) -> Result<Fixture> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let json = std::fs::read_to_string(dir.join(format!("{name}.json"))).context("fixture json")?;
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&json)?;
+    let tensors = candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)?;
+    Ok(Fixture { cases, tensors })
+}
+
+impl Fixture {
+    pub fn get(&self, case: &serde_json::Value, key: &str) -> Result<Tensor> {
+        let name = case["name"].as_str().context("case name")?;
+        self.tensors.get(&format!("{name}.{key}")).cloned().with_context(|| format!("{name}.{key} missing"))
+    }
+}
+
+/// `(rtol, atol)` for comparing with PyTorch in the fixture's dtype.
+pub fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-10, 1e-12),
+        // f32 sums of O(1) terms that cancel carry ~1e-6 absolute rounding error in both libraries.
+        _ => (1e-5, 1e-5),
+    }
+}
+
+/// Fails with the worst element when `|a − b| > atol + rtol·|b|` anywhere.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, rtol: f64, atol: f64) -> Result<()> {
+    if a.dims() != b.dims() {
+        bail!("{what}: shape {:?} vs reference {:?}", a.dims(), b.dims());
+    }
+    let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let mut worst: Option<(usize, f64)> = None;
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        // NaN anywhere counts as a failure (infinite excess); equal infinities pass.
+        let excess = if x == y { 0.0 } else { (x - y).abs() - (atol + rtol * y.abs()) };
+        let excess = if excess.is_nan() { f64::INFINITY } else { excess };
+        if excess > 0.0 && worst.is_none_or(|(_, w)| excess > w) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        bail!("{what}: element {i}: {} vs reference {} (rtol {rtol}, atol {atol})", a[i], b[i]);
+    }
+    Ok(())
+}
+
+/// Runs `f` on the case's input `x0` as a variable, checks the output against `y` and the
+/// gradient of `Σ gy ⊙ f(x)` against `gx0`.
+pub fn check_case(fx: &Fixture, case: &serde_json::Value, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+    let name = case["name"].as_str().unwrap_or("?");
+    let x = fx.get(case, "x0")?;
+    let (rtol, atol) = tolerance(x.dtype());
+    let var = Var::from_tensor(&x)?;
+    let y = f(var.as_tensor())?;
+    assert_close(&format!("{name} value"), &y, &fx.get(case, "y")?, rtol, atol)?;
+    let gy = fx.get(case, "gy")?;
+    let grads = (y * gy)?.sum_all()?.backward()?;
+    let gx = grads.get(var.as_tensor()).with_context(|| format!("{name}: no gradient reached the input"))?;
+    assert_close(&format!("{name} gradient"), gx, &fx.get(case, "gx0")?, rtol, atol)?;
+    Ok(())
+}
+
+pub fn pair(v: &serde_json::Value) -> Result<(usize, usize)> {
+    let a = v.as_array().context("expected a pair")?;
+    Ok((a[0].as_u64().context("int")? as usize, a[1].as_u64().context("int")? as usize))
+}

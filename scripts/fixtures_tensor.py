@@ -141,9 +141,47 @@ def stable():
     b.save()
 
 
+def convolution():
+    b = Book("conv")
+
+    def cv(name, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, bias=True, dtype="f64"):
+        s2 = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
+        case = dict(name=name, op="conv2d", stride=s2(stride), padding=s2(padding), dilation=s2(dilation),
+                    groups=groups, bias=bias)
+        fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+        inputs = [torch.randn(x_shape), torch.randn(w_shape) / fan_in ** 0.5]
+        if bias:
+            inputs.append(torch.randn(w_shape[0]))
+        fn = lambda x, w, *bb: F.conv2d(x, w, bb[0] if bb else None, stride, padding, dilation, groups)
+        b.add(case, fn, *inputs, dtype=dtype)
+
+    # ResNet50 / DenseNet121 stem on a 250x250 image (output 125x125).
+    cv("stem_7x7_s2_250", [1, 3, 250, 250], [4, 3, 7, 7], 2, 3, bias=False, dtype="f32")
+    # ResNet50 bottleneck shapes at 250x250 input: 63x63 (layer1), 32x32 (layer2) ...
+    cv("bottleneck_1x1_63", [1, 4, 63, 63], [3, 4, 1, 1], bias=False, dtype="f32")
+    cv("bottleneck_3x3_s2_63", [1, 4, 63, 63], [3, 4, 3, 3], 2, 1, bias=False, dtype="f32")
+    cv("downsample_1x1_s2_63", [1, 4, 63, 63], [5, 4, 1, 1], 2, 0, bias=False, dtype="f32")
+    cv("bottleneck_3x3_16", [2, 6, 16, 16], [6, 6, 3, 3], 1, 1)
+    # candle 0.9's wrong conv when C == H == W: [N, 64, 64, 64].
+    cv("c_eq_h_eq_w_64", [1, 64, 64, 64], [4, 64, 3, 3], 1, 1, dtype="f32")
+    cv("c_eq_h_eq_w_4", [2, 4, 4, 4], [3, 4, 3, 3], 1, 1)
+    # Non-square input with stride 2 (candle's input-gradient shape bug): H=7, W=8 and 9x12.
+    cv("nonsquare_s2_7x8", [2, 3, 7, 8], [4, 3, 3, 3], 2, 1)
+    cv("nonsquare_s2_9x12_k5", [1, 2, 9, 12], [3, 2, 5, 5], 2, 2)
+    cv("rect_kernel_stride", [1, 3, 10, 11], [4, 3, 3, 2], (2, 3), (1, 0))
+    cv("dilated", [1, 3, 12, 10], [2, 3, 3, 3], 1, 2, 2)
+    cv("groups_2", [2, 4, 9, 9], [6, 2, 3, 3], 1, 1, groups=2)
+    cv("depthwise", [1, 4, 8, 8], [4, 1, 3, 3], 2, 1, groups=4)
+    # U-Net 3x3 same-padding convs at 125x125 and DenseNet's growth conv at 31x31.
+    cv("unet_3x3_125", [1, 2, 125, 125], [3, 2, 3, 3], 1, 1, dtype="f32")
+    cv("densenet_3x3_31", [1, 8, 31, 31], [4, 8, 3, 3], 1, 1, bias=False)
+    b.save()
+
+
 if __name__ == "__main__":
     print("torch", torch.__version__)
     torch.set_num_threads(2)
     pooling()
     resizing()
     stable()
+    convolution()

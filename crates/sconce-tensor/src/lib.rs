@@ -3,6 +3,7 @@
 //!
 //! | area | functions |
 //! |---|---|
+//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
@@ -12,13 +13,16 @@
 //! The kernels run on the CPU in `f32` and `f64`, parallel over the batch and channels.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod conv;
 pub mod gradcheck;
 mod kernel;
+mod matmul;
 mod pool;
 mod resize;
 mod separable;
 mod stable;
 
+pub use conv::{Conv2dConfig, conv2d};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };

@@ -1,0 +1,508 @@
+//! 2-D convolution forward and backward (input, weight and bias gradients) on the CPU:
+//! im2col + `gemm`, parallel over the batch, for any H×W, stride, padding, dilation and groups.
+//!
+//! candle 0.11.1 computes the input gradient with a naive transposed-convolution loop (slow)
+//! and gets its shape wrong for stride > 1 on non-square inputs; here the input gradient is
+//! `col2im(Wᵀ · dY)` and the weight gradient `dY · colsᵀ`, both through the same gemm.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::{Error, Result};
+
+use crate::kernel::{Real, contiguous_slice, cpu, float_dtype};
+use crate::matmul::{Op, gemm};
+
+/// Stride, padding, dilation and groups of a 2-D convolution (`torch.nn.Conv2d`'s arguments).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{Conv2dConfig, conv2d};
+/// # fn main() -> sconce_core::Result<()> {
+/// // ResNet's stem on a 250×250 image: 7×7, stride 2, padding 3 → 125×125.
+/// let x = Tensor::zeros((1, 3, 250, 250), DType::F32, &Device::Cpu)?;
+/// let w = Tensor::zeros((64, 3, 7, 7), DType::F32, &Device::Cpu)?;
+/// let y = conv2d(&x, &w, None, &Conv2dConfig::default().stride(2).padding(3))?;
+/// assert_eq!(y.dims(), &[1, 64, 125, 125]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Step `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Zero padding on each side `(ph, pw)`.
+    pub padding: (usize, usize),
+    /// Spacing between kernel taps `(dh, dw)`.
+    pub dilation: (usize, usize),
+    /// Number of channel groups (`C` and `O` must be divisible by it).
+    pub groups: usize,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+impl Conv2dConfig {
+    /// Sets a square stride.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    /// Sets a square padding.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    /// Sets a square dilation.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = (d, d);
+        self
+    }
+    /// Sets the number of groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// Every size of one convolution, checked once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) sh: usize,
+    pub(crate) sw: usize,
+    pub(crate) ph: usize,
+    pub(crate) pw: usize,
+    pub(crate) dh: usize,
+    pub(crate) dw: usize,
+    pub(crate) g: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+}
+
+impl Geom {
+    pub(crate) fn new(x: &[usize; 4], wt: &[usize; 4], cfg: &Conv2dConfig) -> Result<Self> {
+        let [n, c, h, w] = *x;
+        let [o, cg, kh, kw] = *wt;
+        let Conv2dConfig { stride: (sh, sw), padding: (ph, pw), dilation: (dh, dw), groups: g } = *cfg;
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 || g == 0 {
+            return Err(Error::config("conv2d", format!("stride, dilation and groups must be > 0, got {cfg:?}")));
+        }
+        if kh == 0 || kw == 0 || o == 0 {
+            return Err(Error::shape("conv2d weight", "[O, C/groups, kh, kw] with non-zero O, kh, kw", wt));
+        }
+        if c % g != 0 || o % g != 0 {
+            return Err(Error::config(
+                "conv2d groups",
+                format!("{g} groups must divide the input channels {c} and output channels {o}"),
+            ));
+        }
+        if cg * g != c {
+            return Err(Error::shape(
+                "conv2d weight",
+                format!("[{o}, {} (= input channels {c} / groups {g}), kh, kw]", c / g),
+                wt,
+            ));
+        }
+        let (eh, ew) = (dh * (kh - 1) + 1, dw * (kw - 1) + 1);
+        if h + 2 * ph < eh || w + 2 * pw < ew {
+            return Err(Error::config(
+                "conv2d kernel",
+                format!(
+                    "effective kernel {eh}x{ew} is larger than the padded input {}x{} (input {h}x{w}, padding {ph}x{pw})",
+                    h + 2 * ph,
+                    w + 2 * pw
+                ),
+            ));
+        }
+        let oh = (h + 2 * ph - eh) / sh + 1;
+        let ow = (w + 2 * pw - ew) / sw + 1;
+        Ok(Geom { n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, g, oh, ow })
+    }
+
+    fn cg(&self) -> usize {
+        self.c / self.g
+    }
+    fn og(&self) -> usize {
+        self.o / self.g
+    }
+    /// Rows of the column matrix: `C/g · kh · kw`.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1×1, stride-1, unpadded convolution reads its input as the column matrix directly.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+    fn weight_len(&self) -> usize {
+        self.o * self.k()
+    }
+    fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// The output columns `[lo, hi)` whose input column `ow·sw + off` lies inside `[0, w)`.
+    #[inline]
+    fn valid_cols(&self, off: isize) -> (usize, usize) {
+        let (sw, w, ow) = (self.sw as isize, self.w as isize, self.ow as isize);
+        let lo = if off < 0 { (-off + sw - 1) / sw } else { 0 };
+        let hi = if w - off <= 0 { 0 } else { ((w - off) + sw - 1) / sw };
+        let hi = hi.min(ow);
+        let lo = lo.min(hi);
+        (lo as usize, hi as usize)
+    }
+
+    /// Fills `cols` `[K, P]` from one group's channels `x` `[C/g, H, W]`.
+    fn im2col<T: Real>(&self, x: &[T], cols: &mut [T]) {
+        let (p, hw) = (self.p(), self.h * self.w);
+        for c in 0..self.cg() {
+            let xc = &x[c * hw..(c + 1) * hw];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &mut cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let off = (j * self.dw) as isize - self.pw as isize;
+                    let (lo, hi) = self.valid_cols(off);
+                    for oh in 0..self.oh {
+                        let dst = &mut row[oh * self.ow..(oh + 1) * self.ow];
+                        let ih = (oh * self.sh + i * self.dh) as isize - self.ph as isize;
+                        if ih < 0 || ih >= self.h as isize || lo >= hi {
+                            dst.iter_mut().for_each(|v| *v = T::zero());
+                            continue;
+                        }
+                        let xrow = &xc[ih as usize * self.w..(ih as usize + 1) * self.w];
+                        dst[..lo].iter_mut().for_each(|v| *v = T::zero());
+                        dst[hi..].iter_mut().for_each(|v| *v = T::zero());
+                        let start = (lo * self.sw) as isize + off;
+                        if self.sw == 1 {
+                            dst[lo..hi].copy_from_slice(&xrow[start as usize..start as usize + (hi - lo)]);
+                        } else {
+                            for (k, d) in dst[lo..hi].iter_mut().enumerate() {
+                                *d = xrow[start as usize + k * self.sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `cols` `[K, P]` back into one group's input gradient `dx` `[C/g, H, W]`.
+    fn col2im<T: Real>(&self, cols: &[T], dx: &mut [T]) {
+        let (p, hw) = (self.p(), self.h * self.w);
+        for c in 0..self.cg() {
+            let xc = &mut dx[c * hw..(c + 1) * hw];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = &cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let off = (j * self.dw) as isize - self.pw as isize;
+                    let (lo, hi) = self.valid_cols(off);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oh in 0..self.oh {
+                        let ih = (oh * self.sh + i * self.dh) as isize - self.ph as isize;
+                        if ih < 0 || ih >= self.h as isize {
+                            continue;
+                        }
+                        let src = &row[oh * self.ow..(oh + 1) * self.ow];
+                        let xrow = &mut xc[ih as usize * self.w..(ih as usize + 1) * self.w];
+                        let start = ((lo * self.sw) as isize + off) as usize;
+                        if self.sw == 1 {
+                            for (d, &s) in xrow[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                                *d += s;
+                            }
+                        } else {
+                            for (k, &s) in src[lo..hi].iter().enumerate() {
+                                xrow[start + k * self.sw] += s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How to spread work over the pool: images in parallel (each gemm on one thread) when
+    /// there are enough of them, otherwise one image at a time with gemm on every thread.
+    fn plan(&self) -> (usize, usize) {
+        let threads = rayon::current_num_threads().max(1);
+        if self.n >= threads { (threads, 1) } else { (1, threads) }
+    }
+
+    /// Forward: `y[n, o, p] = Σ_k W[o, k] · cols_n[k, p]` per group.
+    pub(crate) fn forward<T: Real>(&self, x: &[T], wt: &[T]) -> candle_core::Result<Vec<T>> {
+        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let hw = self.h * self.w;
+        let mut out = vec![T::zero(); self.n * self.o * p];
+        let (_, gemm_threads) = self.plan();
+        let pointwise = self.pointwise();
+        let run = |cols: &mut Vec<T>, (y, x): (&mut [T], &[T])| -> candle_core::Result<()> {
+            for gi in 0..self.g {
+                let xg = &x[gi * cg * hw..(gi + 1) * cg * hw];
+                let rhs: &[T] = if pointwise {
+                    xg
+                } else {
+                    self.im2col(xg, cols);
+                    cols
+                };
+                let wg = &wt[gi * og * k..(gi + 1) * og * k];
+                gemm(og, p, k, &mut y[gi * og * p..(gi + 1) * og * p], false, wg, Op::N, rhs, Op::N, gemm_threads)?;
+            }
+            Ok(())
+        };
+        let cols_len = if pointwise { 0 } else { k * p };
+        if gemm_threads > 1 {
+            let mut cols = vec![T::zero(); cols_len];
+            for pair in out.chunks_mut(self.o * p).zip(x.chunks(self.image_len())) {
+                run(&mut cols, pair)?;
+            }
+        } else {
+            out.par_chunks_mut(self.o * p)
+                .zip(x.par_chunks(self.image_len()))
+                .try_for_each_init(|| vec![T::zero(); cols_len], run)?;
+        }
+        Ok(out)
+    }
+
+    /// Backward: `dW = Σ_n dY_n · cols_nᵀ` and, when `need_dx`, `dX_n = col2im(Wᵀ · dY_n)`.
+    /// Returns `dx` (empty unless `need_dx`) and `dw`.
+    pub(crate) fn backward<T: Real>(
+        &self,
+        x: &[T],
+        wt: &[T],
+        dy: &[T],
+        need_dx: bool,
+        need_dw: bool,
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let hw = self.h * self.w;
+        let pointwise = self.pointwise();
+        let mut dx = vec![T::zero(); if need_dx { self.n * self.image_len() } else { 0 }];
+        let (chunks, gemm_threads) = self.plan();
+        let per_chunk = self.n.div_ceil(chunks).max(1);
+        let cols_len = if pointwise { 0 } else { k * p };
+        // One partial dW per chunk of images, summed afterwards.
+        let work = |x: &[T], dy: &[T], dx: Option<&mut [T]>| -> candle_core::Result<Vec<T>> {
+            let mut dw = vec![T::zero(); if need_dw { self.weight_len() } else { 0 }];
+            let mut cols = vec![T::zero(); cols_len];
+            let mut dcols = vec![T::zero(); if need_dx && !pointwise { k * p } else { 0 }];
+            let mut dx = dx;
+            let images = dy.len() / (self.o * p).max(1);
+            for img in 0..images {
+                let x_img = &x[img * self.image_len()..(img + 1) * self.image_len()];
+                let dy_img = &dy[img * self.o * p..(img + 1) * self.o * p];
+                for gi in 0..self.g {
+                    let xg = &x_img[gi * cg * hw..(gi + 1) * cg * hw];
+                    let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                    let wg = &wt[gi * og * k..(gi + 1) * og * k];
+                    if need_dw {
+                        let rhs: &[T] = if pointwise {
+                            xg
+                        } else {
+                            self.im2col(xg, &mut cols);
+                            &cols
+                        };
+                        let dwg = &mut dw[gi * og * k..(gi + 1) * og * k];
+                        gemm(og, k, p, dwg, true, dyg, Op::N, rhs, Op::T, gemm_threads)?;
+                    }
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let dxg = &mut dx[img * self.image_len() + gi * cg * hw..][..cg * hw];
+                        if pointwise {
+                            gemm(k, p, og, dxg, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
+                        } else {
+                            gemm(k, p, og, &mut dcols, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
+                            self.col2im(&dcols, dxg);
+                        }
+                    }
+                }
+            }
+            Ok(dw)
+        };
+        let img_len = self.image_len();
+        let out_len = self.o * p;
+        let partials: Vec<Vec<T>> = if need_dx {
+            dx.par_chunks_mut(per_chunk * img_len)
+                .zip(x.par_chunks(per_chunk * img_len))
+                .zip(dy.par_chunks(per_chunk * out_len))
+                .map(|((dx, x), dy)| work(x, dy, Some(dx)))
+                .collect::<candle_core::Result<_>>()?
+        } else {
+            x.par_chunks(per_chunk * img_len)
+                .zip(dy.par_chunks(per_chunk * out_len))
+                .map(|(x, dy)| work(x, dy, None))
+                .collect::<candle_core::Result<_>>()?
+        };
+        let mut dw = vec![T::zero(); if need_dw { self.weight_len() } else { 0 }];
+        for part in partials {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+        Ok((dx, dw))
+    }
+}
+
+/// The forward op: `x` `[N, C, H, W]` ⊛ `w` `[O, C/g, kh, kw]`.
+struct Conv2dOp {
+    geom: Geom,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let shape = Shape::from((g.n, g.o, g.oh, g.ow));
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let y =
+                    g.forward(contiguous_slice::<f32>(s1, l1, "conv2d")?, contiguous_slice::<f32>(s2, l2, "conv2d")?)?;
+                Ok((CpuStorage::F32(y), shape))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let y =
+                    g.forward(contiguous_slice::<f64>(s1, l1, "conv2d")?, contiguous_slice::<f64>(s2, l2, "conv2d")?)?;
+                Ok((CpuStorage::F64(y), shape))
+            }
+            (a, b) => candle_core::bail!(
+                "conv2d: input {:?} and weight {:?} must both be f32 or both f64",
+                a.dtype(),
+                b.dtype()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (need_dx, need_dw) = (x.track_op(), w.track_op());
+        if !need_dx && !need_dw {
+            return Ok((None, None));
+        }
+        let op = Conv2dBackward { geom: self.geom, need_dx, need_dw };
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let g = &self.geom;
+        let dx_len = if need_dx { g.n * g.image_len() } else { 0 };
+        let dx = if need_dx { Some(both.narrow(0, 0, dx_len)?.reshape((g.n, g.c, g.h, g.w))?) } else { None };
+        let dw = if need_dw {
+            Some(both.narrow(0, dx_len, g.weight_len())?.reshape((g.o, g.cg(), g.kh, g.kw))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// The backward kernel: `(x, w, dy) → [dx (if needed) | dw (if needed)]` as one flat buffer.
+struct Conv2dBackward {
+    geom: Geom,
+    need_dx: bool,
+    need_dw: bool,
+}
+
+impl Conv2dBackward {
+    fn run<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        let (mut dx, dw) = self.geom.backward(x, w, dy, self.need_dx, self.need_dw)?;
+        dx.extend_from_slice(&dw);
+        Ok(dx)
+    }
+}
+
+impl CustomOp3 for Conv2dBackward {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "conv2d backward";
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run(
+                contiguous_slice::<f32>(s1, l1, name)?,
+                contiguous_slice::<f32>(s2, l2, name)?,
+                contiguous_slice::<f32>(s3, l3, name)?,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run(
+                contiguous_slice::<f64>(s1, l1, name)?,
+                contiguous_slice::<f64>(s2, l2, name)?,
+                contiguous_slice::<f64>(s3, l3, name)?,
+            )?),
+            _ => candle_core::bail!("{name}: mixed dtypes"),
+        };
+        let len = match &out {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            _ => 0,
+        };
+        Ok((out, Shape::from(len)))
+    }
+}
+
+/// 2-D convolution (cross-correlation, as `torch.nn.functional.conv2d`) with optional bias,
+/// differentiable in the input, the weight and the bias.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`; `w`: `[O, C/groups, kh, kw]`; `bias`: `[O]`
+/// - output: `[N, O, (H + 2ph − dh(kh−1) − 1)/sh + 1, (W + 2pw − dw(kw−1) − 1)/sw + 1]`
+///
+/// # Errors
+/// [`Error::Shape`] for wrong ranks or channel counts; [`Error::Config`] for zero strides,
+/// groups that do not divide the channels, a kernel larger than the padded input, mixed or
+/// non-float dtypes, or a non-CPU device.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
+    let xd = sconce_core::check::dims::<4>(x, "conv2d input", "[N, C, H, W]")?;
+    let wd = sconce_core::check::dims::<4>(w, "conv2d weight", "[O, C/groups, kh, kw]")?;
+    float_dtype(x, "conv2d input")?;
+    cpu(x, "conv2d input")?;
+    if w.dtype() != x.dtype() {
+        return Err(Error::config(
+            "conv2d weight dtype",
+            format!("must match the input's {:?}, got {:?}", x.dtype(), w.dtype()),
+        ));
+    }
+    let geom = Geom::new(&xd, &wd, cfg)?;
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { geom })?;
+    match bias {
+        None => Ok(y),
+        Some(b) => {
+            if b.dims() != [geom.o] {
+                return Err(Error::shape("conv2d bias", format!("[{}] (one per output channel)", geom.o), b.dims()));
+            }
+            if b.dtype() != x.dtype() {
+                return Err(Error::config("conv2d bias dtype", format!("must match the input's {:?}", x.dtype())));
+            }
+            Ok(y.broadcast_add(&b.reshape((1, geom.o, 1, 1))?)?)
+        }
+    }
+}

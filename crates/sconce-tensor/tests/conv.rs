@@ -1,0 +1,152 @@
+//! conv2d: PyTorch fixtures (values and all three gradients), f64 finite differences, the
+//! C == H == W regression against a naive loop, and bad input as errors.
+
+mod common;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use common::{check_case_multi, load, pair};
+use sconce_core::{Error, SeededRng};
+use sconce_tensor::gradcheck::check_gradient;
+use sconce_tensor::{Conv2dConfig, conv2d};
+
+fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut rng = SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f64>>(), shape, &Device::Cpu)?)
+}
+
+#[test]
+fn conv2d_matches_pytorch() -> Result<()> {
+    let fx = load("conv")?;
+    assert!(fx.cases.len() >= 12);
+    for case in &fx.cases {
+        let cfg = Conv2dConfig {
+            stride: pair(&case["stride"])?,
+            padding: pair(&case["padding"])?,
+            dilation: pair(&case["dilation"])?,
+            groups: case["groups"].as_u64().context("groups")? as usize,
+        };
+        check_case_multi(&fx, case, |t| Ok(conv2d(&t[0], &t[1], t.get(2), &cfg)?))?;
+    }
+    Ok(())
+}
+
+/// Direct 7-loop convolution, the obviously-correct reference.
+fn naive_conv(x: &Tensor, w: &Tensor, s: usize, p: usize) -> Result<Vec<f64>> {
+    let [n, c, h, wd] = <[usize; 4]>::try_from(x.dims()).map_err(|_| anyhow::anyhow!("rank"))?;
+    let [o, _, kh, kw] = <[usize; 4]>::try_from(w.dims()).map_err(|_| anyhow::anyhow!("rank"))?;
+    let xv = x.flatten_all()?.to_vec1::<f64>()?;
+    let wv = w.flatten_all()?.to_vec1::<f64>()?;
+    let (oh, ow) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
+    let mut out = vec![0.0; n * o * oh * ow];
+    for b in 0..n {
+        for oc in 0..o {
+            for y in 0..oh {
+                for z in 0..ow {
+                    let mut acc = 0.0;
+                    for ic in 0..c {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let (iy, iz) = ((y * s + i) as isize - p as isize, (z * s + j) as isize - p as isize);
+                                if iy >= 0 && iz >= 0 && (iy as usize) < h && (iz as usize) < wd {
+                                    acc += xv[((b * c + ic) * h + iy as usize) * wd + iz as usize]
+                                        * wv[((oc * c + ic) * kh + i) * kw + j];
+                                }
+                            }
+                        }
+                    }
+                    out[((b * o + oc) * oh + y) * ow + z] = acc;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn c_equal_h_equal_w_matches_a_naive_loop() -> Result<()> {
+    // candle 0.9.x skipped the NCHW→NHWC repack when C == H == W and returned garbage.
+    for (shape, s) in [([1, 4, 4, 4], 1), ([2, 8, 8, 8], 1), ([1, 6, 6, 6], 2)] {
+        let x = random(&shape, 1)?;
+        let w = random(&[5, shape[1], 3, 3], 2)?;
+        let got = conv2d(&x, &w, None, &Conv2dConfig::default().padding(1).stride(s))?;
+        let want = naive_conv(&x, &w, s, 1)?;
+        let got = got.flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(got.len(), want.len());
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-12, "{shape:?} stride {s}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences() -> Result<()> {
+    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 7] = [
+        ([2, 3, 7, 8], [4, 3, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([1, 2, 9, 6], [3, 2, 5, 5], Conv2dConfig::default().stride(2).padding(2)),
+        ([2, 4, 5, 5], [2, 4, 1, 1], Conv2dConfig::default()),
+        ([1, 4, 7, 9], [3, 4, 1, 1], Conv2dConfig::default().stride(2)),
+        ([1, 4, 8, 7], [4, 2, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
+        ([1, 2, 9, 9], [2, 2, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
+        ([3, 1, 6, 5], [2, 1, 2, 3], Conv2dConfig { stride: (1, 2), padding: (1, 0), ..Default::default() }),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let x = random(xs, 10 + i as u64)?;
+        let w = random(ws, 20 + i as u64)?;
+        let b = random(&[ws[0]], 30 + i as u64)?;
+        let r = check_gradient(|t| conv2d(t, &w, Some(&b), cfg), &x, 1e-6, 1)?;
+        assert!(r.max_abs_err < 1e-6, "case {i} input grad: {r:?}");
+        let r = check_gradient(|t| conv2d(&x, t, Some(&b), cfg), &w, 1e-6, 2)?;
+        assert!(r.max_abs_err < 1e-6, "case {i} weight grad: {r:?}");
+        let r = check_gradient(|t| conv2d(&x, &w, Some(t), cfg), &b, 1e-6, 3)?;
+        assert!(r.max_abs_err < 1e-6, "case {i} bias grad: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_of_one_and_batch_of_many_agree() -> Result<()> {
+    // One image runs gemm on every thread, many run images in parallel: same numbers.
+    let x = random(&[3, 4, 10, 9], 5)?;
+    let w = Var::from_tensor(&random(&[6, 4, 3, 3], 6)?)?;
+    let cfg = Conv2dConfig::default().padding(1).stride(2);
+    let all = conv2d(&x, w.as_tensor(), None, &cfg)?;
+    let g_all = all.sum_all()?.backward()?;
+    let mut g_sum = Tensor::zeros((6, 4, 3, 3), DType::F64, &Device::Cpu)?;
+    for i in 0..3 {
+        let one = conv2d(&x.narrow(0, i, 1)?, w.as_tensor(), None, &cfg)?;
+        let diff = (&one - all.narrow(0, i, 1)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "image {i}: {diff}");
+        let g = one.sum_all()?.backward()?;
+        g_sum = (g_sum + g.get(w.as_tensor()).context("grad")?)?;
+    }
+    let g_all = g_all.get(w.as_tensor()).context("grad")?;
+    let diff = (g_all - g_sum)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(diff < 1e-10, "{diff}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev)?;
+    let w = Tensor::zeros((2, 4, 3, 3), DType::F32, &dev)?;
+    let cfg = Conv2dConfig::default();
+    let err = |r: sconce_core::Result<Tensor>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(matches!(conv2d(&x.flatten_from(2)?, &w, None, &cfg), Err(Error::Shape { .. })));
+    assert!(matches!(
+        conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev)?, None, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(conv2d(&x, &w, None, &cfg.stride(0)), Err(Error::Config { .. })));
+    assert!(err(conv2d(&x, &w, None, &cfg.groups(3))).contains("groups"));
+    let big = Tensor::zeros((2, 4, 11, 11), DType::F32, &dev)?;
+    assert!(err(conv2d(&x, &big, None, &cfg)).contains("larger than the padded input"));
+    assert!(matches!(conv2d(&x, &w.to_dtype(DType::F64)?, None, &cfg), Err(Error::Config { .. })));
+    let bias = Tensor::zeros(3, DType::F32, &dev)?;
+    assert!(matches!(conv2d(&x, &w, Some(&bias), &cfg), Err(Error::Shape { .. })));
+    let xi = Tensor::zeros((1, 4, 8, 8), DType::U8, &dev)?;
+    assert!(matches!(conv2d(&xi, &w, None, &cfg), Err(Error::Config { .. })));
+    Ok(())
+}

@@ -178,6 +178,37 @@ def convolution():
     b.save()
 
 
+def batch_norm():
+    """Training mode (batch statistics, running-stat update with momentum 0.1 and None) and
+    eval mode, as torch.nn.functional.batch_norm computes them."""
+    b = Book("batch_norm")
+    for name, shape, dtype in [("bn_2x3x15x15", [2, 3, 15, 15], "f64"), ("bn_4x8x8x8", [4, 8, 8, 8], "f64"),
+                               ("bn_1d_6x5", [6, 5], "f64"), ("bn_unet_1x2x125x63", [1, 2, 125, 63], "f32"),
+                               ("bn_shifted_3x2x7x9", [3, 2, 7, 9], "f64")]:
+        c = shape[1]
+        x = torch.randn(shape) * 2 + 3
+        if name.startswith("bn_shifted"):
+            x = x + 1e4  # large mean: a one-pass E[x^2] - E[x]^2 variance loses every digit here
+        w, bias = torch.randn(c), torch.randn(c)
+        rm, rv = torch.randn(c), torch.rand(c) + 0.5
+        for training in [True, False]:
+            for momentum in ([0.1, None] if training else [0.1]):
+                tag = f"{name}_{'train' if training else 'eval'}" + ("_cma" if momentum is None else "")
+                rm_t, rv_t = rm.to(DT[dtype]).clone(), rv.to(DT[dtype]).clone()
+                # momentum None in PyTorch means a cumulative average with factor 1/num_batches_tracked;
+                # F.batch_norm takes the factor directly: num_batches_tracked = 3 gives 1/3.
+                factor = 0.1 if momentum is not None else 1.0 / 3.0
+                fn = lambda x_, w_, b_: F.batch_norm(x_, rm_t, rv_t, w_, b_, training, factor, 1e-5)
+                case = dict(name=tag, op="batch_norm", training=training, momentum=momentum,
+                            num_batches_tracked=3, eps=1e-5)
+                b.tensors[f"{tag}.running_mean_in"] = rm.to(DT[dtype]).clone()
+                b.tensors[f"{tag}.running_var_in"] = rv.to(DT[dtype]).clone()
+                b.add(case, fn, x, w, bias, dtype=dtype)
+                b.tensors[f"{tag}.running_mean_out"] = rm_t.contiguous()
+                b.tensors[f"{tag}.running_var_out"] = rv_t.contiguous()
+    b.save()
+
+
 if __name__ == "__main__":
     print("torch", torch.__version__)
     torch.set_num_threads(2)
@@ -185,3 +216,4 @@ if __name__ == "__main__":
     resizing()
     stable()
     convolution()
+    batch_norm()

@@ -11,6 +11,12 @@ pub(crate) trait Real: WithDType + Float + std::ops::AddAssign + std::iter::Sum 
 impl Real for f32 {}
 impl Real for f64 {}
 
+/// `v` as `f64` (candle's conversion; `num_traits`' `to_f64` returns an `Option`).
+#[inline]
+pub(crate) fn f64_of<T: Real>(v: T) -> f64 {
+    <T as WithDType>::to_f64(v)
+}
+
 /// The contiguous slice of `storage` that `layout` describes.
 pub(crate) fn contiguous_slice<'a, T: Real>(
     storage: &'a CpuStorage,

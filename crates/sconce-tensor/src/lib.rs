@@ -3,6 +3,7 @@
 //!
 //! | area | functions |
 //! |---|---|
+//! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`] |
 //! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
@@ -13,6 +14,7 @@
 //! The kernels run on the CPU in `f32` and `f64`, parallel over the batch and channels.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod batch_norm;
 mod conv;
 pub mod gradcheck;
 mod kernel;
@@ -22,6 +24,7 @@ mod resize;
 mod separable;
 mod stable;
 
+pub use batch_norm::{BatchStats, batch_norm_eval, batch_norm_train, update_running_stats};
 pub use conv::{Conv2dConfig, conv2d};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,

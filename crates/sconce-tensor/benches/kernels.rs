@@ -1,0 +1,125 @@
+//! Criterion benches of the CPU kernels on ResNet50/DenseNet121/U-Net shapes, each paired with
+//! PyTorch timed on the same shapes and thread count by `scripts/bench_tensor.py`; prints
+//! `ours / PyTorch` per benchmark at the end (target: conv ≤ 1.0, others ≤ 1.5).
+//!
+//! Run: `cargo bench -p sconce-tensor --bench kernels` (PyTorch side:
+//! `.venv-ref/bin/python scripts/bench_tensor.py`, which writes `benches/reference_torch.json`).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor, Var};
+use criterion::{Criterion, criterion_group};
+use sconce_core::SeededRng;
+use sconce_tensor::{AvgPool2d, Conv2dConfig, Interpolation, MaxPool2d, avg_pool2d, conv2d, max_pool2d, resize};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap_or_else(|e| panic!("bench input: {e}"))
+}
+
+/// `(name, x shape, w shape, stride, padding)`: ResNet50's 3×3 and 1×1 convolutions at batch 8
+/// on 224×224 images, and its 7×7 stem.
+type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize);
+
+const CONVS: &[ConvCase] = &[
+    ("3x3_c64_h56_b8", [8, 64, 56, 56], [64, 64, 3, 3], 1, 1),
+    ("1x1_c64_h56_b8", [8, 64, 56, 56], [256, 64, 1, 1], 1, 0),
+    ("1x1_c256_h56_b8", [8, 256, 56, 56], [64, 256, 1, 1], 1, 0),
+    ("3x3_c128_h28_b8", [8, 128, 28, 28], [128, 128, 3, 3], 1, 1),
+    ("7x7_c3_h224_b8", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3),
+];
+
+fn bench_conv(c: &mut Criterion) {
+    for &(name, xs, ws, s, p) in CONVS {
+        let mut group = c.benchmark_group(format!("conv2d/{name}"));
+        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+        let cfg = Conv2dConfig::default().stride(s).padding(p);
+        let x = randn(&xs, 1);
+        let w = randn(&ws, 2);
+        group.bench_function("fwd", |b| b.iter(|| black_box(conv2d(&x, &w, None, &cfg).map(|y| y.dims().len()))));
+        let xv = Var::from_tensor(&x).unwrap_or_else(|e| panic!("{e}"));
+        let wv = Var::from_tensor(&w).unwrap_or_else(|e| panic!("{e}"));
+        // Σ y as the objective in both libraries: a uniform upstream gradient, so the timing is
+        // the convolution's forward and backward, not a loss (candle's `mul` backward alone
+        // costs ~150 ms on these shapes).
+        group.bench_function("fwd_bwd", |b| {
+            b.iter(|| {
+                let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, &cfg).unwrap_or_else(|e| panic!("{e}"));
+                let g = y.sum_all().and_then(|t| t.backward());
+                black_box(g.map(|g| g.get(wv.as_tensor()).is_some()))
+            })
+        });
+        group.finish();
+    }
+}
+
+/// Forward + backward of `f` on `x` with `Σ f(x)` as the objective, in a group `name` (one
+/// group per shape, like the conv groups, so criterion's directory is `<group>/fwd_bwd`).
+fn bench_fwd_bwd(c: &mut Criterion, name: &str, x: &Var, f: impl Fn(&Tensor) -> sconce_core::Result<Tensor>) {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group.bench_function("fwd_bwd", |b| {
+        b.iter(|| {
+            let y = f(x.as_tensor()).unwrap_or_else(|e| panic!("{e}"));
+            black_box(y.sum_all().and_then(|t| t.backward()).map(|g| g.get(x.as_tensor()).is_some()))
+        })
+    });
+    group.finish();
+}
+
+fn bench_pool_resize(c: &mut Criterion) {
+    let var = |shape: &[usize], seed| Var::from_tensor(&randn(shape, seed)).unwrap_or_else(|e| panic!("{e}"));
+    // ResNet/DenseNet stem max pool on 224×224 images; DenseNet transition average pool.
+    let stem = var(&[8, 64, 112, 112], 4);
+    bench_fwd_bwd(c, "pool/max_3x3_s2_c64_h112_b8", &stem, |t| max_pool2d(t, &MaxPool2d::new(3).stride(2).padding(1)));
+    let trans = var(&[8, 128, 56, 56], 5);
+    bench_fwd_bwd(c, "pool/avg_2x2_c128_h56_b8", &trans, |t| avg_pool2d(t, &AvgPool2d::new(2)));
+    // U-Net decoder: 125 → 250 on 8×32 channels.
+    let up = var(&[8, 32, 125, 125], 6);
+    bench_fwd_bwd(c, "resize/bilinear_c32_h125_to_250_b8", &up, |t| {
+        resize(t, (250, 250), Interpolation::Bilinear { align_corners: false })
+    });
+    bench_fwd_bwd(c, "resize/nearest_c32_h125_to_250_b8", &up, |t| resize(t, (250, 250), Interpolation::Nearest));
+}
+
+/// Reads criterion's median estimates and the PyTorch reference, prints one ratio per bench.
+fn print_ratios() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let reference: serde_json::Value = std::fs::read_to_string(root.join("benches/reference_torch.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("../../target"));
+    println!("\n{:<48} {:>10} {:>10} {:>8}", "benchmark", "ours ms", "torch ms", "ratio");
+    let Some(times) = reference.get("seconds").and_then(|t| t.as_object()) else {
+        println!("no PyTorch reference: run scripts/bench_tensor.py");
+        return;
+    };
+    for (id, torch_s) in times {
+        // criterion stores group `a/b` with function `f` under `a_b/f`.
+        let (group, function) = id.rsplit_once('/').unwrap_or((id.as_str(), ""));
+        let est = target.join("criterion").join(group.replace('/', "_")).join(function).join("new/estimates.json");
+        let ours = std::fs::read_to_string(&est)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["median"]["point_estimate"].as_f64())
+            .map(|ns| ns / 1e9);
+        let torch_s = torch_s.as_f64().unwrap_or(f64::NAN);
+        match ours {
+            Some(o) => println!("{id:<48} {:>10.2} {:>10.2} {:>8.2}", o * 1e3, torch_s * 1e3, o / torch_s),
+            None => println!("{id:<48} {:>10} {:>10.2} {:>8}", "-", torch_s * 1e3, "-"),
+        }
+    }
+}
+
+criterion_group!(benches, bench_conv, bench_pool_resize);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    print_ratios();
+}

@@ -1,0 +1,357 @@
+//! Batch normalisation over `[N, C, H, W]` (or `[N, C]`): training with batch statistics and a
+//! fused, memory-lean backward; evaluation with running statistics; and PyTorch's running-stat
+//! update (momentum or cumulative average, unbiased variance).
+//!
+//! The training op keeps only the per-channel mean and inverse standard deviation for its
+//! backward pass — not the normalised activation — so it stores `2·C` numbers beyond its input,
+//! where candle-nn's composed version keeps several full-size intermediates.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::{Error, Result};
+
+use crate::kernel::{Real, contiguous_slice, cpu, f64_of, float_dtype};
+
+/// Per-channel statistics of one training batch.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// Batch mean per channel, `[C]`.
+    pub mean: Tensor,
+    /// Biased batch variance per channel (divided by `n`), `[C]`.
+    pub var: Tensor,
+    /// Number of values per channel, `n = N·H·W`.
+    pub count: usize,
+}
+
+/// `(mean, inv_std)` per channel, in f64, shared between the forward and backward ops.
+type Saved = Arc<OnceLock<(Vec<f64>, Vec<f64>)>>;
+
+/// Layout of a batch-norm input: `n` images, `c` channels, `hw` values per channel and image.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+fn dims_of(x: &Tensor) -> Result<Dims> {
+    match *x.dims() {
+        [n, c] => Ok(Dims { n, c, hw: 1 }),
+        [n, c, h, w] => Ok(Dims { n, c, hw: h * w }),
+        _ => Err(Error::shape("batch_norm input", "[N, C] or [N, C, H, W]", x.dims())),
+    }
+}
+
+struct BnTrain {
+    d: Dims,
+    eps: f64,
+    saved: Saved,
+}
+
+impl BnTrain {
+    fn run<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> Vec<T> {
+        let Dims { n, c, hw } = self.d;
+        let m = (n * hw) as f64;
+        // Two passes per channel in f64: the mean, then the centred sum of squares.
+        let stats: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+                let sum: f64 = planes.clone().flat_map(|p| p.iter()).map(|&v| f64_of(v)).sum();
+                let mean = sum / m;
+                let ss: f64 = planes.flat_map(|p| p.iter()).map(|&v| (f64_of(v) - mean).powi(2)).sum();
+                (mean, ss / m)
+            })
+            .collect();
+        let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
+        let inv: Vec<f64> = stats.iter().map(|s| 1.0 / (s.1 + self.eps).sqrt()).collect();
+        let mut y = vec![T::zero(); x.len()];
+        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
+            let ch = plane % c;
+            let scale = T::from_f64(inv[ch] * f64_of(g[ch]));
+            let shift = T::from_f64(f64_of(b[ch]) - mean[ch] * inv[ch] * f64_of(g[ch]));
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * scale + shift;
+            }
+        });
+        let _ = self.saved.set((mean, stats.iter().map(|s| s.1).collect()));
+        y
+    }
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "sconce-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "batch_norm";
+        let shape = l1.shape().clone();
+        match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
+                CpuStorage::F32(self.run(
+                    contiguous_slice::<f32>(s1, l1, name)?,
+                    contiguous_slice::<f32>(s2, l2, name)?,
+                    contiguous_slice::<f32>(s3, l3, name)?,
+                )),
+                shape,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => Ok((
+                CpuStorage::F64(self.run(
+                    contiguous_slice::<f64>(s1, l1, name)?,
+                    contiguous_slice::<f64>(s2, l2, name)?,
+                    contiguous_slice::<f64>(s3, l3, name)?,
+                )),
+                shape,
+            )),
+            (a, _, _) => candle_core::bail!(
+                "{name}: input, weight and bias must share the dtype f32 or f64, got {:?}",
+                a.dtype()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone() };
+        let all = x.apply_op3_no_bwd(g, &grad.contiguous()?, &op)?;
+        let len = x.elem_count();
+        let c = self.d.c;
+        let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dg = all.narrow(0, len, c)?;
+        let db = all.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// `(x, γ, dy) → [dx | dγ | dβ]` using the saved mean and variance.
+struct BnBackward {
+    d: Dims,
+    eps: f64,
+    saved: Saved,
+}
+
+impl BnBackward {
+    fn run<T: Real>(&self, x: &[T], g: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        let Some((mean, var)) = self.saved.get() else {
+            candle_core::bail!("batch_norm backward without a recorded forward pass")
+        };
+        let Dims { n, c, hw } = self.d;
+        let m = (n * hw) as f64;
+        let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        // Per channel: Σdy and Σdy·x̂.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut s, mut sx) = (0.0, 0.0);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    for (&d, &v) in dy[r.clone()].iter().zip(&x[r]) {
+                        let d = f64_of(d);
+                        s += d;
+                        sx += d * (f64_of(v) - mean[ch]) * inv[ch];
+                    }
+                }
+                (s, sx)
+            })
+            .collect();
+        let mut out = vec![T::zero(); x.len() + 2 * c];
+        let (dx, rest) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(dy.par_chunks(hw)).enumerate().for_each(
+            |(plane, ((dx, x), dy))| {
+                let ch = plane % c;
+                let (s, sx) = sums[ch];
+                let k = f64_of(g[ch]) * inv[ch];
+                // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m), folded into a·dy + b·x + e.
+                let a = T::from_f64(k);
+                let bx = T::from_f64(-k * inv[ch] * sx / m);
+                let e = T::from_f64(-k * s / m + k * inv[ch] * sx / m * mean[ch]);
+                for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+                    *o = a * d + bx * v + e;
+                }
+            },
+        );
+        for ch in 0..c {
+            rest[ch] = T::from_f64(sums[ch].1);
+            rest[c + ch] = T::from_f64(sums[ch].0);
+        }
+        Ok(out)
+    }
+}
+
+impl CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "sconce-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "batch_norm backward";
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run(
+                contiguous_slice::<f32>(s1, l1, name)?,
+                contiguous_slice::<f32>(s2, l2, name)?,
+                contiguous_slice::<f32>(s3, l3, name)?,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run(
+                contiguous_slice::<f64>(s1, l1, name)?,
+                contiguous_slice::<f64>(s2, l2, name)?,
+                contiguous_slice::<f64>(s3, l3, name)?,
+            )?),
+            _ => candle_core::bail!("{name}: mixed dtypes"),
+        };
+        let len = l1.shape().elem_count() + 2 * self.d.c;
+        Ok((out, Shape::from(len)))
+    }
+}
+
+fn check_param(p: &Tensor, what: &str, c: usize, dtype: DType) -> Result<()> {
+    if p.dims() != [c] {
+        return Err(Error::shape(format!("batch_norm {what}"), format!("[{c}] (one per channel)"), p.dims()));
+    }
+    if p.dtype() != dtype {
+        return Err(Error::config(format!("batch_norm {what} dtype"), format!("must match the input's {dtype:?}")));
+    }
+    Ok(())
+}
+
+/// Training-mode batch norm: normalises each channel by the batch's mean and biased variance,
+/// then applies `weight` (γ) and `bias` (β). Returns the output and the batch statistics for
+/// [`update_running_stats`]. Differentiable in `x`, `weight` and `bias`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// # fn main() -> sconce_core::Result<()> {
+/// let x = Tensor::arange(0f32, 16.0, &Device::Cpu)?.reshape((2, 2, 2, 2))?;
+/// let (gamma, beta) = (Tensor::ones(2, DType::F32, &Device::Cpu)?, Tensor::zeros(2, DType::F32, &Device::Cpu)?);
+/// let (y, stats) = sconce_tensor::batch_norm_train(&x, &gamma, &beta, 1e-5)?;
+/// assert_eq!(stats.count, 8);
+/// assert!(y.mean_all()?.to_scalar::<f32>()?.abs() < 1e-6);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::Shape`] for input other than `[N, C]`/`[N, C, H, W]` or parameters not `[C]`;
+/// [`Error::Data`] when a channel has a single value (`N·H·W == 1`: its variance is undefined,
+/// as PyTorch refuses too); [`Error::Config`] for `eps ≤ 0`, mixed or non-float dtypes.
+pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, BatchStats)> {
+    let d = dims_of(x)?;
+    float_dtype(x, "batch_norm input")?;
+    cpu(x, "batch_norm input")?;
+    check_param(weight, "weight", d.c, x.dtype())?;
+    check_param(bias, "bias", d.c, x.dtype())?;
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
+    }
+    if d.n * d.hw <= 1 {
+        return Err(Error::data(
+            "batch_norm input",
+            format!(
+                "expected more than 1 value per channel when training, got shape {:?}; use a larger batch or eval mode",
+                x.dims()
+            ),
+        ));
+    }
+    let saved: Saved = Arc::new(OnceLock::new());
+    let op = BnTrain { d, eps, saved: saved.clone() };
+    let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    let Some((mean, var)) = saved.get() else {
+        return Err(Error::config("batch_norm", "the forward kernel did not record statistics"));
+    };
+    let dev = x.device();
+    let stats = BatchStats {
+        mean: Tensor::from_slice(mean, d.c, dev)?.to_dtype(x.dtype())?,
+        var: Tensor::from_slice(var, d.c, dev)?.to_dtype(x.dtype())?,
+        count: d.n * d.hw,
+    };
+    Ok((y, stats))
+}
+
+/// Evaluation-mode batch norm with the running statistics:
+/// `y = (x − running_mean) / √(running_var + eps) · weight + bias`, differentiable in `x`,
+/// `weight` and `bias` (fine-tuning with frozen statistics).
+///
+/// # Errors
+/// As [`batch_norm_train`], except that a single value per channel is fine.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let d = dims_of(x)?;
+    float_dtype(x, "batch_norm input")?;
+    for (p, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")]
+    {
+        check_param(p, what, d.c, x.dtype())?;
+    }
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
+    }
+    let shape: Vec<usize> = if x.rank() == 4 { vec![1, d.c, 1, 1] } else { vec![1, d.c] };
+    let scale = (weight * (running_var + eps)?.sqrt()?.recip()?)?;
+    let shift = (bias - (running_mean * &scale)?)?;
+    Ok(x.broadcast_mul(&scale.reshape(shape.as_slice())?)?.broadcast_add(&shift.reshape(shape.as_slice())?)?)
+}
+
+/// PyTorch's running-statistics update after a training step:
+/// `running = (1 − f)·running + f·batch` with `f = momentum`, or `f = 1 / num_batches_tracked`
+/// when `momentum` is `None` (cumulative average); the variance uses the unbiased batch
+/// variance `var · n / (n − 1)`. Returns the new `(running_mean, running_var)`.
+///
+/// # Errors
+/// [`Error::Config`] for a momentum outside `[0, 1]` or `num_batches_tracked == 0` without
+/// momentum; shape errors for mismatched statistics.
+pub fn update_running_stats(
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    stats: &BatchStats,
+    momentum: Option<f64>,
+    num_batches_tracked: u64,
+) -> Result<(Tensor, Tensor)> {
+    let f = match momentum {
+        Some(m) if (0.0..=1.0).contains(&m) => m,
+        Some(m) => return Err(Error::config("batch_norm momentum", format!("must be in [0, 1], got {m}"))),
+        None if num_batches_tracked > 0 => 1.0 / num_batches_tracked as f64,
+        None => {
+            return Err(Error::config(
+                "batch_norm num_batches_tracked",
+                "must be > 0 for the cumulative average (momentum None); increment it before updating",
+            ));
+        }
+    };
+    if running_mean.dims() != stats.mean.dims() || running_var.dims() != stats.var.dims() {
+        return Err(Error::shape("batch_norm running stats", format!("{:?}", stats.mean.dims()), running_mean.dims()));
+    }
+    let n = stats.count as f64;
+    let unbiased = (&stats.var * (n / (n - 1.0).max(1.0)))?;
+    let mean = ((running_mean * (1.0 - f))? + (&stats.mean.detach() * f)?)?;
+    let var = ((running_var * (1.0 - f))? + (unbiased.detach() * f)?)?;
+    Ok((mean.detach(), var.detach()))
+}

@@ -1,0 +1,102 @@
+//! Batch norm: PyTorch fixtures for training (output, three gradients, running-stat update with
+//! momentum and cumulative average) and eval mode; finite differences; bad input as errors.
+
+mod common;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close, check_case_multi, load, tolerance};
+use sconce_core::{Error, SeededRng};
+use sconce_tensor::gradcheck::check_gradient;
+use sconce_tensor::{batch_norm_eval, batch_norm_train, update_running_stats};
+
+#[test]
+fn batch_norm_matches_pytorch() -> Result<()> {
+    let fx = load("batch_norm")?;
+    assert!(fx.cases.len() >= 10);
+    for case in &fx.cases {
+        let name = case["name"].as_str().context("name")?;
+        let eps = case["eps"].as_f64().context("eps")?;
+        let rm = fx.get(case, "running_mean_in")?;
+        let rv = fx.get(case, "running_var_in")?;
+        if case["training"].as_bool() == Some(true) {
+            check_case_multi(&fx, case, |t| Ok(batch_norm_train(&t[0], &t[1], &t[2], eps)?.0))?;
+            let (_, stats) = batch_norm_train(&fx.get(case, "x0")?, &fx.get(case, "x1")?, &fx.get(case, "x2")?, eps)?;
+            let momentum = case["momentum"].as_f64();
+            let tracked = case["num_batches_tracked"].as_u64().context("num_batches_tracked")?;
+            let (m, v) = update_running_stats(&rm, &rv, &stats, momentum, tracked)?;
+            let (rtol, atol) = tolerance(m.dtype());
+            assert_close(&format!("{name} running_mean"), &m, &fx.get(case, "running_mean_out")?, rtol, atol)?;
+            assert_close(&format!("{name} running_var"), &v, &fx.get(case, "running_var_out")?, rtol, atol)?;
+        } else {
+            check_case_multi(&fx, case, |t| Ok(batch_norm_eval(&t[0], &rm, &rv, &t[1], &t[2], eps)?))?;
+        }
+    }
+    Ok(())
+}
+
+fn random(shape: &[usize], seed: u64, shift: f64) -> Result<Tensor> {
+    let mut rng = SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec((0..n).map(|_| rng.normal() * 1.5 + shift).collect::<Vec<f64>>(), shape, &Device::Cpu)?)
+}
+
+#[test]
+fn training_gradients_match_finite_differences() -> Result<()> {
+    for (shape, seed) in [(vec![3, 2, 4, 5], 1), (vec![5, 3], 2), (vec![1, 2, 3, 3], 3)] {
+        let c = shape[1];
+        let x = random(&shape, seed, 2.0)?;
+        let g = random(&[c], seed + 10, 1.0)?;
+        let b = random(&[c], seed + 20, 0.0)?;
+        let r = check_gradient(|t| Ok(batch_norm_train(t, &g, &b, 1e-5)?.0), &x, 1e-6, 1)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} dx: {r:?}");
+        let r = check_gradient(|t| Ok(batch_norm_train(&x, t, &b, 1e-5)?.0), &g, 1e-6, 2)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} dgamma: {r:?}");
+        let r = check_gradient(|t| Ok(batch_norm_train(&x, &g, t, 1e-5)?.0), &b, 1e-6, 3)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} dbeta: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn output_is_normalised_per_channel_even_with_a_large_mean() -> Result<()> {
+    // A mean of 1e4 with unit spread in f32: a one-pass E[x²] − E[x]² variance would be noise.
+    let x64 = random(&[4, 3, 6, 6], 4, 1e4)?;
+    let x = x64.to_dtype(DType::F32)?;
+    let ones = Tensor::ones(3, DType::F32, &Device::Cpu)?;
+    let zeros = Tensor::zeros(3, DType::F32, &Device::Cpu)?;
+    let (y, stats) = batch_norm_train(&x, &ones, &zeros, 1e-5)?;
+    let y = y.to_dtype(DType::F64)?;
+    let mean = y.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
+    let var = y.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
+    assert!(mean.iter().all(|m| m.abs() < 1e-3), "{mean:?}");
+    assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{var:?}");
+    assert_eq!(stats.count, 4 * 36);
+    // The batch variance equals a two-pass f64 variance of the same (f32-rounded) data.
+    let x64 = x.to_dtype(DType::F64)?;
+    let centred = x64.broadcast_sub(&x64.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?)?;
+    let want = centred.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
+    let got = stats.var.to_vec1::<f32>()?;
+    for (g, w) in got.iter().zip(&want) {
+        assert!((f64::from(*g) - w).abs() < 1e-5 * w, "batch variance {g} vs {w}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() -> Result<()> {
+    let dev = Device::Cpu;
+    let p = Tensor::ones(3, DType::F32, &dev)?;
+    let one_value = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev)?;
+    assert!(matches!(batch_norm_train(&one_value, &p, &p, 1e-5), Err(Error::Data { .. })));
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+    assert!(matches!(batch_norm_train(&x, &Tensor::ones(4, DType::F32, &dev)?, &p, 1e-5), Err(Error::Shape { .. })));
+    assert!(matches!(batch_norm_train(&x.flatten_from(2)?, &p, &p, 1e-5), Err(Error::Shape { .. })));
+    assert!(matches!(batch_norm_train(&x, &p, &p, 0.0), Err(Error::Config { .. })));
+    assert!(matches!(batch_norm_train(&x, &p.to_dtype(DType::F64)?, &p, 1e-5), Err(Error::Config { .. })));
+    let (_, stats) = batch_norm_train(&x, &p, &p, 1e-5)?;
+    assert!(matches!(update_running_stats(&p, &p, &stats, Some(1.5), 1), Err(Error::Config { .. })));
+    assert!(matches!(update_running_stats(&p, &p, &stats, None, 0), Err(Error::Config { .. })));
+    assert!(matches!(batch_norm_eval(&x, &p, &p, &p, &p, -1.0), Err(Error::Config { .. })));
+    Ok(())
+}

@@ -45,10 +45,11 @@ def main():
         with torch.no_grad():
             res[f"conv2d/{name}/fwd"] = mean_time(lambda: F.conv2d(x, w, None, s, p))
         xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        gy = torch.randn_like(F.conv2d(x, w, None, s, p))
 
         def fb():
             xg.grad = wg.grad = None
-            F.conv2d(xg, wg, None, s, p).sum().backward()
+            F.conv2d(xg, wg, None, s, p).backward(gy)
 
         res[f"conv2d/{name}/fwd_bwd"] = mean_time(fb)
     stem = torch.randn(8, 64, 112, 112, requires_grad=True)
@@ -56,9 +57,11 @@ def main():
     up = torch.randn(8, 32, 125, 125, requires_grad=True)
 
     def fb_of(x, f):
+        gy = torch.randn_like(f(x))
+
         def run():
             x.grad = None
-            f(x).sum().backward()
+            f(x).backward(gy)
         return run
 
     res["pool/max_3x3_s2_c64_h112_b8/fwd_bwd"] = mean_time(fb_of(stem, lambda t: F.max_pool2d(t, 3, 2, 1)))
@@ -67,6 +70,11 @@ def main():
         fb_of(up, lambda t: F.interpolate(t, size=(250, 250), mode="bilinear", align_corners=False)))
     res["resize/nearest_c32_h125_to_250_b8/fwd_bwd"] = mean_time(
         fb_of(up, lambda t: F.interpolate(t, size=(250, 250), mode="nearest")))
+    bn_x = torch.randn(8, 64, 56, 56, requires_grad=True)
+    gamma, beta = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
+    rm, rv = torch.zeros(64), torch.ones(64)
+    res["batch_norm/train_c64_h56_b8/fwd_bwd"] = mean_time(
+        fb_of(bn_x, lambda t: F.batch_norm(t, rm, rv, gamma, beta, True, 0.1, 1e-5)))
     meta = dict(torch=torch.__version__, threads=THREADS, machine=platform.processor() or platform.machine(),
                 mkldnn=torch.backends.mkldnn.is_available())
     OUT.write_text(json.dumps(dict(meta=meta, seconds=res), indent=1) + "\n")

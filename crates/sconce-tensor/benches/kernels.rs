@@ -9,16 +9,41 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
 use criterion::{Criterion, criterion_group};
 use sconce_core::SeededRng;
-use sconce_tensor::{AvgPool2d, Conv2dConfig, Interpolation, MaxPool2d, avg_pool2d, conv2d, max_pool2d, resize};
+use sconce_tensor::{
+    AvgPool2d, Conv2dConfig, Interpolation, MaxPool2d, avg_pool2d, batch_norm_train, conv2d, max_pool2d, resize,
+};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = SeededRng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap_or_else(|e| panic!("bench input: {e}"))
+}
+
+/// Backward with a given upstream gradient, like PyTorch's `y.backward(gy)`: a scalar op whose
+/// backward hands `gy` to `y` as is. (`(y * gy).sum().backward()` would time candle's `mul`
+/// backward, ~150 ms on these shapes, rather than the kernel.)
+struct Seed(Tensor);
+
+impl CustomOp1 for Seed {
+    fn name(&self) -> &'static str {
+        "seed-gradient"
+    }
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+/// Runs the backward pass of `y` with upstream gradient `gy`; true if `x` got a gradient.
+fn backward_with(y: &Tensor, gy: &Tensor, x: &Var) -> bool {
+    let seed = y.apply_op1(Seed(gy.clone())).unwrap_or_else(|e| panic!("{e}"));
+    seed.backward().map(|g| g.get(x.as_tensor()).is_some()).unwrap_or(false)
 }
 
 /// `(name, x shape, w shape, stride, padding)`: ResNet50's 3×3 and 1×1 convolutions at batch 8
@@ -43,29 +68,27 @@ fn bench_conv(c: &mut Criterion) {
         group.bench_function("fwd", |b| b.iter(|| black_box(conv2d(&x, &w, None, &cfg).map(|y| y.dims().len()))));
         let xv = Var::from_tensor(&x).unwrap_or_else(|e| panic!("{e}"));
         let wv = Var::from_tensor(&w).unwrap_or_else(|e| panic!("{e}"));
-        // Σ y as the objective in both libraries: a uniform upstream gradient, so the timing is
-        // the convolution's forward and backward, not a loss (candle's `mul` backward alone
-        // costs ~150 ms on these shapes).
+        let gy = randn(conv2d(&x, &w, None, &cfg).unwrap_or_else(|e| panic!("{e}")).dims(), 3);
         group.bench_function("fwd_bwd", |b| {
             b.iter(|| {
                 let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, &cfg).unwrap_or_else(|e| panic!("{e}"));
-                let g = y.sum_all().and_then(|t| t.backward());
-                black_box(g.map(|g| g.get(wv.as_tensor()).is_some()))
+                black_box(backward_with(&y, &gy, &wv))
             })
         });
         group.finish();
     }
 }
 
-/// Forward + backward of `f` on `x` with `Σ f(x)` as the objective, in a group `name` (one
+/// Forward + backward of `f` on `x` with a random upstream gradient, in a group `name` (one
 /// group per shape, like the conv groups, so criterion's directory is `<group>/fwd_bwd`).
 fn bench_fwd_bwd(c: &mut Criterion, name: &str, x: &Var, f: impl Fn(&Tensor) -> sconce_core::Result<Tensor>) {
     let mut group = c.benchmark_group(name);
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let gy = randn(f(x.as_tensor()).unwrap_or_else(|e| panic!("{e}")).dims(), 7);
     group.bench_function("fwd_bwd", |b| {
         b.iter(|| {
             let y = f(x.as_tensor()).unwrap_or_else(|e| panic!("{e}"));
-            black_box(y.sum_all().and_then(|t| t.backward()).map(|g| g.get(x.as_tensor()).is_some()))
+            black_box(backward_with(&y, &gy, x))
         })
     });
     group.finish();
@@ -84,6 +107,11 @@ fn bench_pool_resize(c: &mut Criterion) {
         resize(t, (250, 250), Interpolation::Bilinear { align_corners: false })
     });
     bench_fwd_bwd(c, "resize/nearest_c32_h125_to_250_b8", &up, |t| resize(t, (250, 250), Interpolation::Nearest));
+    // Batch norm in training mode after a ResNet layer1 conv.
+    let bn_x = var(&[8, 64, 56, 56], 8);
+    let gamma = randn(&[64], 9);
+    let beta = randn(&[64], 10);
+    bench_fwd_bwd(c, "batch_norm/train_c64_h56_b8", &bn_x, |t| Ok(batch_norm_train(t, &gamma, &beta, 1e-5)?.0));
 }
 
 /// Reads criterion's median estimates and the PyTorch reference, prints one ratio per bench.

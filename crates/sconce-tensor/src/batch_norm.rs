@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
-use crate::kernel::{Real, contiguous_slice, cpu, f64_of, float_dtype};
+use crate::kernel::{Real, block_sum, block_sum2, contiguous_slice, cpu, f64_of, float_dtype};
 
 /// Per-channel statistics of one training batch.
 #[derive(Debug, Clone)]
@@ -60,9 +60,11 @@ impl BnTrain {
             .into_par_iter()
             .map(|ch| {
                 let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let sum: f64 = planes.clone().flat_map(|p| p.iter()).map(|&v| f64_of(v)).sum();
+                let sum: f64 = planes.clone().map(|p| block_sum(p, |v| v)).sum();
                 let mean = sum / m;
-                let ss: f64 = planes.flat_map(|p| p.iter()).map(|&v| (f64_of(v) - mean).powi(2)).sum();
+                // Centred in T after subtracting the f64 mean: accurate even for a large mean.
+                let mt = T::from_f64(mean);
+                let ss: f64 = planes.map(|p| block_sum(p, |v| (v - mt) * (v - mt))).sum();
                 (mean, ss / m)
             })
             .collect();
@@ -161,15 +163,13 @@ impl BnBackward {
             .into_par_iter()
             .map(|ch| {
                 let (mut s, mut sx) = (0.0, 0.0);
+                let mt = T::from_f64(mean[ch]);
                 for i in 0..n {
                     let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for (&d, &v) in dy[r.clone()].iter().zip(&x[r]) {
-                        let d = f64_of(d);
-                        s += d;
-                        sx += d * (f64_of(v) - mean[ch]) * inv[ch];
-                    }
+                    s += block_sum(&dy[r.clone()], |d| d);
+                    sx += block_sum2(&dy[r.clone()], &x[r], |d, v| d * (v - mt));
                 }
-                (s, sx)
+                (s, sx * inv[ch])
             })
             .collect();
         let mut out = vec![T::zero(); x.len() + 2 * c];

@@ -243,9 +243,18 @@ impl Geom {
 
     /// Forward: `y[n, o, p] = Σ_k W[o, k] · cols_n[k, p]` per group.
     pub(crate) fn forward<T: Real>(&self, x: &[T], wt: &[T]) -> candle_core::Result<Vec<T>> {
+        let mut out = vec![T::zero(); self.n * self.o * self.p()];
+        self.forward_into(x, wt, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward`] into a caller's buffer of `N·O·OH·OW` elements.
+    fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
-        let mut out = vec![T::zero(); self.n * self.o * p];
+        if out.len() != self.n * self.o * p {
+            candle_core::bail!("conv2d: output buffer of {} for {} elements", out.len(), self.n * self.o * p);
+        }
         let (_, gemm_threads) = self.plan();
         let pointwise = self.pointwise();
         let run = |cols: &mut Vec<T>, (y, x): (&mut [T], &[T])| -> candle_core::Result<()> {
@@ -273,23 +282,69 @@ impl Geom {
                 .zip(x.par_chunks(self.image_len()))
                 .try_for_each_init(|| vec![T::zero(); cols_len], run)?;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Backward: `dW = Σ_n dY_n · cols_nᵀ` and, when `need_dx`, `dX_n = col2im(Wᵀ · dY_n)`.
-    /// Returns `dx` (empty unless `need_dx`) and `dw`.
-    pub(crate) fn backward<T: Real>(
+    /// For a stride-1 convolution, the input gradient is itself a convolution: `dY` padded by
+    /// `d·(k−1) − p` and correlated with the spatially flipped, channel-transposed kernel. That
+    /// runs through the fast forward path (a gemm with a short output and a long inner
+    /// dimension) instead of `col2im(Wᵀ · dY)`, whose gemm writes a `K×P` matrix with `k = O/g`.
+    fn input_grad_as_conv(&self) -> Option<Geom> {
+        let (eh, ew) = (self.dh * (self.kh - 1), self.dw * (self.kw - 1));
+        if self.sh != 1 || self.sw != 1 || self.pointwise() || self.ph > eh || self.pw > ew {
+            return None;
+        }
+        let mut t = *self;
+        (t.c, t.h, t.w, t.o) = (self.o, self.oh, self.ow, self.c);
+        (t.ph, t.pw) = (eh - self.ph, ew - self.pw);
+        (t.oh, t.ow) = (self.h, self.w);
+        Some(t)
+    }
+
+    /// `W[o, c, i, j]` per group → `W'[c, o, kh−1−i, kw−1−j]` (the kernel of [`Self::input_grad_as_conv`]).
+    fn flip_transpose<T: Real>(&self, wt: &[T]) -> Vec<T> {
+        let (og, cg, kk) = (self.og(), self.cg(), self.kh * self.kw);
+        let mut out = vec![T::zero(); wt.len()];
+        for gi in 0..self.g {
+            for o in 0..og {
+                for c in 0..cg {
+                    let src = &wt[((gi * og + o) * cg + c) * kk..][..kk];
+                    let dst = &mut out[((gi * cg + c) * og + o) * kk..][..kk];
+                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Backward: `dW = Σ_n dY_n · cols_nᵀ` into `dw_out` (when given) and the input gradient
+    /// into `dx_out` (when given): as a convolution for stride 1, else `col2im(Wᵀ · dY_n)`.
+    /// Both buffers must be zeroed.
+    pub(crate) fn backward_into<T: Real>(
         &self,
         x: &[T],
         wt: &[T],
         dy: &[T],
-        need_dx: bool,
-        need_dw: bool,
-    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        dx_out: Option<&mut [T]>,
+        dw_out: Option<&mut [T]>,
+    ) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
         let pointwise = self.pointwise();
-        let mut dx = vec![T::zero(); if need_dx { self.n * self.image_len() } else { 0 }];
+        let need_dw = dw_out.is_some();
+        let mut dx_out = dx_out;
+        if let (Some(t), Some(dx)) = (self.input_grad_as_conv(), dx_out.as_deref_mut()) {
+            t.forward_into(dy, &self.flip_transpose(wt), dx)?;
+            dx_out = None;
+        }
+        let need_dx = dx_out.is_some();
+        let mut empty: [T; 0] = [];
+        let dx: &mut [T] = match dx_out {
+            Some(d) => d,
+            None => &mut empty,
+        };
         let (chunks, gemm_threads) = self.plan();
         let per_chunk = self.n.div_ceil(chunks).max(1);
         let cols_len = if pointwise { 0 } else { k * p };
@@ -344,13 +399,14 @@ impl Geom {
                 .map(|(x, dy)| work(x, dy, None))
                 .collect::<candle_core::Result<_>>()?
         };
-        let mut dw = vec![T::zero(); if need_dw { self.weight_len() } else { 0 }];
-        for part in partials {
-            for (d, v) in dw.iter_mut().zip(part) {
-                *d += v;
+        if let Some(dw) = dw_out {
+            for part in partials {
+                for (d, v) in dw.iter_mut().zip(part) {
+                    *d += v;
+                }
             }
         }
-        Ok((dx, dw))
+        Ok(())
     }
 }
 
@@ -426,9 +482,14 @@ struct Conv2dBackward {
 
 impl Conv2dBackward {
     fn run<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
-        let (mut dx, dw) = self.geom.backward(x, w, dy, self.need_dx, self.need_dw)?;
-        dx.extend_from_slice(&dw);
-        Ok(dx)
+        let g = &self.geom;
+        let dx_len = if self.need_dx { g.n * g.image_len() } else { 0 };
+        let dw_len = if self.need_dw { g.weight_len() } else { 0 };
+        // One allocation for both results: no reallocation of the (large) input gradient.
+        let mut out = vec![T::zero(); dx_len + dw_len];
+        let (dx, dw) = out.split_at_mut(dx_len);
+        g.backward_into(x, w, dy, self.need_dx.then_some(dx), self.need_dw.then_some(dw))?;
+        Ok(out)
     }
 }
 

@@ -38,6 +38,12 @@ impl Taps {
         self.offsets.len() - 1
     }
 
+    /// True when every output reads exactly one input (nearest resizing): then the map is a
+    /// gather (and its transpose a scatter-add) with no temporary row.
+    fn single_tap(&self) -> bool {
+        self.offsets.windows(2).all(|w| w[1] - w[0] == 1)
+    }
+
     #[cfg(test)]
     pub(crate) fn offsets_for(&self, o: usize) -> std::ops::Range<usize> {
         self.offsets[o]..self.offsets[o + 1]
@@ -74,8 +80,28 @@ impl SeparableMap {
         let w_w: Vec<T> = self.w.weight.iter().map(|&v| T::from_f64(v)).collect();
         let scale = T::from_f64(self.scale);
         let (h, w) = (&*self.h, &*self.w);
+        let gather = h.single_tap() && w.single_tap();
         out.par_chunks_mut(oh_len * ow_len).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| {
-            if self.transposed {
+            if gather && self.transposed {
+                // Scatter-add each gradient row onto its source row.
+                for gh in 0..ih {
+                    let wh = h_w[gh] * scale;
+                    let g = &x[gh * iw..(gh + 1) * iw];
+                    let dst = &mut o[h.index[gh] * ow_len..(h.index[gh] + 1) * ow_len];
+                    for ((&gv, &j), &ww) in g.iter().zip(&w.index).zip(&w_w) {
+                        dst[j] += wh * ww * gv;
+                    }
+                }
+            } else if gather {
+                for oh in 0..oh_len {
+                    let wh = h_w[oh] * scale;
+                    let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
+                    let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
+                    for ((d, &j), &ww) in dst.iter_mut().zip(&w.index).zip(&w_w) {
+                        *d = wh * ww * src[j];
+                    }
+                }
+            } else if self.transposed {
                 // out[ih', iw'] += s · wh · ww · g[oh, ow] over every tap (ih', wh) of oh, (iw', ww) of ow.
                 let mut row = vec![T::zero(); ow_len];
                 for gh in 0..ih {

@@ -8,9 +8,10 @@
 //! | feature | crate | what it holds |
 //! |---|---|---|
 //! | (always) | [`sconce_core`] | `Error`, shared traits, `SeededRng`, initialisers |
+//! | `tensor` | [`tensor`] (`sconce-tensor`) | stable math; conv, pooling, resize, batch norm with correct backward |
 //!
-//! Further crates (tensor kernels, layers, losses, metrics, backbones, hub, encodings, SVM,
-//! data, training) join this table as they land; see the README's crate map.
+//! Further crates (layers, losses, metrics, backbones, hub, encodings, SVM, data, training)
+//! join this table as they land; see the README's crate map.
 //!
 //! ```
 //! use sconce::{Init, SeededRng};
@@ -28,3 +29,6 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub use sconce_core::*;
+
+#[cfg(feature = "tensor")]
+pub use sconce_tensor as tensor;

@@ -175,6 +175,23 @@ def convolution():
     # U-Net 3x3 same-padding convs at 125x125 and DenseNet's growth conv at 31x31.
     cv("unet_3x3_125", [1, 2, 125, 125], [3, 2, 3, 3], 1, 1, dtype="f32")
     cv("densenet_3x3_31", [1, 8, 31, 31], [4, 8, 3, 3], 1, 1, bias=False)
+
+    def ct(name, x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1, groups=1, bias=True):
+        s2 = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
+        case = dict(name=name, op="conv_transpose2d", stride=s2(stride), padding=s2(padding),
+                    output_padding=s2(output_padding), dilation=s2(dilation), groups=groups, bias=bias)
+        inputs = [torch.randn(x_shape), torch.randn(w_shape) / (w_shape[0] * w_shape[2] * w_shape[3]) ** 0.5]
+        if bias:
+            inputs.append(torch.randn(w_shape[1] * groups))
+        fn = lambda x, w, *bb: F.conv_transpose2d(x, w, bb[0] if bb else None, stride, padding, output_padding,
+                                                   groups, dilation)
+        b.add(case, fn, *inputs)
+
+    # The classic U-Net's 2x2 stride-2 up-convolution (31 -> 62 at 250x250) and friends.
+    ct("unet_upconv_2x2_s2_31", [1, 8, 31, 31], [8, 4, 2, 2], 2)
+    ct("upconv_3x3_s2_p1_op1", [2, 3, 7, 6], [3, 4, 3, 3], 2, 1, 1)
+    ct("upconv_3x3_s1_p1", [1, 3, 9, 8], [3, 2, 3, 3], 1, 1)
+    ct("upconv_groups_dilated", [1, 4, 5, 6], [4, 3, 3, 2], (2, 1), (1, 0), (1, 0), 2, 2)
     b.save()
 
 

@@ -319,8 +319,7 @@ impl Geom {
         out
     }
 
-    /// Backward: `dW = Σ_n dY_n · cols_nᵀ` into `dw_out` (when given) and the input gradient
-    /// into `dx_out` (when given): as a convolution for stride 1, else `col2im(Wᵀ · dY_n)`.
+    /// Backward: the input gradient into `dx_out` and `dW` into `dw_out`, each when given.
     /// Both buffers must be zeroed.
     pub(crate) fn backward_into<T: Real>(
         &self,
@@ -330,50 +329,39 @@ impl Geom {
         dx_out: Option<&mut [T]>,
         dw_out: Option<&mut [T]>,
     ) -> candle_core::Result<()> {
+        if let Some(dx) = dx_out {
+            self.input_grad_into(wt, dy, dx)?;
+        }
+        if let Some(dw) = dw_out {
+            self.weight_grad_into(x, dy, dw)?;
+        }
+        Ok(())
+    }
+
+    /// `dX` (zeroed, `N·C·H·W`) from `dY`: a convolution with the flipped kernel for stride 1,
+    /// else `dX_n = col2im(Wᵀ · dY_n)` per image, images in parallel. This is also the forward
+    /// pass of the transposed convolution.
+    pub(crate) fn input_grad_into<T: Real>(&self, wt: &[T], dy: &[T], dx: &mut [T]) -> candle_core::Result<()> {
+        if let Some(t) = self.input_grad_as_conv() {
+            return t.forward_into(dy, &self.flip_transpose(wt), dx);
+        }
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
         let pointwise = self.pointwise();
-        let need_dw = dw_out.is_some();
-        let mut dx_out = dx_out;
-        if let (Some(t), Some(dx)) = (self.input_grad_as_conv(), dx_out.as_deref_mut()) {
-            t.forward_into(dy, &self.flip_transpose(wt), dx)?;
-            dx_out = None;
-        }
-        let need_dx = dx_out.is_some();
-        let mut empty: [T; 0] = [];
-        let dx: &mut [T] = match dx_out {
-            Some(d) => d,
-            None => &mut empty,
-        };
         let (chunks, gemm_threads) = self.plan();
         let per_chunk = self.n.div_ceil(chunks).max(1);
-        let cols_len = if pointwise { 0 } else { k * p };
-        // One partial dW per chunk of images, summed afterwards.
-        let work = |x: &[T], dy: &[T], dx: Option<&mut [T]>| -> candle_core::Result<Vec<T>> {
-            let mut dw = vec![T::zero(); if need_dw { self.weight_len() } else { 0 }];
-            let mut cols = vec![T::zero(); cols_len];
-            let mut dcols = vec![T::zero(); if need_dx && !pointwise { k * p } else { 0 }];
-            let mut dx = dx;
-            let images = dy.len() / (self.o * p).max(1);
-            for img in 0..images {
-                let x_img = &x[img * self.image_len()..(img + 1) * self.image_len()];
-                let dy_img = &dy[img * self.o * p..(img + 1) * self.o * p];
-                for gi in 0..self.g {
-                    let xg = &x_img[gi * cg * hw..(gi + 1) * cg * hw];
-                    let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
-                    let wg = &wt[gi * og * k..(gi + 1) * og * k];
-                    if need_dw {
-                        let rhs: &[T] = if pointwise {
-                            xg
-                        } else {
-                            self.im2col(xg, &mut cols);
-                            &cols
-                        };
-                        let dwg = &mut dw[gi * og * k..(gi + 1) * og * k];
-                        gemm(og, k, p, dwg, true, dyg, Op::N, rhs, Op::T, gemm_threads)?;
-                    }
-                    if let Some(dx) = dx.as_deref_mut() {
-                        let dxg = &mut dx[img * self.image_len() + gi * cg * hw..][..cg * hw];
+        let (img_len, out_len) = (self.image_len(), self.o * p);
+        if dx.len() != self.n * img_len || dy.len() != self.n * out_len {
+            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        dx.par_chunks_mut(per_chunk * img_len).zip(dy.par_chunks(per_chunk * out_len)).try_for_each(
+            |(dx, dy)| -> candle_core::Result<()> {
+                let mut dcols = vec![T::zero(); if pointwise { 0 } else { k * p }];
+                for (dx_img, dy_img) in dx.chunks_mut(img_len).zip(dy.chunks(out_len)) {
+                    for gi in 0..self.g {
+                        let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                        let wg = &wt[gi * og * k..(gi + 1) * og * k];
+                        let dxg = &mut dx_img[gi * cg * hw..(gi + 1) * cg * hw];
                         if pointwise {
                             gemm(k, p, og, dxg, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
                         } else {
@@ -382,28 +370,49 @@ impl Geom {
                         }
                     }
                 }
-            }
-            Ok(dw)
-        };
-        let img_len = self.image_len();
-        let out_len = self.o * p;
-        let partials: Vec<Vec<T>> = if need_dx {
-            dx.par_chunks_mut(per_chunk * img_len)
-                .zip(x.par_chunks(per_chunk * img_len))
-                .zip(dy.par_chunks(per_chunk * out_len))
-                .map(|((dx, x), dy)| work(x, dy, Some(dx)))
-                .collect::<candle_core::Result<_>>()?
-        } else {
-            x.par_chunks(per_chunk * img_len)
-                .zip(dy.par_chunks(per_chunk * out_len))
-                .map(|(x, dy)| work(x, dy, None))
-                .collect::<candle_core::Result<_>>()?
-        };
-        if let Some(dw) = dw_out {
-            for part in partials {
-                for (d, v) in dw.iter_mut().zip(part) {
-                    *d += v;
+                Ok(())
+            },
+        )
+    }
+
+    /// `dW = Σ_n dY_n · cols_nᵀ` into `dw` (`O·C/g·kh·kw`): one partial sum per chunk of
+    /// images, added up at the end.
+    pub(crate) fn weight_grad_into<T: Real>(&self, x: &[T], dy: &[T], dw: &mut [T]) -> candle_core::Result<()> {
+        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let hw = self.h * self.w;
+        let pointwise = self.pointwise();
+        let (chunks, gemm_threads) = self.plan();
+        let per_chunk = self.n.div_ceil(chunks).max(1);
+        let (img_len, out_len) = (self.image_len(), self.o * p);
+        if x.len() != self.n * img_len || dy.len() != self.n * out_len || dw.len() != self.weight_len() {
+            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        let partials: Vec<Vec<T>> = x
+            .par_chunks(per_chunk * img_len)
+            .zip(dy.par_chunks(per_chunk * out_len))
+            .map(|(x, dy)| -> candle_core::Result<Vec<T>> {
+                let mut part = vec![T::zero(); self.weight_len()];
+                let mut cols = vec![T::zero(); if pointwise { 0 } else { k * p }];
+                for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
+                    for gi in 0..self.g {
+                        let xg = &x_img[gi * cg * hw..(gi + 1) * cg * hw];
+                        let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                        let rhs: &[T] = if pointwise {
+                            xg
+                        } else {
+                            self.im2col(xg, &mut cols);
+                            &cols
+                        };
+                        let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
+                        gemm(og, k, p, dwg, true, dyg, Op::N, rhs, Op::T, gemm_threads)?;
+                    }
                 }
+                Ok(part)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        for part in partials {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += v;
             }
         }
         Ok(())
@@ -455,41 +464,54 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (need_dx, need_dw) = (x.track_op(), w.track_op());
-        if !need_dx && !need_dw {
-            return Ok((None, None));
-        }
-        let op = Conv2dBackward { geom: self.geom, need_dx, need_dw };
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let g = &self.geom;
-        let dx_len = if need_dx { g.n * g.image_len() } else { 0 };
-        let dx = if need_dx { Some(both.narrow(0, 0, dx_len)?.reshape((g.n, g.c, g.h, g.w))?) } else { None };
-        let dw = if need_dw {
-            Some(both.narrow(0, dx_len, g.weight_len())?.reshape((g.o, g.cg(), g.kh, g.kw))?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        Conv2dBackward { geom: self.geom, need_dx: x.track_op(), need_dw: w.track_op(), transposed: false }
+            .grads(x, w, grad)
     }
 }
 
 /// The backward kernel: `(x, w, dy) → [dx (if needed) | dw (if needed)]` as one flat buffer.
+/// With `transposed`, `geom` is the convolution whose adjoint the forward pass computed, and
+/// the roles of input and output swap: `dx = conv(dy, w)`, `dw = weight_grad(dy, x)`.
 struct Conv2dBackward {
     geom: Geom,
     need_dx: bool,
     need_dw: bool,
+    transposed: bool,
 }
 
 impl Conv2dBackward {
     fn run<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
         let g = &self.geom;
-        let dx_len = if self.need_dx { g.n * g.image_len() } else { 0 };
+        let x_len = if self.transposed { g.n * g.o * g.p() } else { g.n * g.image_len() };
+        let dx_len = if self.need_dx { x_len } else { 0 };
         let dw_len = if self.need_dw { g.weight_len() } else { 0 };
         // One allocation for both results: no reallocation of the (large) input gradient.
         let mut out = vec![T::zero(); dx_len + dw_len];
         let (dx, dw) = out.split_at_mut(dx_len);
-        g.backward_into(x, w, dy, self.need_dx.then_some(dx), self.need_dw.then_some(dw))?;
+        if self.transposed {
+            if self.need_dx {
+                g.forward_into(dy, w, dx)?;
+            }
+            if self.need_dw {
+                g.weight_grad_into(dy, x, dw)?;
+            }
+        } else {
+            g.backward_into(x, w, dy, self.need_dx.then_some(dx), self.need_dw.then_some(dw))?;
+        }
         Ok(out)
+    }
+
+    /// Applies the kernel and splits its buffer into `(dx, dw)` shaped like `x` and `w`.
+    fn grads(self, x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !self.need_dx && !self.need_dw {
+            return Ok((None, None));
+        }
+        let (need_dx, need_dw) = (self.need_dx, self.need_dw);
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &self)?;
+        let dx_len = if need_dx { x.elem_count() } else { 0 };
+        let dx = if need_dx { Some(both.narrow(0, 0, dx_len)?.reshape(x.shape())?) } else { None };
+        let dw = if need_dw { Some(both.narrow(0, dx_len, w.elem_count())?.reshape(w.shape())?) } else { None };
+        Ok((dx, dw))
     }
 }
 
@@ -564,6 +586,217 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig)
                 return Err(Error::config("conv2d bias dtype", format!("must match the input's {:?}", x.dtype())));
             }
             Ok(y.broadcast_add(&b.reshape((1, geom.o, 1, 1))?)?)
+        }
+    }
+}
+
+/// Stride, padding, output padding, dilation and groups of a transposed convolution
+/// (`torch.nn.ConvTranspose2d`'s arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvTranspose2dConfig {
+    /// Upsampling step `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Implicit padding removed from each side of the output.
+    pub padding: (usize, usize),
+    /// Extra rows/columns added to one side of the output (to pick among the sizes that a
+    /// strided convolution maps to the same input size); must be < stride or dilation.
+    pub output_padding: (usize, usize),
+    /// Spacing between kernel taps.
+    pub dilation: (usize, usize),
+    /// Number of channel groups.
+    pub groups: usize,
+}
+
+impl Default for ConvTranspose2dConfig {
+    fn default() -> Self {
+        Self { stride: (1, 1), padding: (0, 0), output_padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+impl ConvTranspose2dConfig {
+    /// Sets a square stride.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    /// Sets a square padding.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    /// Sets a square output padding.
+    pub fn output_padding(mut self, p: usize) -> Self {
+        self.output_padding = (p, p);
+        self
+    }
+    /// Sets a square dilation.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = (d, d);
+        self
+    }
+    /// Sets the number of groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// The transposed-convolution op: the adjoint of the convolution `geom`.
+struct ConvTranspose2dOp {
+    geom: Geom,
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "sconce-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        let len = g.n * g.image_len();
+        let name = "conv_transpose2d";
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let mut y = vec![0f32; len];
+                g.input_grad_into(
+                    contiguous_slice::<f32>(s2, l2, name)?,
+                    contiguous_slice::<f32>(s1, l1, name)?,
+                    &mut y,
+                )?;
+                Ok((CpuStorage::F32(y), shape))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let mut y = vec![0f64; len];
+                g.input_grad_into(
+                    contiguous_slice::<f64>(s2, l2, name)?,
+                    contiguous_slice::<f64>(s1, l1, name)?,
+                    &mut y,
+                )?;
+                Ok((CpuStorage::F64(y), shape))
+            }
+            (a, b) => candle_core::bail!(
+                "{name}: input {:?} and weight {:?} must both be f32 or both f64",
+                a.dtype(),
+                b.dtype()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Conv2dBackward { geom: self.geom, need_dx: x.track_op(), need_dw: w.track_op(), transposed: true }
+            .grads(x, w, grad)
+    }
+}
+
+/// 2-D transposed convolution (`torch.nn.functional.conv_transpose2d`), the U-Net "up-conv",
+/// differentiable in the input, the weight and the bias.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{ConvTranspose2dConfig, conv_transpose2d};
+/// # fn main() -> sconce_core::Result<()> {
+/// // The classic U-Net's 2×2, stride-2 up-convolution: 31×31 → 62×62, 128 → 64 channels.
+/// let x = Tensor::zeros((1, 128, 31, 31), DType::F32, &Device::Cpu)?;
+/// let w = Tensor::zeros((128, 64, 2, 2), DType::F32, &Device::Cpu)?;
+/// let y = conv_transpose2d(&x, &w, None, &ConvTranspose2dConfig::default().stride(2))?;
+/// assert_eq!(y.dims(), &[1, 64, 62, 62]);
+/// # Ok(()) }
+/// ```
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`; `w`: `[Cin, Cout/groups, kh, kw]`; `bias`: `[Cout]`
+/// - output: `[N, Cout, (H−1)·sh − 2ph + dh(kh−1) + oph + 1, …]`
+///
+/// # Errors
+/// As [`conv2d`], plus [`Error::Config`] for an output padding not smaller than the stride or
+/// the dilation, or an empty output.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &ConvTranspose2dConfig) -> Result<Tensor> {
+    let [n, cin, h, wd] = sconce_core::check::dims::<4>(x, "conv_transpose2d input", "[N, Cin, H, W]")?;
+    let wdims = sconce_core::check::dims::<4>(w, "conv_transpose2d weight", "[Cin, Cout/groups, kh, kw]")?;
+    float_dtype(x, "conv_transpose2d input")?;
+    cpu(x, "conv_transpose2d input")?;
+    if w.dtype() != x.dtype() {
+        return Err(Error::config(
+            "conv_transpose2d weight dtype",
+            format!("must match the input's {:?}, got {:?}", x.dtype(), w.dtype()),
+        ));
+    }
+    let [wcin, coutg, kh, kw] = wdims;
+    let ConvTranspose2dConfig {
+        stride: (sh, sw),
+        padding: (ph, pw),
+        output_padding: (oph, opw),
+        dilation: (dh, dw),
+        groups,
+    } = *cfg;
+    if groups == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0 || kh == 0 || kw == 0 {
+        return Err(Error::config(
+            "conv_transpose2d",
+            format!("stride, dilation, groups and kernel must be > 0, got {cfg:?}"),
+        ));
+    }
+    if wcin != cin {
+        return Err(Error::shape(
+            "conv_transpose2d weight",
+            format!("[{cin} (input channels), Cout/groups, kh, kw]"),
+            &wdims,
+        ));
+    }
+    if h == 0 || wd == 0 {
+        return Err(Error::shape("conv_transpose2d input", "a non-empty H×W plane", x.dims()));
+    }
+    if oph >= sh.max(dh) || opw >= sw.max(dw) {
+        return Err(Error::config(
+            "conv_transpose2d output_padding",
+            format!(
+                "{:?} must be smaller than the stride {:?} or the dilation {:?}",
+                cfg.output_padding, cfg.stride, cfg.dilation
+            ),
+        ));
+    }
+    let span = |len: usize, s: usize, p: usize, d: usize, k: usize, op: usize| -> Option<usize> {
+        ((len - 1) * s + d * (k - 1) + op + 1).checked_sub(2 * p).filter(|v| *v > 0)
+    };
+    let (Some(ho), Some(wo)) = (span(h, sh, ph, dh, kh, oph), span(wd, sw, pw, dw, kw, opw)) else {
+        return Err(Error::config("conv_transpose2d", format!("the output is empty for input {h}x{wd} and {cfg:?}")));
+    };
+    let conv_cfg = Conv2dConfig { stride: cfg.stride, padding: cfg.padding, dilation: cfg.dilation, groups };
+    let geom = Geom::new(&[n, coutg * groups, ho, wo], &wdims, &conv_cfg)?;
+    if (geom.oh, geom.ow) != (h, wd) {
+        return Err(Error::config("conv_transpose2d", format!("inconsistent geometry for input {h}x{wd} and {cfg:?}")));
+    }
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { geom })?;
+    match bias {
+        None => Ok(y),
+        Some(b) => {
+            let cout = coutg * groups;
+            if b.dims() != [cout] {
+                return Err(Error::shape(
+                    "conv_transpose2d bias",
+                    format!("[{cout}] (one per output channel)"),
+                    b.dims(),
+                ));
+            }
+            if b.dtype() != x.dtype() {
+                return Err(Error::config(
+                    "conv_transpose2d bias dtype",
+                    format!("must match the input's {:?}", x.dtype()),
+                ));
+            }
+            Ok(y.broadcast_add(&b.reshape((1, cout, 1, 1))?)?)
         }
     }
 }

@@ -4,7 +4,7 @@
 //! | area | functions |
 //! |---|---|
 //! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`] |
-//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups) |
+//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`] |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
@@ -25,7 +25,7 @@ mod separable;
 mod stable;
 
 pub use batch_norm::{BatchStats, batch_norm_eval, batch_norm_train, update_running_stats};
-pub use conv::{Conv2dConfig, conv2d};
+pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };

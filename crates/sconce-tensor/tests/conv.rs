@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::{check_case_multi, load, pair};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
-use sconce_tensor::{Conv2dConfig, conv2d};
+use sconce_tensor::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut rng = SeededRng::new(seed);
@@ -20,7 +20,7 @@ fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
 fn conv2d_matches_pytorch() -> Result<()> {
     let fx = load("conv")?;
     assert!(fx.cases.len() >= 12);
-    for case in &fx.cases {
+    for case in fx.cases.iter().filter(|c| c["op"] == "conv2d") {
         let cfg = Conv2dConfig {
             stride: pair(&case["stride"])?,
             padding: pair(&case["padding"])?,
@@ -148,5 +148,36 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(matches!(conv2d(&x, &w, Some(&bias), &cfg), Err(Error::Shape { .. })));
     let xi = Tensor::zeros((1, 4, 8, 8), DType::U8, &dev)?;
     assert!(matches!(conv2d(&xi, &w, None, &cfg), Err(Error::Config { .. })));
+    Ok(())
+}
+
+#[test]
+fn conv_transpose2d_matches_pytorch_and_finite_differences() -> Result<()> {
+    let fx = load("conv")?;
+    let mut seen = 0;
+    for case in fx.cases.iter().filter(|c| c["op"] == "conv_transpose2d") {
+        let cfg = ConvTranspose2dConfig {
+            stride: pair(&case["stride"])?,
+            padding: pair(&case["padding"])?,
+            output_padding: pair(&case["output_padding"])?,
+            dilation: pair(&case["dilation"])?,
+            groups: case["groups"].as_u64().context("groups")? as usize,
+        };
+        check_case_multi(&fx, case, |t| Ok(conv_transpose2d(&t[0], &t[1], t.get(2), &cfg)?))?;
+        seen += 1;
+    }
+    assert!(seen >= 4);
+    let x = random(&[2, 3, 4, 5], 40)?;
+    let w = random(&[3, 2, 3, 3], 41)?;
+    let b = random(&[2], 42)?;
+    let cfg = ConvTranspose2dConfig::default().stride(2).padding(1).output_padding(1);
+    let r = check_gradient(|t| conv_transpose2d(t, &w, Some(&b), &cfg), &x, 1e-6, 1)?;
+    assert!(r.max_abs_err < 1e-6, "input grad: {r:?}");
+    let r = check_gradient(|t| conv_transpose2d(&x, t, Some(&b), &cfg), &w, 1e-6, 2)?;
+    assert!(r.max_abs_err < 1e-6, "weight grad: {r:?}");
+    let bad = ConvTranspose2dConfig::default().stride(2).output_padding(2);
+    assert!(matches!(conv_transpose2d(&x, &w, None, &bad), Err(Error::Config { .. })));
+    let wrong_w = random(&[4, 2, 3, 3], 43)?;
+    assert!(matches!(conv_transpose2d(&x, &wrong_w, None, &cfg), Err(Error::Shape { .. })));
     Ok(())
 }

@@ -18,6 +18,9 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("sconce-data", &["sconce-core"]),
     ("sconce-backbones", &["sconce-core", "sconce-tensor", "sconce-layers"]),
     ("sconce-hub", &["sconce-core", "sconce-tensor", "sconce-layers", "sconce-backbones"]),
+    // Dev-only test helpers: depends on no sconce crate (a dev-dependency back onto sconce-core
+    // would give sconce-core's own tests a second copy of its types).
+    ("sconce-testutil", &[]),
     (
         "sconce-train",
         &["sconce-core", "sconce-tensor", "sconce-layers", "sconce-losses", "sconce-metrics", "sconce-data"],
@@ -38,6 +41,9 @@ const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
 
 /// Only this crate may depend on the Hugging Face hub client.
 const HUB_CLIENT: (&str, &str) = ("hf-hub", "sconce-hub");
+
+/// Test helpers: may only appear in `[dev-dependencies]`.
+const TESTUTIL: &str = "sconce-testutil";
 
 /// Never a dependency of anything: huge, and its ResNet is inference-only.
 const BANNED: &[&str] = &["candle-transformers"];
@@ -111,7 +117,9 @@ fn check_manifests(manifests: &[(String, String)]) -> Vec<String> {
                 problems.push(format!("{name} must not depend on {dep} (allowed: {ok:?})"));
             }
         }
-        if name != "sconce-core" && !m.deps.contains("sconce-core") {
+        if name == TESTUTIL {
+            // Used only as a dev-dependency (checked below), never published.
+        } else if name != "sconce-core" && !m.deps.contains("sconce-core") {
             problems.push(format!("{name} must depend on sconce-core (it owns the error type and traits)"));
         }
         if LEAVES.contains(&name.as_str()) {
@@ -127,6 +135,9 @@ fn check_manifests(manifests: &[(String, String)]) -> Vec<String> {
             if BANNED.contains(&dep.as_str()) {
                 problems.push(format!("{name} must not depend on {dep}"));
             }
+        }
+        if m.deps.contains(TESTUTIL) {
+            problems.push(format!("{name} must use {TESTUTIL} only as a dev-dependency"));
         }
         if m.deps.contains(HUB_CLIENT.0) && name != HUB_CLIENT.1 {
             problems.push(format!("{name} must not depend on {}; only {} may", HUB_CLIENT.0, HUB_CLIENT.1));

@@ -1,18 +1,18 @@
 //! Batch norm: PyTorch fixtures for training (output, three gradients, running-stat update with
 //! momentum and cumulative average) and eval mode; finite differences; bad input as errors.
 
-mod common;
-
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use common::{assert_close, check_case_multi, load, tolerance};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
 use sconce_tensor::{batch_norm_eval, batch_norm_train, update_running_stats};
+use sconce_testutil::{assert_close, check_case_multi, load, tolerance};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 #[test]
 fn batch_norm_matches_pytorch() -> Result<()> {
-    let fx = load("batch_norm")?;
+    let fx = load(FIXTURES, "batch_norm")?;
     assert!(fx.cases.len() >= 10);
     for case in &fx.cases {
         let name = case["name"].as_str().context("name")?;

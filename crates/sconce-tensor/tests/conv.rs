@@ -1,14 +1,14 @@
 //! conv2d: PyTorch fixtures (values and all three gradients), f64 finite differences, the
 //! C == H == W regression against a naive loop, and bad input as errors.
 
-mod common;
-
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use common::{check_case_multi, load, pair};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
 use sconce_tensor::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
+use sconce_testutil::{check_case_multi, load, pair};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut rng = SeededRng::new(seed);
@@ -18,7 +18,7 @@ fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
 
 #[test]
 fn conv2d_matches_pytorch() -> Result<()> {
-    let fx = load("conv")?;
+    let fx = load(FIXTURES, "conv")?;
     assert!(fx.cases.len() >= 12);
     for case in fx.cases.iter().filter(|c| c["op"] == "conv2d") {
         let cfg = Conv2dConfig {
@@ -153,7 +153,7 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
 
 #[test]
 fn conv_transpose2d_matches_pytorch_and_finite_differences() -> Result<()> {
-    let fx = load("conv")?;
+    let fx = load(FIXTURES, "conv")?;
     let mut seen = 0;
     for case in fx.cases.iter().filter(|c| c["op"] == "conv_transpose2d") {
         let cfg = ConvTranspose2dConfig {

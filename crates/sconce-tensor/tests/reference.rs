@@ -1,18 +1,18 @@
 //! Pooling, resizing and stable math against PyTorch: values and gradients on the shapes
 //! ResNet50, DenseNet121 and a U-Net meet at 250×250 (fixtures from `scripts/fixtures_tensor.py`).
 
-mod common;
-
 use anyhow::{Context, Result, bail};
-use common::{check_case, load, pair};
 use sconce_tensor::{
     AvgPool2d, Interpolation, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, log_sigmoid,
     log_softmax, logsumexp, max_pool2d, resize, sigmoid, softmax, softplus,
 };
+use sconce_testutil::{check_case, load, pair};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 #[test]
 fn pooling_matches_pytorch() -> Result<()> {
-    let fx = load("pool")?;
+    let fx = load(FIXTURES, "pool")?;
     assert!(fx.cases.len() >= 10);
     for case in &fx.cases {
         match case["op"].as_str() {
@@ -53,7 +53,7 @@ fn pooling_matches_pytorch() -> Result<()> {
 
 #[test]
 fn resizing_matches_pytorch() -> Result<()> {
-    let fx = load("resize")?;
+    let fx = load(FIXTURES, "resize")?;
     assert!(fx.cases.len() >= 8);
     for case in &fx.cases {
         let size = pair(&case["size"])?;
@@ -70,7 +70,7 @@ fn resizing_matches_pytorch() -> Result<()> {
 
 #[test]
 fn stable_math_matches_pytorch_at_extreme_inputs() -> Result<()> {
-    let fx = load("stable")?;
+    let fx = load(FIXTURES, "stable")?;
     assert!(fx.cases.len() >= 20);
     for case in &fx.cases {
         let axis = case["axis"].as_u64().unwrap_or(0) as usize;

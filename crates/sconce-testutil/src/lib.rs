@@ -1,7 +1,6 @@
-//! Test helpers: load PyTorch fixtures (written by `scripts/fixtures_tensor.py`) and compare
-//! values and gradients with a tolerance suited to the dtype.
-
-#![allow(dead_code, unreachable_pub)]
+//! sconce-testutil: loads reference fixtures (written by the scripts in `scripts/`) and
+//! compares values and gradients with a tolerance suited to the dtype. A dev-dependency only.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,12 +10,18 @@ use candle_core::{DType, Device, Tensor, Var};
 
 /// One fixture file: its case list and tensors.
 pub struct Fixture {
+    /// The cases, each an object with at least a `name`.
     pub cases: Vec<serde_json::Value>,
+    /// Every tensor of the file, keyed `{case name}.{key}`.
     pub tensors: HashMap<String, Tensor>,
 }
 
-pub fn load(name: &str) -> Result<Fixture> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+/// Loads `dir/{name}.json` (the case list) and `dir/{name}.safetensors`.
+///
+/// # Errors
+/// Missing or unparsable files.
+pub fn load(dir: impl Into<PathBuf>, name: &str) -> Result<Fixture> {
+    let dir: PathBuf = dir.into();
     let json = std::fs::read_to_string(dir.join(format!("{name}.json"))).context("fixture json")?;
     let cases: Vec<serde_json::Value> = serde_json::from_str(&json)?;
     let tensors = candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)?;
@@ -24,6 +29,10 @@ pub fn load(name: &str) -> Result<Fixture> {
 }
 
 impl Fixture {
+    /// The tensor `{case name}.{key}`.
+    ///
+    /// # Errors
+    /// When the case has no name or the key is missing.
     pub fn get(&self, case: &serde_json::Value, key: &str) -> Result<Tensor> {
         let name = case["name"].as_str().context("case name")?;
         self.tensors.get(&format!("{name}.{key}")).cloned().with_context(|| format!("{name}.{key} missing"))
@@ -85,6 +94,10 @@ pub fn check_case(fx: &Fixture, case: &serde_json::Value, f: impl Fn(&Tensor) ->
     Ok(())
 }
 
+/// A JSON pair `[a, b]` of sizes.
+///
+/// # Errors
+/// When `v` is not an array of two non-negative integers.
 pub fn pair(v: &serde_json::Value) -> Result<(usize, usize)> {
     let a = v.as_array().context("expected a pair")?;
     Ok((a[0].as_u64().context("int")? as usize, a[1].as_u64().context("int")? as usize))

@@ -1,0 +1,267 @@
+//! Binary cross-entropy from logits, fused: value and gradient in one pass each, finite for any
+//! finite logit, with `pos_weight` per class and Keras-style label smoothing.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::{Activation, Error, Loss, Result, TargetKind};
+
+use crate::kernel::{Flag, Real, check_float, par_sum, sigmoid, slice, softplus_neg, with_flag};
+use crate::reduction::Reduction;
+
+/// `ℓ = (1 − z)·x + (1 + (w − 1)·z)·softplus(−x)`: binary cross-entropy of logit `x` against
+/// target `z ∈ [0, 1]` with positive weight `w`, i.e. `−w·z·log σ(x) − (1 − z)·log(1 − σ(x))`
+/// (PyTorch's `BCEWithLogitsLoss`, TensorFlow's `sigmoid_cross_entropy_with_logits`).
+///
+/// Use it for binary and multi-label outputs — including per-pixel binary masks, where the
+/// logits are `[N, 1, H, W]` and the target a float mask of the same shape with values in
+/// `[0, 1]` (divide 0/255 masks by 255 first; the loss refuses them).
+///
+/// ```
+/// use sconce_core::Loss;
+/// use sconce_losses::BinaryCrossEntropy;
+/// # fn main() -> sconce_core::Result<()> {
+/// let dev = candle_core::Device::Cpu;
+/// let logits = candle_core::Tensor::new(&[[40.0f32], [-40.0]], &dev)?;
+/// let target = candle_core::Tensor::new(&[[0.0f32], [1.0]], &dev)?;
+/// // Wrong and very confident: a large but finite loss (40 per element), never NaN.
+/// let l = BinaryCrossEntropy::new().loss(&logits, &target)?.to_scalar::<f32>()?;
+/// assert!((l - 40.0).abs() < 1e-4);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BinaryCrossEntropy {
+    pos_weight: Option<Vec<f64>>,
+    label_smoothing: f64,
+    reduction: Reduction,
+}
+
+impl BinaryCrossEntropy {
+    /// Mean reduction, no positive weight, no smoothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Weight of positive targets per class (axis 1): `> 1` raises recall. PyTorch's
+    /// `pos_weight`; 100 positives against 300 negatives suggests 3.
+    pub fn pos_weight(mut self, w: Vec<f64>) -> Self {
+        self.pos_weight = Some(w);
+        self
+    }
+
+    /// Keras' label smoothing: targets become `z·(1 − s) + s/2`.
+    pub fn label_smoothing(mut self, s: f64) -> Self {
+        self.label_smoothing = s;
+        self
+    }
+
+    /// The reduction (default: mean over all elements).
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+
+    fn validate(&self, logits: &Tensor) -> Result<usize> {
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return Err(Error::config("label_smoothing", format!("must be in [0, 1], got {}", self.label_smoothing)));
+        }
+        let channels = if logits.rank() >= 2 { logits.dims()[1] } else { 1 };
+        if let Some(w) = &self.pos_weight {
+            if w.len() != channels && w.len() != 1 {
+                return Err(Error::config(
+                    "pos_weight",
+                    format!("needs one weight per class (axis 1 has {channels}) or a single weight, got {}", w.len()),
+                ));
+            }
+            if let Some(bad) = w.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(Error::config("pos_weight", format!("weights must be positive and finite, got {bad}")));
+            }
+        }
+        Ok(channels)
+    }
+}
+
+impl Loss for BinaryCrossEntropy {
+    fn name(&self) -> &str {
+        "binary_cross_entropy_with_logits"
+    }
+
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        check_float(logits, "logits")?;
+        sconce_core::check::same_shape(logits, "logits", target, "target")?;
+        let channels = self.validate(logits)?;
+        let target = target.to_dtype(logits.dtype())?;
+        let inner: usize = logits.dims().iter().skip(2).product();
+        let n = logits.elem_count();
+        let op = BceOp {
+            pos_weight: Arc::new(match &self.pos_weight {
+                Some(w) if w.len() == 1 => vec![w[0]; channels],
+                Some(w) => w.clone(),
+                None => Vec::new(),
+            }),
+            channels,
+            inner: inner.max(1),
+            smoothing: self.label_smoothing,
+            reduce: self.reduction != Reduction::None,
+            flag: Arc::new(OnceLock::new()),
+        };
+        let flag = op.flag.clone();
+        let out = with_flag(&flag, || logits.contiguous()?.apply_op2(&target.contiguous()?, op))?;
+        match self.reduction {
+            Reduction::None => Ok(out),
+            Reduction::Sum => Ok(out),
+            Reduction::Mean => Ok((out / n.max(1) as f64)?),
+        }
+    }
+
+    fn activation(&self) -> Activation {
+        Activation::Sigmoid
+    }
+
+    fn target_kind(&self) -> TargetKind {
+        TargetKind::BinaryProbabilities
+    }
+}
+
+/// The fused op: per-element loss, or its sum when `reduce`.
+#[derive(Clone)]
+struct BceOp {
+    pos_weight: Arc<Vec<f64>>,
+    channels: usize,
+    inner: usize,
+    smoothing: f64,
+    reduce: bool,
+    flag: Flag,
+}
+
+impl BceOp {
+    #[inline]
+    fn weight(&self, i: usize) -> f64 {
+        if self.pos_weight.is_empty() { 1.0 } else { self.pos_weight[(i / self.inner) % self.channels] }
+    }
+
+    #[inline]
+    fn smooth(&self, z: f64) -> f64 {
+        z * (1.0 - self.smoothing) + 0.5 * self.smoothing
+    }
+
+    fn check_targets<T: Real>(&self, z: &[T]) -> candle_core::Result<()> {
+        let bad = z.par_iter().position_first(|v| {
+            let v = v.to_f64();
+            !(0.0..=1.0).contains(&v)
+        });
+        if let Some(i) = bad {
+            let v = z[i].to_f64();
+            let hint = if v > 1.0 && v <= 255.0 { "; a 0/255 mask must be divided by 255" } else { "" };
+            let _ = self.flag.set(Error::data(
+                "target",
+                format!("binary cross-entropy targets must lie in [0, 1], found {v} at element {i}{hint}"),
+            ));
+            candle_core::bail!("invalid targets");
+        }
+        Ok(())
+    }
+
+    fn forward<T: Real>(&self, x: &[T], z: &[T]) -> candle_core::Result<Vec<T>> {
+        self.check_targets(z)?;
+        let elem = |i: usize| {
+            let (x, z) = (x[i].to_f64(), self.smooth(z[i].to_f64()));
+            (1.0 - z) * x + (1.0 + (self.weight(i) - 1.0) * z) * softplus_neg(x)
+        };
+        if self.reduce {
+            Ok(vec![T::from_f64(par_sum(x.len(), elem))])
+        } else {
+            let mut out = vec![T::zero(); x.len()];
+            out.par_iter_mut().enumerate().for_each(|(i, o)| *o = T::from_f64(elem(i)));
+            Ok(out)
+        }
+    }
+}
+
+impl CustomOp2 for BceOp {
+    fn name(&self) -> &'static str {
+        "sconce-bce-with-logits"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = if self.reduce { Shape::from(()) } else { l1.shape().clone() };
+        let name = "binary cross-entropy";
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                Ok((CpuStorage::F32(self.forward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?), shape))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                Ok((CpuStorage::F64(self.forward(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?)?), shape))
+            }
+            (a, _) => candle_core::bail!("{name}: unsupported dtype {:?}", a.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        z: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // dℓ/dx = (1 − z) − (1 + (w − 1)·z)·σ(−x); targets get no gradient.
+        let op = BceGrad {
+            op: self.clone(),
+            scale: if self.reduce { grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? } else { 1.0 },
+        };
+        let local = x.apply_op2_no_bwd(z, &op)?;
+        Ok((Some(if self.reduce { local } else { local.mul(grad)? }), None))
+    }
+}
+
+/// `scale · dℓ/dx` per element.
+struct BceGrad {
+    op: BceOp,
+    scale: f64,
+}
+
+impl BceGrad {
+    fn run<T: Real>(&self, x: &[T], z: &[T]) -> Vec<T> {
+        let mut out = vec![T::zero(); x.len()];
+        out.par_iter_mut().enumerate().for_each(|(i, o)| {
+            let (xv, zv) = (x[i].to_f64(), self.op.smooth(z[i].to_f64()));
+            let d = (1.0 - zv) - (1.0 + (self.op.weight(i) - 1.0) * zv) * sigmoid(-xv);
+            *o = T::from_f64(self.scale * d);
+        });
+        out
+    }
+}
+
+impl CustomOp2 for BceGrad {
+    fn name(&self) -> &'static str {
+        "sconce-bce-with-logits-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "binary cross-entropy backward";
+        let shape = l1.shape().clone();
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                Ok((CpuStorage::F32(self.run(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)), shape))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                Ok((CpuStorage::F64(self.run(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?)), shape))
+            }
+            (a, _) => candle_core::bail!("{name}: unsupported dtype {:?}", a.dtype()),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Categorical cross-entropy from logits over axis 1, fused: integer targets (with
+//! `ignore_index`) or probability targets, class weights and label smoothing with PyTorch's
+//! exact semantics, for `[N, C]` and `[N, C, H, W, ...]`.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::{Activation, Error, Loss, Result, TargetKind};
+
+use crate::kernel::{Flag, Real, check_float, slice, with_flag};
+use crate::reduction::Reduction;
+
+/// Cross-entropy of softmax(logits) along axis 1, as PyTorch's `CrossEntropyLoss`:
+/// `ℓ = −Σ_c a_c · log softmax(x)_c`, where for an integer target `y`
+/// `a = (1 − ε)·w_y·onehot(y) + (ε/C)·w`, and for a probability target `t`
+/// `a_c = w_c·((1 − ε)·t_c + ε/C)`. `Mean` divides by `Σ w_y` over non-ignored targets
+/// (integer targets) or by the number of rows/pixels (probability targets).
+///
+/// Integer targets have the logits' shape without axis 1 (`[N]` for `[N, C]`, `[N, H, W]` for
+/// `[N, C, H, W]`) and may be any integer dtype (`i64` for a negative `ignore_index`).
+///
+/// ```
+/// use sconce_core::Loss;
+/// use sconce_losses::CrossEntropy;
+/// # fn main() -> sconce_core::Result<()> {
+/// let dev = candle_core::Device::Cpu;
+/// let logits = candle_core::Tensor::new(&[[2.0f32, 0.0, 0.0], [0.0, 0.0, 0.0]], &dev)?;
+/// let labels = candle_core::Tensor::new(&[0u32, 2], &dev)?;
+/// let l = CrossEntropy::new().loss(&logits, &labels)?.to_scalar::<f32>()?;
+/// // (−log(e²/(e²+2)) − log(1/3)) / 2
+/// let want = ((2f32.exp() + 2.0).ln() - 2.0 + 3f32.ln()) / 2.0;
+/// assert!((l - want).abs() < 1e-6);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CrossEntropy {
+    class_weights: Option<Vec<f64>>,
+    ignore_index: Option<i64>,
+    label_smoothing: f64,
+    reduction: Reduction,
+}
+
+impl CrossEntropy {
+    /// Mean reduction, no weights, no ignored index, no smoothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A weight per class (PyTorch's `weight`).
+    pub fn class_weights(mut self, w: Vec<f64>) -> Self {
+        self.class_weights = Some(w);
+        self
+    }
+
+    /// Integer targets equal to this value contribute nothing (PyTorch's `ignore_index`,
+    /// e.g. 255 for "void" pixels, −100 by convention).
+    pub fn ignore_index(mut self, i: i64) -> Self {
+        self.ignore_index = Some(i);
+        self
+    }
+
+    /// Label smoothing `ε`: the target becomes `(1 − ε)·target + ε/C`.
+    pub fn label_smoothing(mut self, eps: f64) -> Self {
+        self.label_smoothing = eps;
+        self
+    }
+
+    /// The reduction (default: mean over valid elements).
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+}
+
+/// What the target tensor holds.
+#[derive(Clone)]
+enum Target {
+    /// Class indices as i64 (ignored ones equal to `ignore`), one per row/pixel.
+    Index(Arc<Vec<i64>>),
+    /// Probabilities with the logits' layout (passed as the op's second input).
+    Prob,
+}
+
+impl Loss for CrossEntropy {
+    fn name(&self) -> &str {
+        "cross_entropy"
+    }
+
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        check_float(logits, "logits")?;
+        if logits.rank() < 2 {
+            return Err(Error::shape("logits", "[N, C, ...] with the classes on axis 1", logits.dims()));
+        }
+        let dims = logits.dims();
+        let (n, c) = (dims[0], dims[1]);
+        let inner: usize = dims[2..].iter().product();
+        if c == 1 {
+            return Err(Error::config(
+                "logits",
+                "cross-entropy over a single output channel is always 0 (softmax of one value is 1); \
+                 use one logit with sigmoid + BinaryCrossEntropy for binary problems, or C ≥ 2 outputs",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return Err(Error::config("label_smoothing", format!("must be in [0, 1], got {}", self.label_smoothing)));
+        }
+        let weights = match &self.class_weights {
+            Some(w) if w.len() != c => {
+                return Err(Error::config(
+                    "class_weights",
+                    format!("needs {c} weights (one per class), got {}", w.len()),
+                ));
+            }
+            Some(w) => {
+                if let Some(bad) = w.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+                    return Err(Error::config("class_weights", format!("must be finite and ≥ 0, got {bad}")));
+                }
+                w.clone()
+            }
+            None => vec![1.0; c],
+        };
+        let mut spatial = dims.to_vec();
+        spatial.remove(1);
+        let (kind, second) = if target.dims() == spatial.as_slice() {
+            (Target::Index(Arc::new(index_targets(target)?)), Tensor::zeros(1, logits.dtype(), logits.device())?)
+        } else if target.dims() == dims {
+            check_float(target, "target")?;
+            sconce_core::check::finite(target, "target")?;
+            (Target::Prob, target.to_dtype(logits.dtype())?)
+        } else {
+            return Err(Error::shape(
+                "target",
+                format!("class indices {spatial:?} or class probabilities {dims:?}"),
+                target.dims(),
+            ));
+        };
+        let op = CeOp {
+            n,
+            c,
+            inner,
+            weights: Arc::new(weights),
+            ignore: self.ignore_index,
+            eps: self.label_smoothing,
+            kind,
+            reduce: self.reduction != Reduction::None,
+            lse: Arc::new(OnceLock::new()),
+            flag: Arc::new(OnceLock::new()),
+            divisor: Arc::new(OnceLock::new()),
+        };
+        let (flag, divisor) = (op.flag.clone(), op.divisor.clone());
+        let out = with_flag(&flag, || logits.contiguous()?.apply_op2(&second.contiguous()?, op))?;
+        match self.reduction {
+            Reduction::None | Reduction::Sum => Ok(out),
+            Reduction::Mean => {
+                let d = divisor.get().copied().unwrap_or(1.0);
+                // All targets ignored: PyTorch returns NaN (0/0); we return 0 with no gradient.
+                Ok(if d > 0.0 { (out / d)? } else { (out * 0.0)? })
+            }
+        }
+    }
+
+    fn activation(&self) -> Activation {
+        Activation::Softmax { axis: 1 }
+    }
+
+    fn target_kind(&self) -> TargetKind {
+        TargetKind::ClassIndices
+    }
+}
+
+/// Integer targets as i64 (any integer dtype, or whole-valued floats).
+fn index_targets(t: &Tensor) -> Result<Vec<i64>> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::U8 => flat.to_vec1::<u8>()?.into_iter().map(i64::from).collect(),
+        DType::U32 => flat.to_vec1::<u32>()?.into_iter().map(i64::from).collect(),
+        DType::I64 => flat.to_vec1::<i64>()?,
+        _ => {
+            let v = flat.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(x.is_finite() && x.fract() == 0.0)) {
+                return Err(Error::data("target", format!("class index {x} at element {i} is not a whole number")));
+            }
+            v.into_iter().map(|x| x as i64).collect()
+        }
+    })
+}
+
+#[derive(Clone)]
+struct CeOp {
+    n: usize,
+    c: usize,
+    inner: usize,
+    weights: Arc<Vec<f64>>,
+    ignore: Option<i64>,
+    eps: f64,
+    kind: Target,
+    reduce: bool,
+    /// log Σ exp(x) per row/pixel, saved for the backward pass.
+    lse: Arc<OnceLock<Vec<f64>>>,
+    flag: Flag,
+    /// The `Mean` denominator, found while validating the targets.
+    divisor: Arc<OnceLock<f64>>,
+}
+
+impl CeOp {
+    /// Validates integer targets; returns the mean divisor `Σ w_y` over valid ones.
+    fn check_indices(&self, y: &[i64]) -> candle_core::Result<f64> {
+        let c = self.c as i64;
+        if let Some(i) = y.iter().position(|&v| Some(v) != self.ignore && !(0..c).contains(&v)) {
+            let ignore = self.ignore.map(|v| format!(" (or the ignore_index {v})")).unwrap_or_default();
+            let _ = self.flag.set(Error::data(
+                "target",
+                format!("class index {} at element {i} is outside 0..{}{ignore}", y[i], self.c),
+            ));
+            candle_core::bail!("invalid targets");
+        }
+        Ok(y.iter().filter(|&&v| Some(v) != self.ignore).map(|&v| self.weights[v as usize]).sum())
+    }
+
+    /// Row `r = n·inner + s`: `(A, a)` where `a_c` is the coefficient of `−log p_c` and
+    /// `A = Σ_c a_c`, written into `a` (length C); `None` for an ignored target.
+    #[inline]
+    fn coeffs<T: Real>(&self, prob: &[T], r: usize, sum_w: f64, a: &mut [f64]) -> Option<f64> {
+        let (c, inner) = (self.c, self.inner);
+        let (n, s) = (r / inner, r % inner);
+        let smooth = self.eps / c as f64;
+        match &self.kind {
+            Target::Index(y) => {
+                let y = y[r];
+                if Some(y) == self.ignore {
+                    return None;
+                }
+                for (ch, a) in a.iter_mut().enumerate() {
+                    *a = self.weights[ch] * smooth;
+                }
+                let wy = self.weights[y as usize];
+                a[y as usize] += (1.0 - self.eps) * wy;
+                Some((1.0 - self.eps) * wy + smooth * sum_w)
+            }
+            Target::Prob => {
+                let mut total = 0.0;
+                for (ch, a) in a.iter_mut().enumerate() {
+                    let t = prob[(n * c + ch) * inner + s].to_f64();
+                    *a = self.weights[ch] * ((1.0 - self.eps) * t + smooth);
+                    total += *a;
+                }
+                Some(total)
+            }
+        }
+    }
+
+    fn forward<T: Real>(&self, x: &[T], prob: &[T]) -> candle_core::Result<Vec<T>> {
+        let divisor = match &self.kind {
+            Target::Index(y) => self.check_indices(y)?,
+            Target::Prob => (self.n * self.inner) as f64,
+        };
+        let _ = self.divisor.set(divisor);
+        let (c, inner) = (self.c, self.inner);
+        let sum_w: f64 = self.weights.iter().sum();
+        // One row/pixel per (n, s): its log-sum-exp and its loss Σ_c a_c·(lse − x_c).
+        let rows: Vec<(f64, f64)> = (0..self.n * inner)
+            .into_par_iter()
+            .map_init(
+                || vec![0.0; c],
+                |a, r| {
+                    let (n, s) = (r / inner, r % inner);
+                    let at = |ch: usize| x[(n * c + ch) * inner + s].to_f64();
+                    let m = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
+                    let m = if m.is_finite() { m } else { 0.0 };
+                    let lse = m + (0..c).map(|ch| (at(ch) - m).exp()).sum::<f64>().ln();
+                    let loss = match self.coeffs(prob, r, sum_w, a) {
+                        None => 0.0,
+                        Some(_) => (0..c).filter(|&ch| a[ch] != 0.0).map(|ch| a[ch] * (lse - at(ch))).sum(),
+                    };
+                    (lse, loss)
+                },
+            )
+            .collect();
+        let _ = self.lse.set(rows.iter().map(|r| r.0).collect());
+        Ok(if self.reduce {
+            vec![T::from_f64(rows.iter().map(|r| r.1).sum())]
+        } else {
+            rows.iter().map(|r| T::from_f64(r.1)).collect()
+        })
+    }
+
+    /// `dx_c = g · (A·p_c − a_c)`.
+    fn backward<T: Real>(&self, x: &[T], prob: &[T], g: &[f64]) -> candle_core::Result<Vec<T>> {
+        let Some(lse) = self.lse.get() else { candle_core::bail!("cross-entropy backward without forward") };
+        let (c, inner) = (self.c, self.inner);
+        let sum_w: f64 = self.weights.iter().sum();
+        let mut dx = vec![T::zero(); x.len()];
+        dx.par_chunks_mut(c * inner).enumerate().for_each(|(n, dxn)| {
+            let mut a = vec![0.0; c];
+            for s in 0..inner {
+                let r = n * inner + s;
+                let gr = if g.len() == 1 { g[0] } else { g[r] };
+                let Some(total) = self.coeffs(prob, r, sum_w, &mut a) else { continue };
+                if gr == 0.0 {
+                    continue;
+                }
+                for ch in 0..c {
+                    let p = (x[(n * c + ch) * inner + s].to_f64() - lse[r]).exp();
+                    dxn[ch * inner + s] = T::from_f64(gr * (total * p - a[ch]));
+                }
+            }
+        });
+        Ok(dx)
+    }
+}
+
+impl CustomOp2 for CeOp {
+    fn name(&self) -> &'static str {
+        "sconce-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let mut spatial = l1.shape().dims().to_vec();
+        spatial.remove(1);
+        let shape = if self.reduce { Shape::from(()) } else { Shape::from(spatial) };
+        let name = "cross-entropy";
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                Ok((CpuStorage::F32(self.forward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?), shape))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                Ok((CpuStorage::F64(self.forward(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?)?), shape))
+            }
+            (a, _) => candle_core::bail!("{name}: unsupported dtype {:?}", a.dtype()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let op = CeGrad { op: self.clone(), g: Arc::new(g) };
+        Ok((Some(x.apply_op2_no_bwd(t, &op)?), None))
+    }
+}
+
+struct CeGrad {
+    op: CeOp,
+    g: Arc<Vec<f64>>,
+}
+
+impl CustomOp2 for CeGrad {
+    fn name(&self) -> &'static str {
+        "sconce-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "cross-entropy backward";
+        let shape = l1.shape().clone();
+        match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
+                CpuStorage::F32(self.op.backward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?, &self.g)?),
+                shape,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => Ok((
+                CpuStorage::F64(self.op.backward(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?, &self.g)?),
+                shape,
+            )),
+            (a, _) => candle_core::bail!("{name}: unsupported dtype {:?}", a.dtype()),
+        }
+    }
+}

@@ -9,8 +9,9 @@
 //! |---|---|---|
 //! | (always) | [`sconce_core`] | `Error`, shared traits, `SeededRng`, initialisers |
 //! | `tensor` | [`tensor`] (`sconce-tensor`) | stable math; conv, pooling, resize, batch norm with correct backward |
+//! | `losses` | [`losses`] (`sconce-losses`) | losses from logits, activations, the head checker |
 //!
-//! Further crates (layers, losses, metrics, backbones, hub, encodings, SVM, data, training)
+//! Further crates (layers, metrics, backbones, hub, encodings, SVM, data, training)
 //! join this table as they land; see the README's crate map.
 //!
 //! ```
@@ -32,3 +33,6 @@ pub use sconce_core::*;
 
 #[cfg(feature = "tensor")]
 pub use sconce_tensor as tensor;
+
+#[cfg(feature = "losses")]
+pub use sconce_losses as losses;

@@ -19,9 +19,11 @@ use crate::region::Mode;
 /// let dev = candle_core::Device::Cpu;
 /// let logits = candle_core::Tensor::new(&[[[[3.0f32, -3.0]]]], &dev)?;
 /// let mask = candle_core::Tensor::new(&[[[[1.0f32, 0.0]]]], &dev)?;
-/// // Easy, correct pixels are down-weighted far below their BCE (≈ 0.0486).
+/// // Both pixels are easy and right: BCE = softplus(−3) ≈ 0.0486 each, down-weighted by
+/// // (1 − p_t)² with p_t = exp(−BCE) to ≈ 1.09e-4.
 /// let l = FocalLoss::new(Mode::Binary).loss(&logits, &mask)?.to_scalar::<f32>()?;
-/// assert!(l < 1e-4);
+/// let bce = (-3f32).exp().ln_1p();
+/// assert!((l - (1.0 - (-bce).exp()).powi(2) * bce).abs() < 1e-7);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,163 @@
+//! Properties every loss must have: finite values and gradients for logits of ±1e4 and targets
+//! at exactly 0 and 1 over random shapes; gradients equal to f64 finite differences; clear
+//! errors for bad input; and the classic sigmoid → log NaN reproduced in plain candle.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use sconce_core::{Error, Loss, SeededRng};
+use sconce_losses::{
+    BinaryCrossEntropy, CrossEntropy, ElementwiseLoss, FocalLoss, Mode, PointLoss, Reduction, RegionLoss,
+};
+use sconce_tensor::gradcheck::check_gradient;
+
+fn extreme_logits(rng: &mut SeededRng, shape: &[usize]) -> Result<Tensor> {
+    let choices = [-1e4f32, -100.0, -17.0, -1.0, 0.0, 1.0, 17.0, 100.0, 1e4];
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| choices[rng.below(choices.len() as u64) as usize]).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+fn assert_finite_with_gradient(loss: &dyn Loss, logits: &Tensor, target: &Tensor) -> Result<()> {
+    let x = Var::from_tensor(logits)?;
+    let l = loss.loss(x.as_tensor(), target)?;
+    let vals = l.flatten_all()?.to_vec1::<f32>()?;
+    assert!(vals.iter().all(|v| v.is_finite()), "{}: non-finite loss {vals:?}", loss.name());
+    let g = l.sum_all()?.backward()?;
+    let gx = g.get(x.as_tensor()).map(|t| t.flatten_all()).transpose()?.map(|t| t.to_vec1::<f32>()).transpose()?;
+    let gx = gx.unwrap_or_default();
+    assert_eq!(gx.len(), logits.elem_count(), "{}: no gradient", loss.name());
+    assert!(gx.iter().all(|v| v.is_finite()), "{}: non-finite gradient", loss.name());
+    Ok(())
+}
+
+#[test]
+fn losses_stay_finite_at_extreme_logits_and_hard_targets() -> Result<()> {
+    let mut rng = SeededRng::new(1);
+    for round in 0..20 {
+        let (n, c) = (1 + rng.below(3) as usize, 2 + rng.below(4) as usize);
+        let (h, w) = (1 + rng.below(5) as usize, 1 + rng.below(5) as usize);
+        // Binary / multilabel: one channel and C channels, targets exactly 0 or 1.
+        for ch in [1, c] {
+            let x = extreme_logits(&mut rng, &[n, ch, h, w])?;
+            let t = Tensor::from_vec(
+                (0..n * ch * h * w).map(|_| rng.below(2) as f32).collect::<Vec<_>>(),
+                (n, ch, h, w),
+                &Device::Cpu,
+            )?;
+            let mode = if ch == 1 { Mode::Binary } else { Mode::Multilabel };
+            let losses: Vec<Box<dyn Loss>> = vec![
+                Box::new(BinaryCrossEntropy::new()),
+                Box::new(BinaryCrossEntropy::new().pos_weight(vec![3.0]).label_smoothing(0.1)),
+                Box::new(BinaryCrossEntropy::new().reduction(Reduction::None)),
+                Box::new(RegionLoss::dice(mode)),
+                Box::new(RegionLoss::jaccard(mode).log_loss(true)),
+                Box::new(RegionLoss::tversky(mode, 0.3, 0.7).gamma(2.0)),
+                Box::new(FocalLoss::new(mode).alpha(0.25)),
+                Box::new(ElementwiseLoss::new(PointLoss::Hinge)),
+            ];
+            for l in &losses {
+                assert_finite_with_gradient(l.as_ref(), &x, &t)?;
+            }
+        }
+        // Multiclass: integer labels.
+        let x = extreme_logits(&mut rng, &[n, c, h, w])?;
+        let y = Tensor::from_vec(
+            (0..n * h * w).map(|_| rng.below(c as u64) as u32).collect::<Vec<_>>(),
+            (n, h, w),
+            &Device::Cpu,
+        )?;
+        let losses: Vec<Box<dyn Loss>> = vec![
+            Box::new(CrossEntropy::new()),
+            Box::new(CrossEntropy::new().label_smoothing(0.1).class_weights(vec![1.0; c])),
+            Box::new(RegionLoss::dice(Mode::Multiclass)),
+            Box::new(FocalLoss::new(Mode::Multiclass)),
+        ];
+        for l in &losses {
+            assert_finite_with_gradient(l.as_ref(), &x, &y)?;
+        }
+        let _ = round;
+    }
+    Ok(())
+}
+
+#[test]
+fn plain_candle_sigmoid_then_log_gives_nan_ours_does_not() -> Result<()> {
+    // What a hand-written BCE does (and candle-nn's binary_cross_entropy_with_logit):
+    // p = sigmoid(x); −[z·log p + (1 − z)·log(1 − p)].
+    let x = Tensor::new(&[[-1e4f32, 1e4, 20.0]], &Device::Cpu)?;
+    let z = Tensor::new(&[[1.0f32, 1.0, 1.0]], &Device::Cpu)?;
+    let p = x.neg()?.exp()?.affine(1.0, 1.0)?.recip()?;
+    let naive = ((&z * p.log()?)? + (z.affine(-1.0, 1.0)? * p.affine(-1.0, 1.0)?.log()?)?)?.neg()?.mean_all()?;
+    assert!(!naive.to_scalar::<f32>()?.is_finite(), "the textbook form should overflow here");
+    let ours = BinaryCrossEntropy::new().loss(&x, &z)?.to_scalar::<f32>()?;
+    // Exact: softplus(1e4)/3 + softplus(−1e4)/3 + softplus(−20)/3.
+    let want = (1e4 + 0.0 + (-20f64).exp().ln_1p()) / 3.0;
+    assert!((f64::from(ours) - want).abs() < 1e-2, "{ours} vs {want}");
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() -> Result<()> {
+    let mut rng = SeededRng::new(3);
+    let mut randn = |shape: &[usize], s: f64| -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        Ok(Tensor::from_vec((0..n).map(|_| rng.normal() * s).collect::<Vec<f64>>(), shape, &Device::Cpu)?)
+    };
+    let x = randn(&[2, 3, 3, 2], 2.0)?;
+    let soft = randn(&[2, 3, 3, 2], 1.0)?.abs()?.tanh()?; // in [0, 1)
+    let labels = Tensor::new(&[[[0u32, 2], [1, 1], [2, 0]], [[1, 0], [0, 2], [2, 2]]], &Device::Cpu)?;
+    let cases: Vec<(Box<dyn Loss>, Tensor)> = vec![
+        (Box::new(BinaryCrossEntropy::new().pos_weight(vec![0.5, 2.0, 1.0]).label_smoothing(0.1)), soft.clone()),
+        (Box::new(CrossEntropy::new().class_weights(vec![0.3, 1.0, 2.0]).label_smoothing(0.2)), labels.clone()),
+        (Box::new(CrossEntropy::new().reduction(Reduction::Sum)), labels.clone()),
+        (Box::new(RegionLoss::dice(Mode::Multiclass).smooth(0.5)), labels.clone()),
+        (Box::new(RegionLoss::tversky(Mode::Multilabel, 0.2, 0.8).gamma(1.5)), soft.clone()),
+        (Box::new(FocalLoss::new(Mode::Multilabel).alpha(0.3).gamma(2.5)), soft.clone()),
+        (Box::new(ElementwiseLoss::new(PointLoss::LogCosh)), soft.clone()),
+        (Box::new(ElementwiseLoss::new(PointLoss::Huber { delta: 0.7 })), soft),
+    ];
+    for (loss, target) in &cases {
+        let r = check_gradient(|t| loss.loss(t, target), &x, 1e-6, 9)?;
+        assert!(r.max_abs_err < 1e-7, "{}: {r:?}", loss.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_a_clear_error() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3), DType::F32, &dev)?;
+    let msg = |r: sconce_core::Result<Tensor>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    // Shapes.
+    assert!(msg(BinaryCrossEntropy::new().loss(&x, &Tensor::zeros((3, 2), DType::F32, &dev)?)).contains("target"));
+    assert!(matches!(CrossEntropy::new().loss(&x, &Tensor::zeros(3, DType::U32, &dev)?), Err(Error::Shape { .. })));
+    // Targets out of range, NaN, 0/255 masks.
+    let m255 = Tensor::new(&[[0f32, 255.0, 0.0], [255.0, 0.0, 0.0]], &dev)?;
+    let e = msg(BinaryCrossEntropy::new().loss(&x, &m255));
+    assert!(e.contains("[0, 1]") && e.contains("255"), "{e}");
+    let nan = Tensor::new(&[[0f32, f32::NAN, 0.0], [1.0, 0.0, 0.0]], &dev)?;
+    assert!(matches!(BinaryCrossEntropy::new().loss(&x, &nan), Err(Error::Data { .. })));
+    let e = msg(CrossEntropy::new().loss(&x, &Tensor::new(&[0u32, 3], &dev)?));
+    assert!(e.contains("outside 0..3"), "{e}");
+    assert!(CrossEntropy::new().ignore_index(3).loss(&x, &Tensor::new(&[0u32, 3], &dev)?).is_ok());
+    // Wrong dtypes.
+    let xi = Tensor::zeros((2, 3), DType::U32, &dev)?;
+    assert!(matches!(BinaryCrossEntropy::new().loss(&xi, &x), Err(Error::Config { .. })));
+    // CE over one channel is refused with the fix.
+    let one = Tensor::zeros((2, 1), DType::F32, &dev)?;
+    let e = msg(CrossEntropy::new().loss(&one, &Tensor::new(&[0u32, 0], &dev)?));
+    assert!(e.contains("sigmoid") && e.contains("BinaryCrossEntropy"), "{e}");
+    // Bad parameters.
+    assert!(matches!(BinaryCrossEntropy::new().pos_weight(vec![1.0, 2.0]).loss(&x, &x), Err(Error::Config { .. })));
+    assert!(matches!(
+        CrossEntropy::new().class_weights(vec![1.0]).loss(&x, &Tensor::new(&[0u32, 1], &dev)?),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(FocalLoss::new(Mode::Binary).alpha(2.0).loss(&one, &one), Err(Error::Config { .. })));
+    assert!(matches!(RegionLoss::dice(Mode::Binary).loss(&x, &x), Err(Error::Config { .. })));
+    assert!(matches!(
+        ElementwiseLoss::new(PointLoss::Hinge).loss(&x, &Tensor::new(&[[0.5f32, 0., 0.], [0., 0., 0.]], &dev)?),
+        Err(Error::Data { .. })
+    ));
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Every loss against PyTorch / segmentation_models_pytorch (fixtures from
+//! `scripts/fixtures_losses.py`): value and logit gradient in f32 and f64, including logits of
+//! ±1e4, ignored labels, absent classes and empty masks.
+
+use anyhow::{Context, Result, bail};
+use sconce_core::Loss;
+use sconce_losses::{
+    BinaryCrossEntropy, CrossEntropy, ElementwiseLoss, FocalLoss, Mode, PointLoss, Reduction, RegionLoss,
+};
+use sconce_testutil::{check_case, load};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn f64s(v: &serde_json::Value) -> Option<Vec<f64>> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+}
+
+fn reduction(case: &serde_json::Value) -> Reduction {
+    match case["reduction"].as_str() {
+        Some("sum") => Reduction::Sum,
+        Some("none") => Reduction::None,
+        _ => Reduction::Mean,
+    }
+}
+
+fn mode(case: &serde_json::Value) -> Result<Mode> {
+    Ok(match case["mode"].as_str() {
+        Some("binary") => Mode::Binary,
+        Some("multiclass") => Mode::Multiclass,
+        Some("multilabel") => Mode::Multilabel,
+        other => bail!("unknown mode {other:?}"),
+    })
+}
+
+fn build(case: &serde_json::Value) -> Result<Box<dyn Loss>> {
+    let op = case["op"].as_str().context("op")?;
+    Ok(match op {
+        "bce" => {
+            let mut l = BinaryCrossEntropy::new().reduction(reduction(case));
+            if let Some(w) = f64s(&case["pos_weight"]) {
+                l = l.pos_weight(w);
+            }
+            if let Some(s) = case["label_smoothing"].as_f64() {
+                l = l.label_smoothing(s);
+            }
+            Box::new(l)
+        }
+        "ce" => {
+            let mut l = CrossEntropy::new().reduction(reduction(case));
+            if let Some(w) = f64s(&case["class_weights"]) {
+                l = l.class_weights(w);
+            }
+            if let Some(i) = case["ignore_index"].as_i64() {
+                l = l.ignore_index(i);
+            }
+            if let Some(s) = case["label_smoothing"].as_f64() {
+                l = l.label_smoothing(s);
+            }
+            Box::new(l)
+        }
+        "dice" | "jaccard" | "tversky" => {
+            let m = mode(case)?;
+            let mut l = match op {
+                "dice" => RegionLoss::dice(m),
+                "jaccard" => RegionLoss::jaccard(m),
+                _ => RegionLoss::tversky(
+                    m,
+                    case["alpha"].as_f64().context("alpha")?,
+                    case["beta"].as_f64().context("beta")?,
+                ),
+            };
+            if let Some(s) = case["smooth"].as_f64() {
+                l = l.smooth(s);
+            }
+            if case["log_loss"].as_bool() == Some(true) {
+                l = l.log_loss(true);
+            }
+            if let Some(i) = case["ignore_index"].as_i64() {
+                l = l.ignore_index(i);
+            }
+            if let Some(w) = f64s(&case["class_weights"]) {
+                l = l.class_weights(w);
+            }
+            if let Some(g) = case["gamma"].as_f64() {
+                l = l.gamma(g);
+            }
+            Box::new(l)
+        }
+        "focal" => {
+            let mut l = FocalLoss::new(mode(case)?);
+            if let Some(a) = case["alpha"].as_f64() {
+                l = l.alpha(a);
+            }
+            if let Some(g) = case["gamma"].as_f64() {
+                l = l.gamma(g);
+            }
+            if case["normalized"].as_bool() == Some(true) {
+                l = l.normalized(true);
+            }
+            if let Some(i) = case["ignore_index"].as_i64() {
+                l = l.ignore_index(i);
+            }
+            Box::new(l)
+        }
+        "mse" => Box::new(ElementwiseLoss::new(PointLoss::Mse)),
+        "mae" => Box::new(ElementwiseLoss::new(PointLoss::Mae)),
+        "huber" => Box::new(ElementwiseLoss::new(PointLoss::Huber { delta: case["delta"].as_f64().context("delta")? })),
+        "log_cosh" => Box::new(ElementwiseLoss::new(PointLoss::LogCosh)),
+        "hinge" => Box::new(ElementwiseLoss::new(PointLoss::Hinge)),
+        "squared_hinge" => Box::new(ElementwiseLoss::new(PointLoss::SquaredHinge)),
+        other => bail!("unknown op {other}"),
+    })
+}
+
+#[test]
+fn every_loss_matches_the_reference_in_value_and_gradient() -> Result<()> {
+    let fx = load(FIXTURES, "losses")?;
+    assert!(fx.cases.len() >= 60, "only {} cases", fx.cases.len());
+    let mut failures = Vec::new();
+    for case in &fx.cases {
+        let loss = build(case)?;
+        let target = fx.get(case, "target")?;
+        if let Err(e) = check_case(&fx, case, |x| Ok(loss.loss(x, &target)?)) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), fx.cases.len(), failures.join("\n"));
+    Ok(())
+}

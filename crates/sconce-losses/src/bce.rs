@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Activation, Error, Loss, Result, TargetKind};
 
+use crate::fastmath::{self, simd};
 use crate::kernel::{Flag, Real, check_float, par_sum, sigmoid, slice, softplus_neg, with_flag};
 use crate::reduction::Reduction;
 
@@ -180,6 +181,117 @@ impl BceOp {
     }
 }
 
+/// The `f32` fast paths: planes of constant positive weight, vectorised `exp`/`log1p`.
+impl BceOp {
+    /// Elements per plane (one weight per plane) and the weight of plane `j`.
+    fn planes(&self) -> usize {
+        if self.pos_weight.is_empty() { 1 << 14 } else { self.inner }
+    }
+
+    #[inline]
+    fn plane_weight(&self, j: usize) -> f32 {
+        if self.pos_weight.is_empty() { 1.0 } else { self.pos_weight[j % self.channels] as f32 }
+    }
+
+    /// Σℓ in f32 lanes per plane, f64 across planes; counts targets outside [0, 1] (or NaN).
+    fn forward_sum_f32(&self, x: &[f32], z: &[f32]) -> candle_core::Result<f32> {
+        let (s, keep) = ((1.0 - self.smoothing) as f32, (0.5 * self.smoothing) as f32);
+        let plane = self.planes();
+        let (sum, bad) = x
+            .par_chunks(plane)
+            .zip(z.par_chunks(plane))
+            .enumerate()
+            .map(|(j, (x, z))| simd(SumKernel { x, z, wm1: self.plane_weight(j) - 1.0, s, keep }))
+            .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if bad > 0 {
+            self.check_targets(z)?;
+        }
+        Ok(sum as f32)
+    }
+
+    /// `scale · dℓ/dx` per element.
+    fn grad_f32(&self, x: &[f32], z: &[f32], scale: f32) -> Vec<f32> {
+        let (s, keep) = ((1.0 - self.smoothing) as f32, (0.5 * self.smoothing) as f32);
+        let plane = self.planes();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane).zip(z.par_chunks(plane)))
+            .enumerate()
+            .for_each(|(j, (o, (x, z)))| simd(GradKernel { o, x, z, wm1: self.plane_weight(j) - 1.0, s, keep, scale }));
+        out
+    }
+}
+
+/// Σℓ over one plane of constant positive weight `wm1 + 1`, and the count of targets outside
+/// `[0, 1]`. A `WithSimd` kernel: its body is compiled for the CPU's widest vectors.
+struct SumKernel<'a> {
+    x: &'a [f32],
+    z: &'a [f32],
+    wm1: f32,
+    s: f32,
+    keep: f32,
+}
+
+impl pulp::WithSimd for SumKernel<'_> {
+    type Output = (f64, u32);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, u32) {
+        let Self { x, z, wm1, s, keep } = self;
+        let elem = |xv: f32, zv: f32| {
+            let zs = zv * s + keep;
+            let t = fastmath::exp(-xv.abs());
+            let sp = (-xv).max(0.0) + fastmath::log1p_unit(t);
+            (1.0 - zs) * xv + (1.0 + wm1 * zs) * sp
+        };
+        // Sixteen independent lanes over fixed-size blocks, so the loop vectorises.
+        let mut acc = [0f32; 16];
+        let mut bad = [0u32; 16];
+        let (xc, zc) = (x.chunks_exact(16), z.chunks_exact(16));
+        let (xr, zr) = (xc.remainder(), zc.remainder());
+        for (xb, zb) in xc.zip(zc) {
+            for l in 0..16 {
+                bad[l] += u32::from(!(0.0..=1.0).contains(&zb[l]));
+                acc[l] += elem(xb[l], zb[l]);
+            }
+        }
+        let mut total: f64 = acc.iter().map(|v| f64::from(*v)).sum();
+        let mut nbad: u32 = bad.iter().sum();
+        for (&xv, &zv) in xr.iter().zip(zr) {
+            nbad += u32::from(!(0.0..=1.0).contains(&zv));
+            total += f64::from(elem(xv, zv));
+        }
+        (total, nbad)
+    }
+}
+
+/// `scale · dℓ/dx` over one plane of constant positive weight.
+struct GradKernel<'a> {
+    o: &'a mut [f32],
+    x: &'a [f32],
+    z: &'a [f32],
+    wm1: f32,
+    s: f32,
+    keep: f32,
+    scale: f32,
+}
+
+impl pulp::WithSimd for GradKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self { o, x, z, wm1, s, keep, scale } = self;
+        for ((o, &xv), &zv) in o.iter_mut().zip(x).zip(z) {
+            let zs = zv * s + keep;
+            let t = fastmath::exp(-xv.abs());
+            // σ(−x) = t/(1+t) for x ≥ 0, 1/(1+t) for x < 0, with t = e^{−|x|}.
+            let num = if xv >= 0.0 { t } else { 1.0 };
+            *o = scale * ((1.0 - zs) - (1.0 + wm1 * zs) * (num / (1.0 + t)));
+        }
+    }
+}
+
 impl CustomOp2 for BceOp {
     fn name(&self) -> &'static str {
         "sconce-bce-with-logits"
@@ -195,6 +307,10 @@ impl CustomOp2 for BceOp {
         let shape = if self.reduce { Shape::from(()) } else { l1.shape().clone() };
         let name = "binary cross-entropy";
         match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) if self.reduce => {
+                let sum = self.forward_sum_f32(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?;
+                Ok((CpuStorage::F32(vec![sum]), shape))
+            }
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
                 Ok((CpuStorage::F32(self.forward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?), shape))
             }
@@ -255,9 +371,14 @@ impl CustomOp2 for BceGrad {
         let name = "binary cross-entropy backward";
         let shape = l1.shape().clone();
         match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                Ok((CpuStorage::F32(self.run(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)), shape))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
+                CpuStorage::F32(self.op.grad_f32(
+                    slice::<f32>(s1, l1, name)?,
+                    slice::<f32>(s2, l2, name)?,
+                    self.scale as f32,
+                )),
+                shape,
+            )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
                 Ok((CpuStorage::F64(self.run(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?)), shape))
             }

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Activation, Error, Loss, Result, TargetKind};
 
+use crate::fastmath::{self, simd};
 use crate::kernel::{Flag, Real, check_float, slice, with_flag};
 use crate::reduction::Reduction;
 
@@ -328,9 +329,10 @@ impl CustomOp2 for CeOp {
         let shape = if self.reduce { Shape::from(()) } else { Shape::from(spatial) };
         let name = "cross-entropy";
         match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                Ok((CpuStorage::F32(self.forward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?), shape))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
+                CpuStorage::F32(self.forward_f32(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?)?),
+                shape,
+            )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
                 Ok((CpuStorage::F64(self.forward(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?)?), shape))
             }
@@ -372,7 +374,11 @@ impl CustomOp2 for CeGrad {
         let shape = l1.shape().clone();
         match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
-                CpuStorage::F32(self.op.backward(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?, &self.g)?),
+                CpuStorage::F32(self.op.backward_f32(
+                    slice::<f32>(s1, l1, name)?,
+                    slice::<f32>(s2, l2, name)?,
+                    &self.g,
+                )?),
                 shape,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => Ok((
@@ -380,6 +386,292 @@ impl CustomOp2 for CeGrad {
                 shape,
             )),
             (a, _) => candle_core::bail!("{name}: unsupported dtype {:?}", a.dtype()),
+        }
+    }
+}
+
+/// Positions per tile of the `f32` kernels: one tile's rows of every class fit in L1.
+const TILE: usize = 256;
+
+/// The `f32` fast paths: per image, tiles of `TILE` positions; loops over classes outside and
+/// positions inside, so every inner loop is contiguous and vectorised.
+impl CeOp {
+    /// Per-class constants: `(w_c, ε/C·w_c)`.
+    fn class_consts(&self) -> (Vec<f32>, Vec<f32>) {
+        let smooth = self.eps / self.c as f64;
+        (self.weights.iter().map(|&w| w as f32).collect(), self.weights.iter().map(|&w| (smooth * w) as f32).collect())
+    }
+
+    fn forward_f32(&self, x: &[f32], prob: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let divisor = match &self.kind {
+            Target::Index(y) => self.check_indices(y)?,
+            Target::Prob => (self.n * self.inner) as f64,
+        };
+        let _ = self.divisor.set(divisor);
+        let (c, s_len) = (self.c, self.inner);
+        let (w, sw) = self.class_consts();
+        let mut lse = vec![0f32; self.n * s_len];
+        let mut losses = vec![0f32; if self.reduce { 0 } else { self.n * s_len }];
+        let sums: Vec<f64> = lse
+            .par_chunks_mut(s_len)
+            .zip(x.par_chunks(c * s_len))
+            .enumerate()
+            .map(|(n, (lse, xn))| {
+                let mut total = 0.0;
+                for s0 in (0..s_len).step_by(TILE) {
+                    let len = TILE.min(s_len - s0);
+                    let ys = match &self.kind {
+                        Target::Index(y) => Some(&y[n * s_len + s0..n * s_len + s0 + len]),
+                        Target::Prob => None,
+                    };
+                    let pn = match &self.kind {
+                        Target::Prob => Some(&prob[n * c * s_len..(n + 1) * c * s_len]),
+                        Target::Index(_) => None,
+                    };
+                    let mut tile_loss = [0f32; TILE];
+                    total += simd(FwdTile {
+                        x: xn,
+                        s_len,
+                        s0,
+                        len,
+                        c,
+                        w: &w,
+                        sw: &sw,
+                        one_m_eps: (1.0 - self.eps) as f32,
+                        ys,
+                        ignore: self.ignore,
+                        probs: pn,
+                        lse: &mut lse[s0..s0 + len],
+                        loss: &mut tile_loss[..len],
+                    });
+                    if !self.reduce {
+                        // Written below, outside the parallel borrow of `lse`.
+                        let _ = &tile_loss;
+                    }
+                }
+                total
+            })
+            .collect();
+        if !self.reduce {
+            // Per-position losses: Σ_c a_c (lse − x_c), recomputed from the saved lse.
+            losses.par_chunks_mut(s_len).enumerate().for_each(|(n, out)| {
+                let xn = &x[n * c * s_len..(n + 1) * c * s_len];
+                let mut a = vec![0.0; c];
+                for (s, o) in out.iter_mut().enumerate() {
+                    let r = n * s_len + s;
+                    if self.coeffs(prob, r, w.iter().map(|&v| f64::from(v)).sum(), &mut a).is_some() {
+                        let l = f64::from(lse[r]);
+                        *o = (0..c).map(|ch| a[ch] * (l - f64::from(xn[ch * s_len + s]))).sum::<f64>() as f32;
+                    }
+                }
+            });
+        }
+        let _ = self.lse.set(lse.iter().map(|&v| f64::from(v)).collect());
+        Ok(if self.reduce { vec![sums.iter().sum::<f64>() as f32] } else { losses })
+    }
+
+    fn backward_f32(&self, x: &[f32], prob: &[f32], g: &[f64]) -> candle_core::Result<Vec<f32>> {
+        let Some(lse) = self.lse.get() else { candle_core::bail!("cross-entropy backward without forward") };
+        let (c, s_len) = (self.c, self.inner);
+        let (w, sw) = self.class_consts();
+        let sum_w: f32 = w.iter().sum();
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(c * s_len).zip(x.par_chunks(c * s_len)).enumerate().for_each(|(n, (dxn, xn))| {
+            for s0 in (0..s_len).step_by(TILE) {
+                let len = TILE.min(s_len - s0);
+                let r0 = n * s_len + s0;
+                let mut lse_t = [0f32; TILE];
+                let mut g_t = [0f32; TILE];
+                for t in 0..len {
+                    lse_t[t] = lse[r0 + t] as f32;
+                    g_t[t] = (if g.len() == 1 { g[0] } else { g[r0 + t] }) as f32;
+                }
+                simd(BwdTile {
+                    x: xn,
+                    dx: dxn,
+                    s_len,
+                    s0,
+                    len,
+                    c,
+                    w: &w,
+                    sw: &sw,
+                    sum_w,
+                    one_m_eps: (1.0 - self.eps) as f32,
+                    ys: match &self.kind {
+                        Target::Index(y) => Some(&y[r0..r0 + len]),
+                        Target::Prob => None,
+                    },
+                    ignore: self.ignore,
+                    probs: match &self.kind {
+                        Target::Prob => Some(&prob[n * c * s_len..(n + 1) * c * s_len]),
+                        Target::Index(_) => None,
+                    },
+                    lse: &lse_t[..len],
+                    g: &g_t[..len],
+                });
+            }
+        });
+        Ok(dx)
+    }
+}
+
+/// Forward over one tile: log-sum-exp per position and Σ loss.
+struct FwdTile<'a> {
+    x: &'a [f32],
+    s_len: usize,
+    s0: usize,
+    len: usize,
+    c: usize,
+    w: &'a [f32],
+    sw: &'a [f32],
+    one_m_eps: f32,
+    ys: Option<&'a [i64]>,
+    ignore: Option<i64>,
+    probs: Option<&'a [f32]>,
+    lse: &'a mut [f32],
+    loss: &'a mut [f32],
+}
+
+impl pulp::WithSimd for FwdTile<'_> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let Self { x, s_len, s0, len, c, w, sw, one_m_eps, ys, ignore, probs, lse, loss } = self;
+        let row = |ch: usize| &x[ch * s_len + s0..ch * s_len + s0 + len];
+        let mut m = [f32::NEG_INFINITY; TILE];
+        for ch in 0..c {
+            for (m, &v) in m[..len].iter_mut().zip(row(ch)) {
+                *m = m.max(v);
+            }
+        }
+        for v in m[..len].iter_mut() {
+            *v = if v.is_finite() { *v } else { 0.0 };
+        }
+        let mut se = [0f32; TILE];
+        // Σ_c a_c and Σ_c a_c·x_c for the smoothing part (index targets) or the whole target.
+        let mut a_sum = [0f32; TILE];
+        let mut ax_sum = [0f32; TILE];
+        for ch in 0..c {
+            let r = row(ch);
+            for t in 0..len {
+                se[t] += fastmath::exp(r[t] - m[t]);
+            }
+            match probs {
+                Some(p) => {
+                    let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
+                    for t in 0..len {
+                        let a = w[ch] * (one_m_eps * pr[t]) + sw[ch];
+                        a_sum[t] += a;
+                        ax_sum[t] += a * r[t];
+                    }
+                }
+                None => {
+                    for t in 0..len {
+                        ax_sum[t] += sw[ch] * r[t];
+                    }
+                }
+            }
+        }
+        let sum_sw: f32 = sw.iter().sum();
+        let mut total = 0f64;
+        for t in 0..len {
+            let l = m[t] + fastmath::ln(se[t]);
+            lse[t] = l;
+            let value = match ys {
+                Some(ys) => {
+                    let y = ys[t];
+                    if Some(y) == ignore {
+                        0.0
+                    } else {
+                        let yu = y as usize;
+                        let xy = x[yu * s_len + s0 + t];
+                        one_m_eps * w[yu] * (l - xy) + (sum_sw * l - ax_sum[t])
+                    }
+                }
+                None => a_sum[t] * l - ax_sum[t],
+            };
+            loss[t] = value;
+            total += f64::from(value);
+        }
+        total
+    }
+}
+
+/// Backward over one tile: `dx_c = g·(A·p_c − a_c)`.
+struct BwdTile<'a> {
+    x: &'a [f32],
+    dx: &'a mut [f32],
+    s_len: usize,
+    s0: usize,
+    len: usize,
+    c: usize,
+    w: &'a [f32],
+    sw: &'a [f32],
+    sum_w: f32,
+    one_m_eps: f32,
+    ys: Option<&'a [i64]>,
+    ignore: Option<i64>,
+    probs: Option<&'a [f32]>,
+    lse: &'a [f32],
+    g: &'a [f32],
+}
+
+impl pulp::WithSimd for BwdTile<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self { x, dx, s_len, s0, len, c, w, sw, sum_w, one_m_eps, ys, ignore, probs, lse, g } = self;
+        let smooth = if sum_w > 0.0 { sw.iter().sum::<f32>() / sum_w } else { 0.0 };
+        // Per position: the total coefficient A (and, for index targets, validity and y).
+        let mut big_a = [0f32; TILE];
+        let mut valid = [1f32; TILE];
+        match (ys, probs) {
+            (Some(ys), _) => {
+                for t in 0..len {
+                    if Some(ys[t]) == ignore {
+                        valid[t] = 0.0;
+                    } else {
+                        big_a[t] = one_m_eps * w[ys[t] as usize] + smooth * sum_w;
+                    }
+                }
+            }
+            (None, Some(p)) => {
+                for ch in 0..c {
+                    let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
+                    for t in 0..len {
+                        big_a[t] += w[ch] * (one_m_eps * pr[t]) + sw[ch];
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        for ch in 0..c {
+            let xr = &x[ch * s_len + s0..ch * s_len + s0 + len];
+            let dr = &mut dx[ch * s_len + s0..ch * s_len + s0 + len];
+            match probs {
+                Some(p) => {
+                    let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
+                    for t in 0..len {
+                        let a = w[ch] * (one_m_eps * pr[t]) + sw[ch];
+                        dr[t] = g[t] * (big_a[t] * fastmath::exp(xr[t] - lse[t]) - a);
+                    }
+                }
+                None => {
+                    for t in 0..len {
+                        dr[t] = g[t] * valid[t] * (big_a[t] * fastmath::exp(xr[t] - lse[t]) - sw[ch]);
+                    }
+                }
+            }
+        }
+        if let Some(ys) = ys {
+            for t in 0..len {
+                if valid[t] != 0.0 {
+                    let yu = ys[t] as usize;
+                    dx[yu * s_len + s0 + t] -= g[t] * one_m_eps * w[yu];
+                }
+            }
         }
     }
 }

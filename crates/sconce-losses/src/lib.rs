@@ -22,6 +22,7 @@ mod activation;
 mod bce;
 mod ce;
 mod checker;
+mod fastmath;
 mod focal;
 mod kernel;
 mod reduction;

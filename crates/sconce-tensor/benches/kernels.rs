@@ -6,7 +6,6 @@
 //! `.venv-ref/bin/python scripts/bench_tensor.py`, which writes `benches/reference_torch.json`).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
@@ -114,40 +113,12 @@ fn bench_pool_resize(c: &mut Criterion) {
     bench_fwd_bwd(c, "batch_norm/train_c64_h56_b8", &bn_x, |t| Ok(batch_norm_train(t, &gamma, &beta, 1e-5)?.0));
 }
 
-/// Reads criterion's median estimates and the PyTorch reference, prints one ratio per bench.
-fn print_ratios() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let reference: serde_json::Value = std::fs::read_to_string(root.join("benches/reference_torch.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("../../target"));
-    println!("\n{:<48} {:>10} {:>10} {:>8}", "benchmark", "ours ms", "torch ms", "ratio");
-    let Some(times) = reference.get("seconds").and_then(|t| t.as_object()) else {
-        println!("no PyTorch reference: run scripts/bench_tensor.py");
-        return;
-    };
-    for (id, torch_s) in times {
-        // criterion stores group `a/b` with function `f` under `a_b/f`.
-        let (group, function) = id.rsplit_once('/').unwrap_or((id.as_str(), ""));
-        let est = target.join("criterion").join(group.replace('/', "_")).join(function).join("new/estimates.json");
-        let ours = std::fs::read_to_string(&est)
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v["median"]["point_estimate"].as_f64())
-            .map(|ns| ns / 1e9);
-        let torch_s = torch_s.as_f64().unwrap_or(f64::NAN);
-        match ours {
-            Some(o) => println!("{id:<48} {:>10.2} {:>10.2} {:>8.2}", o * 1e3, torch_s * 1e3, o / torch_s),
-            None => println!("{id:<48} {:>10} {:>10.2} {:>8}", "-", torch_s * 1e3, "-"),
-        }
-    }
-}
-
 criterion_group!(benches, bench_conv, bench_pool_resize);
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    print_ratios();
+    sconce_testutil::print_ratios(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference_torch.json"),
+    );
 }

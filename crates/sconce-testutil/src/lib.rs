@@ -122,3 +122,35 @@ pub fn check_case_multi(fx: &Fixture, case: &serde_json::Value, f: impl Fn(&[Ten
     }
     Ok(())
 }
+
+/// After a criterion run: reads criterion's median estimates and a reference timing file
+/// (`{"seconds": {"group/shape/fwd": s, ...}}`, written by a script in `scripts/`) and prints
+/// `ours / reference` per benchmark.
+pub fn print_ratios(reference_file: &std::path::Path) {
+    let root = reference_file.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_default();
+    let reference: serde_json::Value = std::fs::read_to_string(reference_file)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("../../target"));
+    println!("\n{:<48} {:>10} {:>10} {:>8}", "benchmark", "ours ms", "torch ms", "ratio");
+    let Some(times) = reference.get("seconds").and_then(|t| t.as_object()) else {
+        println!("no PyTorch reference: run scripts/bench_tensor.py");
+        return;
+    };
+    for (id, torch_s) in times {
+        // criterion stores group `a/b` with function `f` under `a_b/f`.
+        let (group, function) = id.rsplit_once('/').unwrap_or((id.as_str(), ""));
+        let est = target.join("criterion").join(group.replace('/', "_")).join(function).join("new/estimates.json");
+        let ours = std::fs::read_to_string(&est)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["median"]["point_estimate"].as_f64())
+            .map(|ns| ns / 1e9);
+        let torch_s = torch_s.as_f64().unwrap_or(f64::NAN);
+        match ours {
+            Some(o) => println!("{id:<48} {:>10.2} {:>10.2} {:>8.2}", o * 1e3, torch_s * 1e3, o / torch_s),
+            None => println!("{id:<48} {:>10} {:>10.2} {:>8}", "-", torch_s * 1e3, "-"),
+        }
+    }
+}

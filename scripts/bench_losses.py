@@ -1,0 +1,54 @@
+"""Times PyTorch's BCE-with-logits and sparse cross-entropy (forward + backward) on the shapes of
+crates/sconce-losses/benches/losses.rs with 2 threads; writes
+crates/sconce-losses/benches/reference_torch.json for the bench's ratio table.
+
+Run: .venv-ref/bin/python scripts/bench_losses.py   (with the same MALLOC_* settings as the
+bench, see docs/benchmarks.md)
+"""
+import json
+import pathlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-losses/benches/reference_torch.json"
+
+
+def median_time(fn, warmup=3, min_time=3.0, min_iters=10):
+    for _ in range(warmup):
+        fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    x = (torch.randn(8, 1, 250, 250) * 3).requires_grad_()
+    mask = (torch.rand(8, 1, 250, 250) > 0.5).float()
+
+    def bce():
+        x.grad = None
+        F.binary_cross_entropy_with_logits(x, mask).backward()
+
+    xc = (torch.randn(8, 21, 250, 250) * 3).requires_grad_()
+    labels = torch.randint(0, 21, (8, 250, 250))
+
+    def ce():
+        xc.grad = None
+        F.cross_entropy(xc, labels).backward()
+
+    res = {"bce_logits/b8_c1_h250/fwd_bwd": median_time(bce), "sparse_ce/b8_c21_h250/fwd_bwd": median_time(ce)}
+    OUT.write_text(json.dumps(dict(meta=dict(torch=torch.__version__, threads=2), seconds=res), indent=1) + "\n")
+    for k, v in res.items():
+        print(f"{k:<40} {v * 1e3:8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,6 +155,28 @@ def regression():
          pred, labels01)
 
 
+def distribution():
+    x = torch.randn(5, 4) * 3
+    x[0] = torch.tensor([1e4, -1e4, 0.0, 3.0])
+    t = torch.softmax(torch.randn(5, 4), 1)
+    t[1] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # zeros: 0·log 0 = 0
+    both("kl_div", dict(op="kl"), lambda a, b: F.kl_div(F.log_softmax(a, 1), b, reduction="batchmean"), x, t)
+    rates = torch.randn(3, 6)
+    counts = torch.poisson(torch.rand(3, 6) * 4)
+    both("poisson", dict(op="poisson"), lambda a, b: F.poisson_nll_loss(a, b, log_input=True, full=False), rates, counts)
+    onehot = F.one_hot(torch.tensor([0, 3, 1, 2, 2]), 4).float()
+    both("categorical_hinge", dict(op="categorical_hinge"),
+         lambda a, b: torch.clamp(((1 - b) * a).max(1).values - (b * a).sum(1) + 1, min=0).mean(), x, onehot)
+    # Keras CategoricalFocalCrossentropy(from_logits=True), alpha=0.25, gamma=2 (no clipping needed from logits).
+    both("categorical_focal", dict(op="categorical_focal", alpha=0.25, gamma=2.0),
+         lambda a, b: (-0.25 * (1 - torch.softmax(a, 1)) ** 2 * b * F.log_softmax(a, 1)).sum(1).mean(), x, onehot)
+    xs = torch.randn(2, 1, 6, 5) * 2
+    ms = (torch.rand(2, 1, 6, 5) > 0.5).float()
+    dice = smp.losses.DiceLoss("binary", from_logits=True)
+    both("bce_plus_dice", dict(op="bce_plus_dice", w_bce=0.7, w_dice=1.3),
+         lambda a, b: 0.7 * F.binary_cross_entropy_with_logits(a, b) + 1.3 * dice(a, b), xs, ms)
+
+
 if __name__ == "__main__":
     print("torch", torch.__version__, "smp", smp.__version__)
     torch.set_num_threads(2)
@@ -163,6 +185,7 @@ if __name__ == "__main__":
     region()
     focal()
     regression()
+    distribution()
     OUT.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(OUT / "losses.safetensors"))
     (OUT / "losses.json").write_text(json.dumps(cases, indent=1) + "\n")

@@ -10,6 +10,8 @@
 //! | [`RegionLoss`], [`Mode`] | Dice, Jaccard (IoU), Tversky from logits in binary / multiclass / multilabel mode (smp semantics) |
 //! | [`FocalLoss`] | sigmoid focal loss (binary, multilabel, multiclass one-vs-rest; smp semantics) |
 //! | [`ElementwiseLoss`], [`PointLoss`] | MSE, MAE, Huber, log-cosh, hinge, squared hinge |
+//! | [`KlDivergence`], [`Poisson`], [`CategoricalHinge`], [`CategoricalFocal`] | distribution, count and margin losses |
+//! | [`WeightedSum`] | combined losses, e.g. BCE + Dice |
 //! | [`Reduction`] | none / sum / mean |
 //! | [`HeadChecker`], [`Finding`], [`Severity`] | refuses heads that give NaN or meaningless metrics, with the fix |
 //!
@@ -22,6 +24,7 @@ mod activation;
 mod bce;
 mod ce;
 mod checker;
+mod distribution;
 mod fastmath;
 mod focal;
 mod kernel;
@@ -33,6 +36,7 @@ pub use activation::{OutputActivation, activate};
 pub use bce::BinaryCrossEntropy;
 pub use ce::CrossEntropy;
 pub use checker::{Finding, HeadChecker, Severity};
+pub use distribution::{CategoricalFocal, CategoricalHinge, KlDivergence, Poisson, WeightedSum};
 pub use focal::FocalLoss;
 pub use reduction::Reduction;
 pub use region::{Mode, RegionLoss};

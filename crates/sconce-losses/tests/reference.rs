@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, bail};
 use sconce_core::Loss;
 use sconce_losses::{
-    BinaryCrossEntropy, CrossEntropy, ElementwiseLoss, FocalLoss, Mode, PointLoss, Reduction, RegionLoss,
+    BinaryCrossEntropy, CategoricalFocal, CategoricalHinge, CrossEntropy, ElementwiseLoss, FocalLoss, KlDivergence,
+    Mode, PointLoss, Poisson, Reduction, RegionLoss, WeightedSum,
 };
 use sconce_testutil::{check_case, load};
 
@@ -108,6 +109,17 @@ fn build(case: &serde_json::Value) -> Result<Box<dyn Loss>> {
         "log_cosh" => Box::new(ElementwiseLoss::new(PointLoss::LogCosh)),
         "hinge" => Box::new(ElementwiseLoss::new(PointLoss::Hinge)),
         "squared_hinge" => Box::new(ElementwiseLoss::new(PointLoss::SquaredHinge)),
+        "kl" => Box::new(KlDivergence),
+        "poisson" => Box::new(Poisson),
+        "categorical_hinge" => Box::new(CategoricalHinge),
+        "categorical_focal" => Box::new(CategoricalFocal {
+            alpha: case["alpha"].as_f64().context("alpha")?,
+            gamma: case["gamma"].as_f64().context("gamma")?,
+        }),
+        "bce_plus_dice" => Box::new(WeightedSum::new(vec![
+            (case["w_bce"].as_f64().context("w_bce")?, Box::new(BinaryCrossEntropy::new()) as Box<dyn Loss>),
+            (case["w_dice"].as_f64().context("w_dice")?, Box::new(RegionLoss::dice(Mode::Binary))),
+        ])?),
         other => bail!("unknown op {other}"),
     })
 }

@@ -177,6 +177,29 @@ def distribution():
          lambda a, b: 0.7 * F.binary_cross_entropy_with_logits(a, b) + 1.3 * dice(a, b), xs, ms)
 
 
+def lovasz():
+    xb = torch.randn(2, 1, 5, 6) * 2
+    mb = (torch.rand(2, 1, 5, 6) > 0.5).float()
+    mb_ign = mb.clone()
+    mb_ign[0, 0, 0, :] = 255
+    xm = torch.randn(2, 4, 5, 5) * 2
+    ym = torch.randint(0, 3, (2, 5, 5))  # class 3 absent
+    ym[1, 0] = 255
+    xl = torch.randn(2, 3, 4, 4) * 2
+    yl = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    specs = [
+        ("lovasz_binary", "binary", {}, xb, mb),
+        ("lovasz_binary_per_image_ignore", "binary", dict(per_image=True, ignore_index=255), xb, mb_ign),
+        ("lovasz_multiclass_ignore", "multiclass", dict(ignore_index=255), xm, ym),
+        ("lovasz_multiclass_per_image", "multiclass", dict(per_image=True, ignore_index=255), xm, ym),
+        ("lovasz_multilabel", "multilabel", {}, xl, yl),
+    ]
+    for name, mode, kw, x, t in specs:
+        loss = smp.losses.LovaszLoss(mode, **kw)
+        # smp's _lovasz_grad casts to float32, so its Lovász losses only run in f32.
+        add(name, dict(op="lovasz", mode=mode, **kw), lambda a, b, loss=loss: loss(a, b), x, t, "f32")
+
+
 if __name__ == "__main__":
     print("torch", torch.__version__, "smp", smp.__version__)
     torch.set_num_threads(2)
@@ -186,6 +209,7 @@ if __name__ == "__main__":
     focal()
     regression()
     distribution()
+    lovasz()
     OUT.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(OUT / "losses.safetensors"))
     (OUT / "losses.json").write_text(json.dumps(cases, indent=1) + "\n")

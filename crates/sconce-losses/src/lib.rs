@@ -8,6 +8,7 @@
 //! | [`BinaryCrossEntropy`] | sigmoid + BCE from logits, `pos_weight`, label smoothing (fused) |
 //! | [`CrossEntropy`] | softmax + CE from logits over axis 1: integer targets with `ignore_index`, probability targets, class weights, label smoothing (fused) |
 //! | [`RegionLoss`], [`Mode`] | Dice, Jaccard (IoU), Tversky from logits in binary / multiclass / multilabel mode (smp semantics) |
+//! | [`LovaszLoss`] | Lovász hinge (binary/multilabel) and Lovász-softmax (multiclass), smp semantics |
 //! | [`FocalLoss`] | sigmoid focal loss (binary, multilabel, multiclass one-vs-rest; smp semantics) |
 //! | [`ElementwiseLoss`], [`PointLoss`] | MSE, MAE, Huber, log-cosh, hinge, squared hinge |
 //! | [`KlDivergence`], [`Poisson`], [`CategoricalHinge`], [`CategoricalFocal`] | distribution, count and margin losses |
@@ -28,6 +29,7 @@ mod distribution;
 mod fastmath;
 mod focal;
 mod kernel;
+mod lovasz;
 mod reduction;
 mod region;
 mod regression;
@@ -38,6 +40,7 @@ pub use ce::CrossEntropy;
 pub use checker::{Finding, HeadChecker, Severity};
 pub use distribution::{CategoricalFocal, CategoricalHinge, KlDivergence, Poisson, WeightedSum};
 pub use focal::FocalLoss;
+pub use lovasz::LovaszLoss;
 pub use reduction::Reduction;
 pub use region::{Mode, RegionLoss};
 pub use regression::{ElementwiseLoss, PointLoss};

@@ -6,7 +6,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, Loss, SeededRng};
 use sconce_losses::{
-    BinaryCrossEntropy, CrossEntropy, ElementwiseLoss, FocalLoss, Mode, PointLoss, Reduction, RegionLoss,
+    BinaryCrossEntropy, CategoricalFocal, CrossEntropy, ElementwiseLoss, FocalLoss, KlDivergence, LovaszLoss, Mode,
+    PointLoss, Reduction, RegionLoss,
 };
 use sconce_tensor::gradcheck::check_gradient;
 
@@ -54,6 +55,7 @@ fn losses_stay_finite_at_extreme_logits_and_hard_targets() -> Result<()> {
                 Box::new(RegionLoss::tversky(mode, 0.3, 0.7).gamma(2.0)),
                 Box::new(FocalLoss::new(mode).alpha(0.25)),
                 Box::new(ElementwiseLoss::new(PointLoss::Hinge)),
+                Box::new(LovaszLoss::new(mode)),
             ];
             for l in &losses {
                 assert_finite_with_gradient(l.as_ref(), &x, &t)?;
@@ -71,6 +73,7 @@ fn losses_stay_finite_at_extreme_logits_and_hard_targets() -> Result<()> {
             Box::new(CrossEntropy::new().label_smoothing(0.1).class_weights(vec![1.0; c])),
             Box::new(RegionLoss::dice(Mode::Multiclass)),
             Box::new(FocalLoss::new(Mode::Multiclass)),
+            Box::new(LovaszLoss::new(Mode::Multiclass).per_image(true)),
         ];
         for l in &losses {
             assert_finite_with_gradient(l.as_ref(), &x, &y)?;
@@ -114,6 +117,9 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
         (Box::new(RegionLoss::tversky(Mode::Multilabel, 0.2, 0.8).gamma(1.5)), soft.clone()),
         (Box::new(FocalLoss::new(Mode::Multilabel).alpha(0.3).gamma(2.5)), soft.clone()),
         (Box::new(ElementwiseLoss::new(PointLoss::LogCosh)), soft.clone()),
+        (Box::new(LovaszLoss::new(Mode::Multiclass)), labels.clone()),
+        (Box::new(KlDivergence), sconce_tensor::softmax(&soft, 1)?),
+        (Box::new(CategoricalFocal::default()), sconce_tensor::softmax(&soft, 1)?),
         (Box::new(ElementwiseLoss::new(PointLoss::Huber { delta: 0.7 })), soft),
     ];
     for (loss, target) in &cases {

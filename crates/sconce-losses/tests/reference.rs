@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use sconce_core::Loss;
 use sconce_losses::{
     BinaryCrossEntropy, CategoricalFocal, CategoricalHinge, CrossEntropy, ElementwiseLoss, FocalLoss, KlDivergence,
-    Mode, PointLoss, Poisson, Reduction, RegionLoss, WeightedSum,
+    LovaszLoss, Mode, PointLoss, Poisson, Reduction, RegionLoss, WeightedSum,
 };
 use sconce_testutil::{check_case, load};
 
@@ -109,6 +109,16 @@ fn build(case: &serde_json::Value) -> Result<Box<dyn Loss>> {
         "log_cosh" => Box::new(ElementwiseLoss::new(PointLoss::LogCosh)),
         "hinge" => Box::new(ElementwiseLoss::new(PointLoss::Hinge)),
         "squared_hinge" => Box::new(ElementwiseLoss::new(PointLoss::SquaredHinge)),
+        "lovasz" => {
+            let mut l = LovaszLoss::new(mode(case)?);
+            if case["per_image"].as_bool() == Some(true) {
+                l = l.per_image(true);
+            }
+            if let Some(i) = case["ignore_index"].as_i64() {
+                l = l.ignore_index(i);
+            }
+            Box::new(l)
+        }
         "kl" => Box::new(KlDivergence),
         "poisson" => Box::new(Poisson),
         "categorical_hinge" => Box::new(CategoricalHinge),

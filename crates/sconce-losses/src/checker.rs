@@ -53,6 +53,7 @@ pub struct HeadChecker<'a> {
     targets: Option<Tensor>,
     ignore_index: Option<i64>,
     threshold: Option<f64>,
+    dtype: Option<DType>,
 }
 
 impl<'a> HeadChecker<'a> {
@@ -66,6 +67,7 @@ impl<'a> HeadChecker<'a> {
             targets: None,
             ignore_index: None,
             threshold: None,
+            dtype: None,
         }
     }
 
@@ -84,6 +86,12 @@ impl<'a> HeadChecker<'a> {
     /// The threshold a metric applies to the model's raw outputs (e.g. accuracy at 0.5).
     pub fn metric_threshold(mut self, t: f64) -> Self {
         self.threshold = Some(t);
+        self
+    }
+
+    /// The dtype of the model's outputs (half precision is flagged).
+    pub fn output_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
         self
     }
 
@@ -174,7 +182,36 @@ impl<'a> HeadChecker<'a> {
                 );
             }
         }
+        // Rule: losses in half precision.
+        if matches!(self.dtype, Some(DType::F16 | DType::BF16)) {
+            push(
+                Severity::Warning,
+                "half-precision-loss",
+                "the outputs are half precision: exp/log in the loss overflow or underflow there (f16 max 65504). \
+                 Convert the logits to f32 before the loss"
+                    .to_string(),
+            );
+        }
+        // Rule: overlap losses state their empty-mask policy.
+        if matches!(self.loss.name(), "dice" | "jaccard" | "tversky") {
+            push(
+                Severity::Info,
+                "empty-class-policy",
+                format!(
+                    "{}: a class with no target pixels in the batch contributes 0 to the loss (smp's rule); batches \
+                     where a class is absent train only the classes present",
+                    self.loss.name()
+                ),
+            );
+        }
         if let Some(t) = &self.targets {
+            // Cross-entropy also accepts probability targets with the output's full shape.
+            let kind = if kind == TargetKind::ClassIndices && t.dims() == self.output.as_slice() && t.dtype().is_float()
+            {
+                TargetKind::ClassProbabilities
+            } else {
+                kind
+            };
             self.target_rules(t, channels, kind, &mut push)?;
         }
         out.sort_by_key(|f| std::cmp::Reverse(f.severity));

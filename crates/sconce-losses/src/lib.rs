@@ -13,7 +13,7 @@
 //! | [`ElementwiseLoss`], [`PointLoss`] | MSE, MAE, Huber, log-cosh, hinge, squared hinge |
 //! | [`KlDivergence`], [`Poisson`], [`CategoricalHinge`], [`CategoricalFocal`] | distribution, count and margin losses |
 //! | [`WeightedSum`] | combined losses, e.g. BCE + Dice |
-//! | [`Reduction`] | none / sum / mean |
+//! | [`Reduction`], [`weighted_mean`] | none / sum / mean (over valid elements); per-sample weights |
 //! | [`HeadChecker`], [`Finding`], [`Severity`] | refuses heads that give NaN or meaningless metrics, with the fix |
 //!
 //! Every loss implements [`sconce_core::Loss`]: it takes **logits**, states the activation it
@@ -41,6 +41,6 @@ pub use checker::{Finding, HeadChecker, Severity};
 pub use distribution::{CategoricalFocal, CategoricalHinge, KlDivergence, Poisson, WeightedSum};
 pub use focal::FocalLoss;
 pub use lovasz::LovaszLoss;
-pub use reduction::Reduction;
+pub use reduction::{Reduction, WeightNorm, weighted_mean};
 pub use region::{Mode, RegionLoss};
 pub use regression::{ElementwiseLoss, PointLoss};

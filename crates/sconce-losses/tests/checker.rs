@@ -84,3 +84,39 @@ fn bounded_output_for_regression_targets() -> Result<()> {
     assert!(f.is_empty(), "{f:?}");
     Ok(())
 }
+
+#[test]
+fn probability_targets_half_precision_and_empty_class_policy() -> Result<()> {
+    let dev = Device::Cpu;
+    let ce = CrossEntropy::new();
+    // Multi-hot probability targets with softmax cross-entropy.
+    let multi = Tensor::new(&[[1f32, 1.0, 0.0], [0.0, 1.0, 1.0]], &dev)?;
+    let f = HeadChecker::new(&[2, 3], Activation::Identity, &ce).targets(&multi).check()?;
+    assert!(f.iter().any(|x| x.rule == "multi-hot-with-softmax"), "{f:?}");
+    let f = HeadChecker::new(&[2, 3], Activation::Identity, &ce).output_dtype(candle_core::DType::F16).check()?;
+    assert_eq!(rules(&f, Severity::Warning), vec!["half-precision-loss"]);
+    let dice = sconce_losses::RegionLoss::dice(sconce_losses::Mode::Multiclass);
+    let f = HeadChecker::new(&[2, 3, 4, 4], Activation::Identity, &dice).check()?;
+    assert_eq!(rules(&f, Severity::Info), vec!["empty-class-policy"]);
+    Ok(())
+}
+
+#[test]
+fn sample_weights_follow_keras_reductions() -> Result<()> {
+    use sconce_core::Loss;
+    use sconce_losses::{Reduction, WeightNorm, weighted_mean};
+    let dev = Device::Cpu;
+    let pred = Tensor::new(&[[1f32, 3.0], [0.0, 0.0], [2.0, 2.0]], &dev)?;
+    let target = Tensor::zeros((3, 2), candle_core::DType::F32, &dev)?;
+    let per = ElementwiseLoss::new(PointLoss::Mse).reduction(Reduction::None).loss(&pred, &target)?;
+    // Per-sample means: 5, 0, 4; weights 1, 2, 0.5.
+    let w = Tensor::new(&[1f32, 2.0, 0.5], &dev)?;
+    let by_batch = weighted_mean(&per, &w, WeightNorm::BatchSize)?.to_scalar::<f32>()?;
+    let by_weights = weighted_mean(&per, &w, WeightNorm::SumOfWeights)?.to_scalar::<f32>()?;
+    assert!((by_batch - (5.0 + 0.0 + 2.0) / 3.0).abs() < 1e-6);
+    assert!((by_weights - 7.0 / 3.5).abs() < 1e-6);
+    assert!(weighted_mean(&per, &Tensor::new(&[1f32, -1.0, 0.0], &dev)?, WeightNorm::BatchSize).is_err());
+    assert!(weighted_mean(&per, &Tensor::new(&[1f32, 1.0], &dev)?, WeightNorm::BatchSize).is_err());
+    assert!(weighted_mean(&per, &Tensor::zeros(3, candle_core::DType::F32, &dev)?, WeightNorm::SumOfWeights).is_err());
+    Ok(())
+}

@@ -539,45 +539,52 @@ impl pulp::WithSimd for FwdTile<'_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
         let Self { x, s_len, s0, len, c, w, sw, one_m_eps, ys, ignore, probs, lse, loss } = self;
         let row = |ch: usize| &x[ch * s_len + s0..ch * s_len + s0 + len];
-        let mut m = [f32::NEG_INFINITY; TILE];
+        // Work arrays sliced to `len`, so the inner loops are bounds-check free and vectorise.
+        let mut m_buf = [f32::NEG_INFINITY; TILE];
+        let m = &mut m_buf[..len];
         for ch in 0..c {
-            for (m, &v) in m[..len].iter_mut().zip(row(ch)) {
+            for (m, &v) in m.iter_mut().zip(row(ch)) {
                 *m = m.max(v);
             }
         }
-        for v in m[..len].iter_mut() {
+        for v in m.iter_mut() {
             *v = if v.is_finite() { *v } else { 0.0 };
         }
-        let mut se = [0f32; TILE];
-        // Σ_c a_c and Σ_c a_c·x_c for the smoothing part (index targets) or the whole target.
-        let mut a_sum = [0f32; TILE];
-        let mut ax_sum = [0f32; TILE];
+        let (mut se_buf, mut a_buf, mut amx_buf) = ([0f32; TILE], [0f32; TILE], [0f32; TILE]);
+        let (se, a_sum, amx) = (&mut se_buf[..len], &mut a_buf[..len], &mut amx_buf[..len]);
+        // Σ_c a_c and Σ_c a_c·(m − x_c) for the smoothing part (index targets) or the whole
+        // target; relative to the row maximum, so large logits do not cancel, and a zero
+        // coefficient never multiplies a −∞ logit.
         for ch in 0..c {
             let r = row(ch);
-            for t in 0..len {
-                se[t] += fastmath::exp(r[t] - m[t]);
+            for ((se, &v), &m) in se.iter_mut().zip(r).zip(m.iter()) {
+                *se += fastmath::exp(v - m);
             }
             match probs {
                 Some(p) => {
                     let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
-                    for t in 0..len {
-                        let a = w[ch] * (one_m_eps * pr[t]) + sw[ch];
-                        a_sum[t] += a;
-                        ax_sum[t] += a * r[t];
+                    for (((a_sum, amx), (&v, &mv)), &pv) in
+                        a_sum.iter_mut().zip(amx.iter_mut()).zip(r.iter().zip(m.iter())).zip(pr)
+                    {
+                        let a = w[ch] * (one_m_eps * pv) + sw[ch];
+                        *a_sum += a;
+                        *amx += if a != 0.0 { a * (mv - v) } else { 0.0 };
                     }
                 }
-                None => {
-                    for t in 0..len {
-                        ax_sum[t] += sw[ch] * r[t];
+                None if sw[ch] != 0.0 => {
+                    let swc = sw[ch];
+                    for ((amx, &v), &mv) in amx.iter_mut().zip(r).zip(m.iter()) {
+                        *amx += swc * (mv - v);
                     }
                 }
+                None => {}
             }
         }
         let sum_sw: f32 = sw.iter().sum();
         let mut total = 0f64;
         for t in 0..len {
-            let l = m[t] + fastmath::ln(se[t]);
-            lse[t] = l;
+            let ln_se = fastmath::ln(se[t]);
+            lse[t] = m[t] + ln_se;
             let value = match ys {
                 Some(ys) => {
                     let y = ys[t];
@@ -586,10 +593,10 @@ impl pulp::WithSimd for FwdTile<'_> {
                     } else {
                         let yu = y as usize;
                         let xy = x[yu * s_len + s0 + t];
-                        one_m_eps * w[yu] * (l - xy) + (sum_sw * l - ax_sum[t])
+                        one_m_eps * w[yu] * ((m[t] - xy) + ln_se) + (sum_sw * ln_se + amx[t])
                     }
                 }
-                None => a_sum[t] * l - ax_sum[t],
+                None => a_sum[t] * ln_se + amx[t],
             };
             loss[t] = value;
             total += f64::from(value);
@@ -647,20 +654,24 @@ impl pulp::WithSimd for BwdTile<'_> {
             }
             (None, None) => {}
         }
+        let (big_a, valid) = (&big_a[..len], &valid[..len]);
         for ch in 0..c {
             let xr = &x[ch * s_len + s0..ch * s_len + s0 + len];
             let dr = &mut dx[ch * s_len + s0..ch * s_len + s0 + len];
             match probs {
                 Some(p) => {
                     let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
-                    for t in 0..len {
-                        let a = w[ch] * (one_m_eps * pr[t]) + sw[ch];
-                        dr[t] = g[t] * (big_a[t] * fastmath::exp(xr[t] - lse[t]) - a);
+                    let it = dr.iter_mut().zip(xr).zip(pr).zip(lse).zip(g).zip(big_a);
+                    for (((((d, &xv), &pv), &l), &gv), &ba) in it {
+                        let a = w[ch] * (one_m_eps * pv) + sw[ch];
+                        *d = gv * (ba * fastmath::exp(xv - l) - a);
                     }
                 }
                 None => {
-                    for t in 0..len {
-                        dr[t] = g[t] * valid[t] * (big_a[t] * fastmath::exp(xr[t] - lse[t]) - sw[ch]);
+                    let swc = sw[ch];
+                    let it = dr.iter_mut().zip(xr).zip(lse).zip(g).zip(big_a).zip(valid);
+                    for (((((d, &xv), &l), &gv), &ba), &vv) in it {
+                        *d = gv * vv * (ba * fastmath::exp(xv - l) - swc);
                     }
                 }
             }

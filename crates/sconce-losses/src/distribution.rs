@@ -142,7 +142,7 @@ impl Loss for CategoricalFocal {
         class_axis_check(logits, target)?;
         let y = target.to_dtype(logits.dtype())?;
         let logp = sconce_tensor::log_softmax(logits, 1)?;
-        let focal = logp.exp()?.affine(-1.0, 1.0)?.maximum(0.0)?.powf(self.gamma)?;
+        let focal = crate::focal::focal_term(&logp.exp()?.affine(-1.0, 1.0)?, self.gamma)?;
         let per = ((focal * y)? * logp)?.sum(1)?.affine(-self.alpha, 0.0)?;
         mean_positions(per)
     }

@@ -73,7 +73,7 @@ impl FocalLoss {
         };
         let logpt = BinaryCrossEntropy::new().reduction(Reduction::None).loss(x, &y_clean)?;
         let pt = logpt.neg()?.exp()?;
-        let focal = pt.affine(-1.0, 1.0)?.powf(self.gamma)?;
+        let focal = focal_term(&pt.affine(-1.0, 1.0)?, self.gamma)?;
         let mut loss = (&focal * &logpt)?;
         if let Some(a) = self.alpha {
             loss = (loss * y_clean.affine(2.0 * a - 1.0, 1.0 - a)?)?;
@@ -92,6 +92,28 @@ impl FocalLoss {
         }
         Ok((total / count.max(1.0))?)
     }
+}
+
+/// A binary mask fits `[N, 1, H, W]` logits as `[N, 1, H, W]` or `[N, H, W]`.
+pub(crate) fn binary_target_fits(logits: &Tensor, target: &Tensor) -> bool {
+    let mut squeezed = logits.dims().to_vec();
+    if squeezed.len() >= 2 && squeezed[1] == 1 {
+        squeezed.remove(1);
+    }
+    target.dims() == logits.dims() || target.dims() == squeezed.as_slice()
+}
+
+/// `base^γ` for `base ≥ 0` with a finite gradient everywhere: 1 for `γ = 0`, and the base
+/// kept ≥ 1e-12 for `0 < γ < 1` (candle's `powf` backward is `γ·x^(γ−1)`, infinite at 0; in
+/// `f32`, `p_t` rounds to exactly 1 for logits beyond ±17).
+pub(crate) fn focal_term(base: &Tensor, gamma: f64) -> Result<Tensor> {
+    Ok(if gamma == 0.0 {
+        base.ones_like()?
+    } else if gamma < 1.0 {
+        base.maximum(1e-12)?.powf(gamma)?
+    } else {
+        base.maximum(0.0)?.powf(gamma)?
+    })
 }
 
 impl Loss for FocalLoss {
@@ -120,7 +142,7 @@ impl Loss for FocalLoss {
         match self.mode {
             Mode::Binary => {
                 let y = target.to_dtype(dtype)?;
-                if y.elem_count() != logits.elem_count() {
+                if !binary_target_fits(logits, target) {
                     return Err(Error::shape(
                         "target",
                         format!("{:?} (one value per logit)", logits.dims()),

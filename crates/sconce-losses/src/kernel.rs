@@ -75,6 +75,9 @@ pub(crate) fn check_float(t: &Tensor, what: &str) -> Result<()> {
             ),
         ));
     }
+    if t.elem_count() == 0 {
+        return Err(Error::shape(what, "a non-empty tensor", t.dims()));
+    }
     if !t.device().is_cpu() {
         return Err(Error::config(
             format!("{what} device"),

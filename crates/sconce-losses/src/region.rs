@@ -187,7 +187,7 @@ impl RegionLoss {
             Mode::Binary | Mode::Multilabel => {
                 let probs = sconce_tensor::sigmoid(logits)?.reshape((n, c, p))?;
                 let ok_shape = target.dims() == dims
-                    || (self.mode == Mode::Binary && target.elem_count() == n * p && target.dim(0)? == n);
+                    || (self.mode == Mode::Binary && crate::focal::binary_target_fits(logits, target));
                 if !ok_shape {
                     return Err(Error::shape("target", format!("{dims:?} (same as the logits)"), target.dims()));
                 }
@@ -261,7 +261,7 @@ impl Loss for RegionLoss {
             }
             None => loss.mean_all()?,
         };
-        Ok(if self.gamma == 1.0 { agg } else { agg.powf(self.gamma)? })
+        Ok(if self.gamma == 1.0 { agg } else { crate::focal::focal_term(&agg, self.gamma)? })
     }
 
     fn activation(&self) -> Activation {

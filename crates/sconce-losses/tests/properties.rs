@@ -167,3 +167,41 @@ fn bad_input_is_a_clear_error() -> Result<()> {
     ));
     Ok(())
 }
+
+#[test]
+fn review_edge_cases_give_errors_or_finite_values() -> Result<()> {
+    let dev = Device::Cpu;
+    // Empty tensors are shape errors, not panics.
+    let empty = Tensor::zeros((2, 3, 0), DType::F32, &dev)?;
+    assert!(matches!(
+        CrossEntropy::new().loss(&empty, &Tensor::zeros((2, 0), DType::U32, &dev)?),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(BinaryCrossEntropy::new().loss(&empty, &empty), Err(Error::Shape { .. })));
+    assert!(sconce_tensor::softmax(&Tensor::zeros((2, 0), DType::F32, &dev)?, 1).is_err());
+    // A masked (−∞) logit on a non-target class: finite loss in f32 and f64 alike.
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::new(&[[0.0f32, f32::NEG_INFINITY, 1.0]], &dev)?.to_dtype(dtype)?;
+        let l = CrossEntropy::new().loss(&x, &Tensor::new(&[0u32], &dev)?)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let want = (1.0f64 + 1f64.exp()).ln();
+        assert!((l - want).abs() < 1e-6, "{dtype:?}: {l} vs {want}");
+    }
+    // γ = 0 focal (= BCE) and γ < 1 Tversky on all-empty masks keep finite gradients.
+    let x = Var::from_tensor(&Tensor::new(&[[[[20.0f32, -20.0]]]], &dev)?)?;
+    let y = Tensor::new(&[[[[1.0f32, 0.0]]]], &dev)?;
+    let g = FocalLoss::new(Mode::Binary).gamma(0.0).loss(x.as_tensor(), &y)?.backward()?;
+    let gx = g.get(x.as_tensor()).map(|t| t.flatten_all()).transpose()?.map(|t| t.to_vec1::<f32>()).transpose()?;
+    assert!(gx.unwrap_or_default().iter().all(|v| v.is_finite()));
+    let empty_mask = Tensor::zeros((1, 1, 1, 2), DType::F32, &dev)?;
+    let l = RegionLoss::tversky(Mode::Binary, 0.5, 0.5).gamma(0.75).loss(x.as_tensor(), &empty_mask)?;
+    let g = l.backward()?;
+    let gx = g.get(x.as_tensor()).map(|t| t.flatten_all()).transpose()?.map(|t| t.to_vec1::<f32>()).transpose()?;
+    assert!(gx.unwrap_or_default().iter().all(|v| v.is_finite()));
+    // A transposed mask is refused, not silently paired with the wrong pixels.
+    let x = Tensor::zeros((1, 1, 2, 3), DType::F32, &dev)?;
+    let wrong = Tensor::zeros((1, 3, 2), DType::F32, &dev)?;
+    assert!(matches!(RegionLoss::dice(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
+    assert!(matches!(FocalLoss::new(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
+    assert!(RegionLoss::dice(Mode::Binary).loss(&x, &Tensor::zeros((1, 2, 3), DType::F32, &dev)?).is_ok());
+    Ok(())
+}

@@ -2,8 +2,7 @@
 //! fused, memory-lean backward; evaluation with running statistics; and PyTorch's running-stat
 //! update (momentum or cumulative average, unbiased variance).
 //!
-//! The training op keeps only the per-channel mean and inverse standard deviation for its
-//! backward pass — not the normalised activation — so it stores `2·C` numbers beyond its input,
+//! The training op keeps only the per-channel mean and variance for its backward pass — not the normalised activation — so it stores `2·C` numbers beyond its input,
 //! where candle-nn's composed version keeps several full-size intermediates.
 
 use std::sync::{Arc, OnceLock};
@@ -26,7 +25,7 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// `(mean, inv_std)` per channel, in f64, shared between the forward and backward ops.
+/// `(mean, biased variance)` per channel, in f64, shared between the forward and backward ops.
 type Saved = Arc<OnceLock<(Vec<f64>, Vec<f64>)>>;
 
 /// Layout of a batch-norm input: `n` images, `c` channels, `hw` values per channel and image.
@@ -38,6 +37,9 @@ struct Dims {
 }
 
 fn dims_of(x: &Tensor) -> Result<Dims> {
+    if x.elem_count() == 0 {
+        return Err(Error::shape("batch_norm input", "a non-empty [N, C] or [N, C, H, W]", x.dims()));
+    }
     match *x.dims() {
         [n, c] => Ok(Dims { n, c, hw: 1 }),
         [n, c, h, w] => Ok(Dims { n, c, hw: h * w }),
@@ -179,12 +181,14 @@ impl BnBackward {
                 let ch = plane % c;
                 let (s, sx) = sums[ch];
                 let k = f64_of(g[ch]) * inv[ch];
-                // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m), folded into a·dy + b·x + e.
+                // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m) = a·dy + b·(x − mean) + e, centred first
+                // so a large mean does not cost precision in f32.
                 let a = T::from_f64(k);
                 let bx = T::from_f64(-k * inv[ch] * sx / m);
-                let e = T::from_f64(-k * s / m + k * inv[ch] * sx / m * mean[ch]);
+                let e = T::from_f64(-k * s / m);
+                let mt = T::from_f64(mean[ch]);
                 for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
-                    *o = a * d + bx * v + e;
+                    *o = a * d + bx * (v - mt) + e;
                 }
             },
         );
@@ -313,6 +317,10 @@ pub fn batch_norm_eval(
     }
     if !(eps > 0.0 && eps.is_finite()) {
         return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
+    }
+    let min_var = running_var.to_dtype(DType::F64)?.min(0)?.to_scalar::<f64>()?;
+    if min_var.is_nan() || min_var < 0.0 {
+        return Err(Error::data("batch_norm running_var", format!("variances must be ≥ 0, found {min_var}")));
     }
     let shape: Vec<usize> = if x.rank() == 4 { vec![1, d.c, 1, 1] } else { vec![1, d.c] };
     let scale = (weight * (running_var + eps)?.sqrt()?.recip()?)?;

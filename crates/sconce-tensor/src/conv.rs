@@ -96,8 +96,11 @@ impl Geom {
         if sh == 0 || sw == 0 || dh == 0 || dw == 0 || g == 0 {
             return Err(Error::config("conv2d", format!("stride, dilation and groups must be > 0, got {cfg:?}")));
         }
-        if kh == 0 || kw == 0 || o == 0 {
-            return Err(Error::shape("conv2d weight", "[O, C/groups, kh, kw] with non-zero O, kh, kw", wt));
+        if kh == 0 || kw == 0 || o == 0 || cg == 0 {
+            return Err(Error::shape("conv2d weight", "[O, C/groups, kh, kw] with no zero size", wt));
+        }
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::shape("conv2d input", "[N, C, H, W] with non-zero C, H and W", x));
         }
         if c % g != 0 || o % g != 0 {
             return Err(Error::config(
@@ -599,7 +602,7 @@ pub struct ConvTranspose2dConfig {
     /// Implicit padding removed from each side of the output.
     pub padding: (usize, usize),
     /// Extra rows/columns added to one side of the output (to pick among the sizes that a
-    /// strided convolution maps to the same input size); must be < stride or dilation.
+    /// strided convolution maps to the same input size); must be < stride.
     pub output_padding: (usize, usize),
     /// Spacing between kernel taps.
     pub dilation: (usize, usize),
@@ -721,8 +724,8 @@ impl CustomOp2 for ConvTranspose2dOp {
 /// - output: `[N, Cout, (H−1)·sh − 2ph + dh(kh−1) + oph + 1, …]`
 ///
 /// # Errors
-/// As [`conv2d`], plus [`Error::Config`] for an output padding not smaller than the stride or
-/// the dilation, or an empty output.
+/// As [`conv2d`], plus [`Error::Config`] for an output padding not smaller than the stride
+/// (PyTorch also accepts one below the dilation; sconce does not), or an empty output.
 pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &ConvTranspose2dConfig) -> Result<Tensor> {
     let [n, cin, h, wd] = sconce_core::check::dims::<4>(x, "conv_transpose2d input", "[N, Cin, H, W]")?;
     let wdims = sconce_core::check::dims::<4>(w, "conv_transpose2d weight", "[Cin, Cout/groups, kh, kw]")?;
@@ -758,13 +761,10 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Con
     if h == 0 || wd == 0 {
         return Err(Error::shape("conv_transpose2d input", "a non-empty H×W plane", x.dims()));
     }
-    if oph >= sh.max(dh) || opw >= sw.max(dw) {
+    if oph >= sh || opw >= sw {
         return Err(Error::config(
             "conv_transpose2d output_padding",
-            format!(
-                "{:?} must be smaller than the stride {:?} or the dilation {:?}",
-                cfg.output_padding, cfg.stride, cfg.dilation
-            ),
+            format!("{:?} must be smaller than the stride {:?}", cfg.output_padding, cfg.stride),
         ));
     }
     let span = |len: usize, s: usize, p: usize, d: usize, k: usize, op: usize| -> Option<usize> {

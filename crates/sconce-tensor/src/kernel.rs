@@ -59,6 +59,9 @@ pub(crate) fn cpu(t: &Tensor, what: &str) -> sconce_core::Result<()> {
 /// Dims of a rank-4 `[N, C, H, W]` float tensor on the CPU.
 pub(crate) fn nchw(t: &Tensor, what: &str) -> sconce_core::Result<[usize; 4]> {
     let d = sconce_core::check::dims::<4>(t, what, "[N, C, H, W]")?;
+    if d[2] == 0 || d[3] == 0 {
+        return Err(Error::shape(what, "a non-empty H×W plane", t.dims()));
+    }
     float_dtype(t, what)?;
     cpu(t, what)?;
     Ok(d)

@@ -132,21 +132,27 @@ pub(crate) fn pooled_len(axis: &str, len: usize, k: usize, s: usize, p: usize, d
             format!("kernel, stride and dilation must be > 0, got {k}, {s}, {d}"),
         ));
     }
-    let eff = d * (k - 1) + 1;
-    if 2 * p > eff {
+    // PyTorch: "pad should be smaller than or equal to half of kernel size" (undilated).
+    if p > k / 2 {
         return Err(Error::config(
             format!("pool {axis} padding"),
-            format!("padding {p} must be at most half the effective kernel size {eff}"),
+            format!("padding {p} must be at most half the kernel size {k} (PyTorch's rule)"),
         ));
     }
+    if len == 0 {
+        return Err(Error::config(format!("pool {axis}"), "the input is empty along this axis"));
+    }
+    let eff = d * (k - 1) + 1;
     let span = len + 2 * p;
-    if span < eff {
+    // With ceil_mode a kernel may overhang the padded input, as long as one window starts in it.
+    let reach = span + if ceil { s - 1 } else { 0 };
+    if reach < eff {
         return Err(Error::config(
             format!("pool {axis}"),
             format!("effective kernel {eff} is larger than the padded input {span} (input {len} + 2×{p})"),
         ));
     }
-    let mut out = (span - eff + if ceil { s - 1 } else { 0 }) / s + 1;
+    let mut out = (reach - eff) / s + 1;
     // The last window must start inside the input or the left padding.
     if ceil && (out - 1) * s >= len + p {
         out -= 1;
@@ -511,6 +517,11 @@ mod tests {
         assert_eq!(pooled_len("h", 5, 2, 2, 1, 1, true)?, 3);
         assert_eq!(pooled_len("h", 10, 3, 1, 0, 2, false)?, 6);
         assert!(pooled_len("h", 4, 3, 1, 2, 1, false).is_err());
+        // PyTorch: max_pool2d(1×1 input, 2, 2, ceil_mode=True) has one output; padding 2 with
+        // kernel 3 is refused even with dilation 2.
+        assert_eq!(pooled_len("h", 1, 2, 2, 0, 1, true)?, 1);
+        assert!(pooled_len("h", 10, 3, 1, 2, 2, false).is_err());
+        assert!(pooled_len("h", 0, 1, 1, 0, 1, false).is_err());
         assert!(pooled_len("h", 2, 5, 1, 1, 1, false).is_err());
         assert!(pooled_len("h", 8, 0, 1, 0, 1, false).is_err());
         Ok(())

@@ -145,7 +145,13 @@ pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
 }
 
 fn axis_of<D: Dim>(x: &Tensor, axis: D, op: &'static str) -> Result<usize> {
-    axis.to_index(x.shape(), op).map_err(|_| Error::shape(op, format!("an axis within rank {}", x.rank()), x.dims()))
+    let axis = axis
+        .to_index(x.shape(), op)
+        .map_err(|_| Error::shape(op, format!("an axis within rank {}", x.rank()), x.dims()))?;
+    if x.dims()[axis] == 0 {
+        return Err(Error::shape(op, format!("a non-empty axis {axis}"), x.dims()));
+    }
+    Ok(axis)
 }
 
 /// `(z, log Σ exp(z))` with `z = x − max(x)` along `axis` (the max detached): the shared core

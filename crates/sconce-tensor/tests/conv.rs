@@ -181,3 +181,20 @@ fn conv_transpose2d_matches_pytorch_and_finite_differences() -> Result<()> {
     assert!(matches!(conv_transpose2d(&x, &wrong_w, None, &cfg), Err(Error::Shape { .. })));
     Ok(())
 }
+
+#[test]
+fn zero_sized_inputs_are_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let cfg = Conv2dConfig::default();
+    let x0 = Tensor::zeros((1, 0, 4, 4), DType::F32, &dev)?;
+    assert!(conv2d(&x0, &Tensor::zeros((2, 0, 3, 3), DType::F32, &dev)?, None, &cfg).is_err());
+    let xh = Tensor::zeros((1, 1, 0, 3), DType::F32, &dev)?;
+    assert!(conv2d(&xh, &Tensor::zeros((1, 1, 1, 1), DType::F32, &dev)?, None, &cfg.padding(1)).is_err());
+    let x = Tensor::zeros((1, 2, 3, 3), DType::F32, &dev)?;
+    let w = Tensor::zeros((2, 0, 2, 2), DType::F32, &dev)?;
+    assert!(conv_transpose2d(&x, &w, None, &ConvTranspose2dConfig::default()).is_err());
+    let y = Tensor::zeros((1, 1, 0, 4), DType::F32, &dev)?;
+    assert!(sconce_tensor::avg_pool2d(&y, &sconce_tensor::AvgPool2d::new(2).padding(1)).is_err());
+    assert!(sconce_tensor::global_avg_pool2d(&Tensor::zeros((2, 3, 0, 0), DType::F32, &dev)?).is_err());
+    Ok(())
+}

@@ -47,7 +47,8 @@ fn max_pool_gradients_match_finite_differences() -> anyhow::Result<()> {
         ([2, 2, 7, 9], MaxPool2d::new(3).stride(2).padding(1)),
         ([1, 2, 8, 8], MaxPool2d::new(2)),
         ([1, 1, 9, 7], MaxPool2d::new(3).stride(2).ceil_mode(true)),
-        ([1, 2, 10, 11], MaxPool2d::new(3).stride(1).padding(2).dilation(2)),
+        ([1, 2, 10, 11], MaxPool2d::new(3).stride(1).padding(1).dilation(2)),
+        ([1, 1, 1, 1], MaxPool2d::new(2).ceil_mode(true)),
         (
             [1, 1, 6, 5],
             MaxPool2d { kernel: (2, 3), stride: (1, 2), padding: (1, 1), dilation: (1, 1), ceil_mode: true },

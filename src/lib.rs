@@ -10,8 +10,9 @@
 //! | (always) | [`sconce_core`] | `Error`, shared traits, `SeededRng`, initialisers |
 //! | `tensor` | [`tensor`] (`sconce-tensor`) | stable math; conv, pooling, resize, batch norm with correct backward |
 //! | `losses` | [`losses`] (`sconce-losses`) | losses from logits, activations, the head checker |
+//! | `metrics` | [`metrics`] (`sconce-metrics`) | confusion matrices and scikit-learn's classification metrics |
 //!
-//! Further crates (layers, metrics, backbones, hub, encodings, SVM, data, training)
+//! Further crates (layers, backbones, hub, encodings, SVM, data, training)
 //! join this table as they land; see the README's crate map.
 //!
 //! ```
@@ -36,3 +37,6 @@ pub use sconce_tensor as tensor;
 
 #[cfg(feature = "losses")]
 pub use sconce_losses as losses;
+
+#[cfg(feature = "metrics")]
+pub use sconce_metrics as metrics;

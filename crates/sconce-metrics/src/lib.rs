@@ -1,0 +1,22 @@
+//! sconce-metrics: streaming metrics that equal scikit-learn's, computed on plain counts and
+//! slices (candle tensors are accepted at the boundary).
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`ConfusionMatrix`] | streaming counts: update per batch, merge across workers, reset; `ignore_index` |
+//! | [`precision_recall_fscore`], [`per_class_prf`], [`Average`], [`ZeroDivision`] | P/R/F-beta with binary/micro/macro/weighted averaging |
+//! | [`accuracy`], [`balanced_accuracy`], [`matthews_corrcoef`], [`cohen_kappa`] | single-number summaries |
+//!
+//! Accuracy here is always *categorical* accuracy over classes: the "96 % accuracy" of a
+//! 26-class model trained with binary cross-entropy was a per-bit binary accuracy, which this
+//! crate never reports for single-label data.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod classification;
+mod confusion;
+
+pub use classification::{
+    Average, PerClass, Prf, ZeroDivision, accuracy, balanced_accuracy, cohen_kappa, matthews_corrcoef, per_class_prf,
+    precision_recall_fscore,
+};
+pub use confusion::ConfusionMatrix;

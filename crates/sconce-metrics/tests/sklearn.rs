@@ -1,0 +1,126 @@
+//! Classification metrics against scikit-learn (fixtures from `scripts/fixtures_metrics.py`),
+//! to 1e-12, over random and edge-case label sets, plus the properties: micro-F1 equals
+//! accuracy for single-label data, and merging confusion matrices equals counting the
+//! concatenated data.
+
+use anyhow::{Context, Result, bail};
+use sconce_core::SeededRng;
+use sconce_metrics::{
+    Average, ConfusionMatrix, ZeroDivision, accuracy, balanced_accuracy, cohen_kappa, matthews_corrcoef, per_class_prf,
+    precision_recall_fscore,
+};
+
+fn close(what: &str, ours: f64, want: &serde_json::Value) -> Result<()> {
+    match want.as_f64() {
+        None if ours.is_nan() => Ok(()),
+        None => bail!("{what}: {ours} vs reference NaN"),
+        Some(w) if (ours - w).abs() <= 1e-12 * w.abs().max(1.0) => Ok(()),
+        Some(w) => bail!("{what}: {ours} vs reference {w}"),
+    }
+}
+
+fn labels(v: &serde_json::Value) -> Result<Vec<u32>> {
+    v.as_array().context("labels")?.iter().map(|x| x.as_u64().map(|u| u as u32).context("label")).collect()
+}
+
+#[test]
+fn classification_metrics_match_scikit_learn() -> Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/classification.json");
+    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let cases = fx["cases"].as_array().context("cases")?;
+    assert!(cases.len() >= 10);
+    let mut checked = 0;
+    for case in cases {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["num_classes"].as_u64().context("k")? as usize;
+        let mut cm = ConfusionMatrix::new(k)?;
+        cm.update(&labels(&case["y_true"])?, &labels(&case["y_pred"])?)?;
+        close(&format!("{name} accuracy"), accuracy(&cm), &case["accuracy"])?;
+        close(&format!("{name} balanced accuracy"), balanced_accuracy(&cm), &case["balanced_accuracy"])?;
+        close(&format!("{name} mcc"), matthews_corrcoef(&cm), &case["mcc"])?;
+        close(&format!("{name} kappa"), cohen_kappa(&cm), &case["kappa"])?;
+        for r in case["prf"].as_array().context("prf")? {
+            let beta = r["beta"].as_f64().context("beta")?;
+            let zd = match r["zero_division"].as_str() {
+                Some("zero") => ZeroDivision::Zero,
+                Some("one") => ZeroDivision::One,
+                _ => ZeroDivision::NaN,
+            };
+            let tag = format!("{name} {} beta={beta} zd={:?}", r["average"], zd);
+            let avg = match r["average"].as_str() {
+                Some("micro") => Average::Micro,
+                Some("macro") => Average::Macro,
+                Some("weighted") => Average::Weighted,
+                Some("binary") => Average::Binary { pos_label: r["pos_label"].as_u64().context("pos")? as usize },
+                Some("none") => {
+                    let pc = per_class_prf(&cm, beta, zd)?;
+                    let want_labels: Vec<usize> = labels(&r["labels"])?.into_iter().map(|v| v as usize).collect();
+                    assert_eq!(pc.classes, want_labels, "{tag}");
+                    for (i, _) in pc.classes.iter().enumerate() {
+                        close(&format!("{tag} precision[{i}]"), pc.precision[i], &r["precision"][i])?;
+                        close(&format!("{tag} recall[{i}]"), pc.recall[i], &r["recall"][i])?;
+                        close(&format!("{tag} f[{i}]"), pc.f_score[i], &r["f"][i])?;
+                        assert_eq!(Some(pc.support[i]), r["support"][i].as_u64(), "{tag}");
+                    }
+                    checked += 1;
+                    continue;
+                }
+                other => bail!("unknown average {other:?}"),
+            };
+            let prf = precision_recall_fscore(&cm, beta, avg, zd)?;
+            close(&format!("{tag} precision"), prf.precision, &r["precision"])?;
+            close(&format!("{tag} recall"), prf.recall, &r["recall"])?;
+            close(&format!("{tag} f"), prf.f_score, &r["f"])?;
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "only {checked} comparisons");
+    Ok(())
+}
+
+#[test]
+fn micro_f1_equals_accuracy_and_merging_equals_concatenating() -> Result<()> {
+    let mut rng = SeededRng::new(8);
+    for round in 0..50 {
+        let k = 2 + rng.below(6) as usize;
+        let draw = |rng: &mut SeededRng, n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(k as u64) as u32).collect() };
+        let (n1, n2) = (1 + rng.below(40) as usize, 1 + rng.below(40) as usize);
+        let (t1, p1, t2, p2) = (draw(&mut rng, n1), draw(&mut rng, n1), draw(&mut rng, n2), draw(&mut rng, n2));
+        let mut a = ConfusionMatrix::new(k)?;
+        a.update(&t1, &p1)?;
+        let mut b = ConfusionMatrix::new(k)?;
+        b.update(&t2, &p2)?;
+        let mut all = ConfusionMatrix::new(k)?;
+        all.update(&[t1.clone(), t2.clone()].concat(), &[p1.clone(), p2.clone()].concat())?;
+        a.merge(&b)?;
+        assert_eq!(a, all, "round {round}");
+        let micro = precision_recall_fscore(&all, 1.0, Average::Micro, ZeroDivision::Zero)?;
+        assert!((micro.f_score - accuracy(&all)).abs() < 1e-12, "round {round}");
+        assert!((micro.precision - micro.recall).abs() < 1e-12);
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error() -> Result<()> {
+    assert!(ConfusionMatrix::new(0).is_err());
+    let mut cm = ConfusionMatrix::new(3)?;
+    assert!(cm.update(&[0, 1], &[0]).is_err());
+    assert!(cm.update(&[0, 3], &[0, 1]).is_err());
+    let mut ignoring = ConfusionMatrix::new(3)?.with_ignore_index(255);
+    ignoring.update(&[0, 255, 2], &[0, 1, 1])?;
+    assert_eq!(ignoring.total(), 2);
+    assert!(cm.merge(&ConfusionMatrix::new(4)?).is_err());
+    assert!(precision_recall_fscore(&cm, -1.0, Average::Macro, ZeroDivision::Zero).is_err());
+    assert!(precision_recall_fscore(&cm, 1.0, Average::Binary { pos_label: 7 }, ZeroDivision::Zero).is_err());
+    // Scores from tensors: arg-max over the class axis.
+    let dev = candle_core::Device::Cpu;
+    let scores = candle_core::Tensor::new(&[[0.1f32, 0.9, 0.0], [2.0, 0.0, 1.0]], &dev)?;
+    let truth = candle_core::Tensor::new(&[1u32, 2], &dev)?;
+    let mut cm = ConfusionMatrix::new(3)?;
+    cm.update_tensors(&truth, &scores)?;
+    assert_eq!((cm.get(1, 1), cm.get(2, 0)), (1, 1));
+    let bad = candle_core::Tensor::new(&[0.5f32, 1.0], &dev)?;
+    assert!(cm.update_tensors(&bad, &truth).is_err());
+    Ok(())
+}

@@ -234,11 +234,11 @@ pub fn cohen_kappa(cm: &ConfusionMatrix) -> f64 {
     let rows: Vec<f64> = (0..n).map(|i| (0..n).map(|j| cm.get(i, j) as f64).sum()).collect();
     let cols: Vec<f64> = (0..n).map(|j| (0..n).map(|i| cm.get(i, j) as f64).sum()).collect();
     let (mut observed, mut expected) = (0.0, 0.0);
-    for i in 0..n {
-        for j in 0..n {
+    for (i, col) in cols.iter().enumerate() {
+        for (j, row) in rows.iter().enumerate() {
             if i != j {
                 observed += cm.get(i, j) as f64;
-                expected += cols[i] * rows[j] / total;
+                expected += col * row / total;
             }
         }
     }

@@ -68,6 +68,58 @@ cases.append(case("binary_no_positive_predictions", [0, 1, 1, 0, 1], [0, 0, 0, 0
 cases.append(case("perfect", [0, 1, 2, 2, 1], [0, 1, 2, 2, 1], 3))
 cases.append(case("all_wrong", [0, 1, 2, 0], [1, 2, 0, 2], 3))
 cases.append(case("single_class", [1, 1, 1], [1, 1, 1], 3))
+
+
+def seg_case(name, yt, yp, k):
+    """yt, yp: [N, H, W] int arrays. Global scores from scikit-learn on all pixels (classes
+    absent from both excluded: zero_division=nan + nanmean), per-image scores likewise per image,
+    and torchmetrics' MulticlassJaccardIndex (average=None, zero_division=nan) as a cross-check."""
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+    ft, fp = yt.reshape(-1), yp.reshape(-1)
+    labels = list(range(k))
+    def absent(t, p):
+        cm = metrics.confusion_matrix(t, p, labels=labels)
+        return (cm.sum(0) + cm.sum(1)) == 0  # class in neither target nor prediction
+
+    def per_class(score, t, p):
+        v = score(t, p, labels=labels, average=None, zero_division=0).astype(float)
+        v[absent(t, p)] = np.nan
+        return v
+
+    iou = per_class(metrics.jaccard_score, ft, fp)
+    dice = per_class(metrics.f1_score, ft, fp)
+    tm = MulticlassJaccardIndex(num_classes=k, average="none", zero_division=float("nan"))(
+        torch.from_numpy(fp), torch.from_numpy(ft)).numpy()
+    assert np.allclose(np.nan_to_num(tm, nan=-1), np.nan_to_num(iou, nan=-1)), (tm, iou)
+    per_iou = np.array([per_class(metrics.jaccard_score, t.reshape(-1), p.reshape(-1)) for t, p in zip(yt, yp)])
+    per_dice = np.array([per_class(metrics.f1_score, t.reshape(-1), p.reshape(-1)) for t, p in zip(yt, yp)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img_iou, img_dice = np.nanmean(per_iou, 0), np.nanmean(per_dice, 0)
+    return dict(name=name, num_classes=k, shape=list(yt.shape), y_true=ft.tolist(), y_pred=fp.tolist(),
+                iou=[clean(v) for v in iou], dice=[clean(v) for v in dice],
+                mean_iou=clean(np.nanmean(iou)), mean_dice=clean(np.nanmean(dice)),
+                per_image_iou=[clean(v) for v in img_iou], per_image_dice=[clean(v) for v in img_dice],
+                pixel_accuracy=clean(metrics.accuracy_score(ft, fp)))
+
+
+seg = []
+seg.append(seg_case("random_4class", rng.integers(0, 4, (3, 6, 7)), rng.integers(0, 4, (3, 6, 7)), 4))
+yt = rng.integers(0, 3, (3, 5, 5))
+yp = rng.integers(0, 3, (3, 5, 5))
+yt[0][yt[0] == 2] = 0  # class 2 absent from image 0's target
+yp[0][yp[0] == 2] = 1  # and prediction
+seg.append(seg_case("class_absent_in_one_image", yt, yp, 4))  # class 3 absent everywhere
+seg.append(seg_case("binary_masks_with_empty_image", np.stack([np.zeros((4, 4), int), rng.integers(0, 2, (4, 4))]),
+                    np.stack([np.zeros((4, 4), int), rng.integers(0, 2, (4, 4))]), 2))
+reg = []
+for i, (yt, yp) in enumerate([(rng.normal(3, 2, 50), rng.normal(3, 2, 50)), (np.array([3, -0.5, 2, 7.0]), np.array([2.5, 0.0, 2, 8])),
+                              (np.full(5, 2.0), np.full(5, 2.0)), (np.full(5, 2.0), np.arange(5.0)),
+                              (rng.normal(1e6, 1.0, 40), rng.normal(1e6, 1.0, 40))]):
+    reg.append(dict(name=f"regression_{i}", y_true=yt.tolist(), y_pred=yp.tolist(),
+                    mse=clean(metrics.mean_squared_error(yt, yp)), mae=clean(metrics.mean_absolute_error(yt, yp)),
+                    r2=clean(metrics.r2_score(yt, yp)), explained_variance=clean(metrics.explained_variance_score(yt, yp))))
 OUT.parent.mkdir(parents=True, exist_ok=True)
-OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases)) + "\n")
+OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases, segmentation=seg, regression=reg)) + "\n")
 print(len(cases), "cases,", OUT.stat().st_size, "bytes")

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv-ref
 .venv-ref/bin/pip install --quiet --upgrade pip
-.venv-ref/bin/pip install --quiet torch torchvision timm segmentation-models-pytorch scikit-learn safetensors libsvm-official
+.venv-ref/bin/pip install --quiet torch torchvision timm segmentation-models-pytorch scikit-learn safetensors libsvm-official torchmetrics
 .venv-ref/bin/python -c "import torch, sklearn; print('torch', torch.__version__, 'sklearn', sklearn.__version__)"

@@ -5,6 +5,8 @@
 //! |---|---|
 //! | [`ConfusionMatrix`] | streaming counts: update per batch, merge across workers, reset; `ignore_index` |
 //! | [`precision_recall_fscore`], [`per_class_prf`], [`Average`], [`ZeroDivision`] | P/R/F-beta with binary/micro/macro/weighted averaging |
+//! | [`SegmentationScores`], [`EmptyPolicy`] | IoU and Dice per class and mean, global and per image; pixel accuracy |
+//! | [`RegressionMetrics`] | MSE, MAE, R², explained variance (streaming) |
 //! | [`accuracy`], [`balanced_accuracy`], [`matthews_corrcoef`], [`cohen_kappa`] | single-number summaries |
 //!
 //! Accuracy here is always *categorical* accuracy over classes: the "96 % accuracy" of a
@@ -14,9 +16,13 @@
 
 mod classification;
 mod confusion;
+mod regression;
+mod segmentation;
 
 pub use classification::{
     Average, PerClass, Prf, ZeroDivision, accuracy, balanced_accuracy, cohen_kappa, matthews_corrcoef, per_class_prf,
     precision_recall_fscore,
 };
 pub use confusion::ConfusionMatrix;
+pub use regression::RegressionMetrics;
+pub use segmentation::{EmptyPolicy, SegmentationScores};

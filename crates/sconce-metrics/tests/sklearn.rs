@@ -124,3 +124,94 @@ fn bad_input_is_an_error() -> Result<()> {
     assert!(cm.update_tensors(&bad, &truth).is_err());
     Ok(())
 }
+
+fn fixture() -> Result<serde_json::Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/classification.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+fn floats(v: &serde_json::Value) -> Result<Vec<f64>> {
+    v.as_array().context("array")?.iter().map(|x| x.as_f64().context("number")).collect()
+}
+
+#[test]
+fn segmentation_scores_match_scikit_learn_and_torchmetrics() -> Result<()> {
+    use sconce_metrics::{EmptyPolicy, SegmentationScores};
+    let fx = fixture()?;
+    let cases = fx["segmentation"].as_array().context("segmentation")?;
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["num_classes"].as_u64().context("k")? as usize;
+        let shape: Vec<usize> =
+            case["shape"].as_array().context("shape")?.iter().filter_map(|v| v.as_u64()).map(|v| v as usize).collect();
+        let (yt, yp) = (labels(&case["y_true"])?, labels(&case["y_pred"])?);
+        let per = shape[1] * shape[2];
+        let mut s = SegmentationScores::new(k, EmptyPolicy::Exclude)?;
+        for i in 0..shape[0] {
+            s.update_image(&yt[i * per..(i + 1) * per], &yp[i * per..(i + 1) * per])?;
+        }
+        for (what, ours, want) in [
+            ("iou", s.iou(), &case["iou"]),
+            ("dice", s.dice(), &case["dice"]),
+            ("per_image_iou", s.per_image_iou(), &case["per_image_iou"]),
+            ("per_image_dice", s.per_image_dice(), &case["per_image_dice"]),
+        ] {
+            for (c, v) in ours.iter().enumerate() {
+                close(&format!("{name} {what}[{c}]"), *v, &want[c])?;
+            }
+        }
+        close(&format!("{name} mean_iou"), s.mean_iou(), &case["mean_iou"])?;
+        close(&format!("{name} mean_dice"), s.mean_dice(), &case["mean_dice"])?;
+        close(&format!("{name} pixel_accuracy"), s.pixel_accuracy(), &case["pixel_accuracy"])?;
+        // The tensor entry point agrees with the slice one.
+        let dev = candle_core::Device::Cpu;
+        let t = candle_core::Tensor::from_vec(yt.clone(), shape.as_slice(), &dev)?;
+        let p = candle_core::Tensor::from_vec(yp.clone(), shape.as_slice(), &dev)?;
+        let mut s2 = SegmentationScores::new(k, EmptyPolicy::Exclude)?;
+        s2.update(&t, &p)?;
+        assert_eq!(s2.confusion(), s.confusion(), "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn empty_policy_score_counts_absent_classes() -> Result<()> {
+    use sconce_metrics::{EmptyPolicy, SegmentationScores};
+    // An all-background image predicted perfectly: the object class is absent from both.
+    let mut ex = SegmentationScores::new(2, EmptyPolicy::Exclude)?;
+    ex.update_image(&[0, 0, 0, 0], &[0, 0, 0, 0])?;
+    assert!(ex.iou()[1].is_nan());
+    assert_eq!(ex.mean_iou(), 1.0);
+    let mut one = SegmentationScores::new(2, EmptyPolicy::Score(1.0))?;
+    one.update_image(&[0, 0, 0, 0], &[0, 0, 0, 0])?;
+    assert_eq!(one.iou(), vec![1.0, 1.0]);
+    assert!(SegmentationScores::new(2, EmptyPolicy::Score(f64::NAN)).is_err());
+    Ok(())
+}
+
+#[test]
+fn regression_metrics_match_scikit_learn() -> Result<()> {
+    use sconce_metrics::RegressionMetrics;
+    let fx = fixture()?;
+    for case in fx["regression"].as_array().context("regression")? {
+        let name = case["name"].as_str().context("name")?;
+        let (yt, yp) = (floats(&case["y_true"])?, floats(&case["y_pred"])?);
+        // Two halves, streamed: the result does not depend on the batching.
+        let mut m = RegressionMetrics::new();
+        let h = yt.len() / 2;
+        m.update(&yt[..h], &yp[..h])?;
+        m.update(&yt[h..], &yp[h..])?;
+        for (what, ours) in
+            [("mse", m.mse()), ("mae", m.mae()), ("r2", m.r2()), ("explained_variance", m.explained_variance())]
+        {
+            // Shifted sums vs NumPy's two-pass sums: agree to 1e-12 relative.
+            let want = case[what].as_f64().context(what)?;
+            assert!((ours - want).abs() <= 1e-12 * want.abs().max(1.0), "{name} {what}: {ours} vs {want}");
+        }
+    }
+    let mut m = RegressionMetrics::new();
+    assert!(m.update(&[1.0, f64::NAN], &[1.0, 2.0]).is_err());
+    assert!(m.update(&[1.0], &[1.0, 2.0]).is_err());
+    Ok(())
+}

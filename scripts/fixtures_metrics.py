@@ -120,6 +120,29 @@ for i, (yt, yp) in enumerate([(rng.normal(3, 2, 50), rng.normal(3, 2, 50)), (np.
     reg.append(dict(name=f"regression_{i}", y_true=yt.tolist(), y_pred=yp.tolist(),
                     mse=clean(metrics.mean_squared_error(yt, yp)), mae=clean(metrics.mean_absolute_error(yt, yp)),
                     r2=clean(metrics.r2_score(yt, yp)), explained_variance=clean(metrics.explained_variance_score(yt, yp))))
+rank = []
+for i, (n, k) in enumerate([(40, 2), (60, 4), (30, 3)]):
+    import torch
+    from torchmetrics.classification import MulticlassCalibrationError
+    logits = rng.normal(0, 2, (n, k)).astype(np.float32)
+    if i == 2:
+        logits = np.round(logits)  # ties in scores
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs = probs.astype(np.float32).astype(np.float64)  # f32-exact, as torchmetrics computes in f32
+    y = rng.integers(0, k, n)
+    entry = dict(name=f"ranking_{i}", classes=k, probs=probs.reshape(-1).tolist(), labels=y.tolist(),
+                 brier=clean(metrics.brier_score_loss(y, probs, labels=list(range(k)))),
+                 ece=clean(MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1")(
+                     torch.from_numpy(probs).float(), torch.from_numpy(y))))
+    onehot = np.eye(k)[y]
+    for avg in ["macro", "weighted"]:
+        entry[f"roc_auc_{avg}"] = clean(metrics.roc_auc_score(y, probs, multi_class="ovr", average=avg, labels=list(range(k)))
+                                        if k > 2 else metrics.roc_auc_score(y, probs[:, 1]))
+        entry[f"ap_{avg}"] = clean(metrics.average_precision_score(onehot, probs, average=avg))
+    entry["roc_auc_binary_class1"] = clean(metrics.roc_auc_score(y == 1, probs[:, 1]))
+    entry["ap_binary_class1"] = clean(metrics.average_precision_score(y == 1, probs[:, 1]))
+    rank.append(entry)
 OUT.parent.mkdir(parents=True, exist_ok=True)
-OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases, segmentation=seg, regression=reg)) + "\n")
+OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases, segmentation=seg, regression=reg,
+                               ranking=rank)) + "\n")
 print(len(cases), "cases,", OUT.stat().st_size, "bytes")

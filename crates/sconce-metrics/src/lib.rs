@@ -6,6 +6,8 @@
 //! | [`ConfusionMatrix`] | streaming counts: update per batch, merge across workers, reset; `ignore_index` |
 //! | [`precision_recall_fscore`], [`per_class_prf`], [`Average`], [`ZeroDivision`] | P/R/F-beta with binary/micro/macro/weighted averaging |
 //! | [`SegmentationScores`], [`EmptyPolicy`] | IoU and Dice per class and mean, global and per image; pixel accuracy |
+//! | [`roc_auc`], [`average_precision`], [`roc_auc_ovr`], [`average_precision_ovr`] | exact ranking metrics (binary, one-vs-rest macro/weighted) |
+//! | [`expected_calibration_error`], [`brier`], [`binary_brier`] | calibration |
 //! | [`RegressionMetrics`] | MSE, MAE, R², explained variance (streaming) |
 //! | [`accuracy`], [`balanced_accuracy`], [`matthews_corrcoef`], [`cohen_kappa`] | single-number summaries |
 //!
@@ -16,6 +18,7 @@
 
 mod classification;
 mod confusion;
+mod ranking;
 mod regression;
 mod segmentation;
 
@@ -24,5 +27,9 @@ pub use classification::{
     precision_recall_fscore,
 };
 pub use confusion::ConfusionMatrix;
+pub use ranking::{
+    OvrAverage, average_precision, average_precision_ovr, binary_brier, brier, expected_calibration_error, roc_auc,
+    roc_auc_ovr,
+};
 pub use regression::RegressionMetrics;
 pub use segmentation::{EmptyPolicy, SegmentationScores};

@@ -215,3 +215,39 @@ fn regression_metrics_match_scikit_learn() -> Result<()> {
     assert!(m.update(&[1.0], &[1.0, 2.0]).is_err());
     Ok(())
 }
+
+#[test]
+fn ranking_and_calibration_match_scikit_learn_and_torchmetrics() -> Result<()> {
+    use sconce_metrics::{
+        OvrAverage, average_precision, average_precision_ovr, brier, expected_calibration_error, roc_auc, roc_auc_ovr,
+    };
+    let fx = fixture()?;
+    let cases = fx["ranking"].as_array().context("ranking")?;
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["classes"].as_u64().context("classes")? as usize;
+        let probs = floats(&case["probs"])?;
+        let y = labels(&case["labels"])?;
+        for (avg, tag) in [(OvrAverage::Macro, "macro"), (OvrAverage::Weighted, "weighted")] {
+            close(&format!("{name} roc_auc {tag}"), roc_auc_ovr(&probs, &y, k, avg)?, &case[format!("roc_auc_{tag}")])?;
+            close(&format!("{name} ap {tag}"), average_precision_ovr(&probs, &y, k, avg)?, &case[format!("ap_{tag}")])?;
+        }
+        let col1: Vec<f64> = probs.iter().skip(1).step_by(k).copied().collect();
+        let is1: Vec<bool> = y.iter().map(|&l| l == 1).collect();
+        close(&format!("{name} binary auc"), roc_auc(&col1, &is1)?, &case["roc_auc_binary_class1"])?;
+        close(&format!("{name} binary ap"), average_precision(&col1, &is1)?, &case["ap_binary_class1"])?;
+        close(&format!("{name} brier"), brier(&probs, &y, k)?, &case["brier"])?;
+        // torchmetrics accumulates the calibration error in f32.
+        let ece = expected_calibration_error(&probs, &y, k, 15)?;
+        let want = case["ece"].as_f64().context("ece")?;
+        assert!((ece - want).abs() < 1e-6, "{name} ece: {ece} vs {want}");
+    }
+    // Undefined or bad input.
+    assert!(roc_auc(&[0.1, 0.2], &[true, true]).is_err());
+    assert_eq!(average_precision(&[0.1, 0.2], &[false, false])?, 0.0);
+    assert!(roc_auc(&[0.1, f64::NAN], &[true, false]).is_err());
+    assert!(expected_calibration_error(&[0.5, 1.5], &[0], 2, 15).is_err());
+    assert!(roc_auc_ovr(&[0.5, 0.5], &[0, 1], 2, OvrAverage::Macro).is_err());
+    Ok(())
+}

@@ -26,6 +26,7 @@ def clean(v):
 def case(name, y_true, y_pred, k):
     y_true, y_pred = list(map(int, y_true)), list(map(int, y_pred))
     out = dict(name=name, num_classes=k, y_true=y_true, y_pred=y_pred,
+               report=metrics.classification_report(y_true, y_pred, zero_division=0, digits=4),
                accuracy=clean(metrics.accuracy_score(y_true, y_pred)),
                balanced_accuracy=clean(metrics.balanced_accuracy_score(y_true, y_pred)),
                mcc=clean(metrics.matthews_corrcoef(y_true, y_pred)),
@@ -139,6 +140,7 @@ for i, (n, k) in enumerate([(40, 2), (60, 4), (30, 3)]):
         entry[f"roc_auc_{avg}"] = clean(metrics.roc_auc_score(y, probs, multi_class="ovr", average=avg, labels=list(range(k)))
                                         if k > 2 else metrics.roc_auc_score(y, probs[:, 1]))
         entry[f"ap_{avg}"] = clean(metrics.average_precision_score(onehot, probs, average=avg))
+    entry["top2"] = clean(metrics.top_k_accuracy_score(y, probs, k=2, labels=list(range(k)))) if k > 2 else None
     entry["roc_auc_binary_class1"] = clean(metrics.roc_auc_score(y == 1, probs[:, 1]))
     entry["ap_binary_class1"] = clean(metrics.average_precision_score(y == 1, probs[:, 1]))
     rank.append(entry)

@@ -9,6 +9,9 @@
 //! | [`roc_auc`], [`average_precision`], [`roc_auc_ovr`], [`average_precision_ovr`] | exact ranking metrics (binary, one-vs-rest macro/weighted) |
 //! | [`expected_calibration_error`], [`brier`], [`binary_brier`] | calibration |
 //! | [`RegressionMetrics`] | MSE, MAE, R², explained variance (streaming) |
+//! | [`ClassificationReport`] | scikit-learn's `classification_report`, text and JSON |
+//! | [`MetricSet`], [`Task`] | per-batch updates, one-line and JSON summaries for a training loop |
+//! | [`top_k_accuracy`], [`binary_accuracy`], [`Threshold`] | top-k; binary accuracy with an explicit probability or logit threshold |
 //! | [`accuracy`], [`balanced_accuracy`], [`matthews_corrcoef`], [`cohen_kappa`] | single-number summaries |
 //!
 //! Accuracy here is always *categorical* accuracy over classes: the "96 % accuracy" of a
@@ -20,6 +23,7 @@ mod classification;
 mod confusion;
 mod ranking;
 mod regression;
+mod report;
 mod segmentation;
 
 pub use classification::{
@@ -32,4 +36,5 @@ pub use ranking::{
     roc_auc_ovr,
 };
 pub use regression::RegressionMetrics;
+pub use report::{ClassificationReport, MetricSet, ReportRow, Task, Threshold, binary_accuracy, top_k_accuracy};
 pub use segmentation::{EmptyPolicy, SegmentationScores};

@@ -251,3 +251,74 @@ fn ranking_and_calibration_match_scikit_learn_and_torchmetrics() -> Result<()> {
     assert!(roc_auc_ovr(&[0.5, 0.5], &[0, 1], 2, OvrAverage::Macro).is_err());
     Ok(())
 }
+
+#[test]
+fn classification_report_is_scikit_learns_text() -> Result<()> {
+    use sconce_metrics::ClassificationReport;
+    let fx = fixture()?;
+    for case in fx["cases"].as_array().context("cases")? {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["num_classes"].as_u64().context("k")? as usize;
+        let mut cm = ConfusionMatrix::new(k)?;
+        cm.update(&labels(&case["y_true"])?, &labels(&case["y_pred"])?)?;
+        let report = ClassificationReport::new(&cm, None)?;
+        let ours = report.to_text(4);
+        // scikit-learn prints the supports as floats ("2.0") in some degenerate cases (all scores
+        // zero); that is an artefact of its array dtypes, not a format to copy.
+        let want: String = case["report"]
+            .as_str()
+            .context("report")?
+            .lines()
+            .map(|l| match l.strip_suffix(".0").and_then(|int| int.rsplit_once(' ')) {
+                Some((head, num)) => format!("{head}   {num}"),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(ours.trim_end(), want.trim_end(), "{name}:\nours:\n{ours}\nscikit-learn:\n{want}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        assert!(json["macro avg"]["f1-score"].is_number() && json["accuracy"].is_number(), "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn top_k_and_thresholded_accuracy() -> Result<()> {
+    use sconce_metrics::{Threshold, binary_accuracy, top_k_accuracy};
+    let fx = fixture()?;
+    for case in fx["ranking"].as_array().context("ranking")? {
+        if case["top2"].is_null() {
+            continue;
+        }
+        let k = case["classes"].as_u64().context("classes")? as usize;
+        let ours = top_k_accuracy(&floats(&case["probs"])?, &labels(&case["labels"])?, k, 2)?;
+        close("top2", ours, &case["top2"])?;
+    }
+    // Logits thresholded where they should be, and refused as probabilities.
+    let logits = [-2.0, 0.5, 3.0, -0.1];
+    let truth = [false, true, true, false];
+    assert_eq!(binary_accuracy(&logits, &truth, Threshold::Logit(0.0))?, 1.0);
+    assert!(binary_accuracy(&logits, &truth, Threshold::Probability(0.5)).is_err());
+    assert_eq!(binary_accuracy(&[0.2, 0.6], &[false, true], Threshold::Probability(0.5))?, 1.0);
+    Ok(())
+}
+
+#[test]
+fn metric_set_summarises_a_segmentation_batch() -> Result<()> {
+    use sconce_metrics::{MetricSet, Task};
+    let dev = candle_core::Device::Cpu;
+    // One-logit masks: positive where logit ≥ 0.
+    let logits = candle_core::Tensor::new(&[[[[3.0f32, -1.0], [0.5, -4.0]]]], &dev)?;
+    let masks = candle_core::Tensor::new(&[[[1u32, 0], [0, 0]]], &dev)?;
+    let mut m = MetricSet::new(Task::Segmentation { classes: 2 })?;
+    m.update(&logits, &masks)?;
+    // Object: tp 1, fp 1, fn 0 → IoU ½; background: tp 2, fn 1 → IoU ⅔.
+    let v = m.values();
+    assert_eq!(v[0], ("pixel_accuracy", 0.75));
+    assert!((v[1].1 - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    let json: serde_json::Value = serde_json::from_str(&m.json())?;
+    assert!(json["mean_dice"].is_number());
+    m.reset()?;
+    assert!(m.values()[0].1.is_nan());
+    Ok(())
+}

@@ -144,7 +144,21 @@ for i, (n, k) in enumerate([(40, 2), (60, 4), (30, 3)]):
     entry["roc_auc_binary_class1"] = clean(metrics.roc_auc_score(y == 1, probs[:, 1]))
     entry["ap_binary_class1"] = clean(metrics.average_precision_score(y == 1, probs[:, 1]))
     rank.append(entry)
+multi = []
+for i, (n, k) in enumerate([(30, 4), (25, 3)]):
+    probs = rng.random((n, k))
+    yt = (rng.random((n, k)) > 0.6).astype(int)
+    if i == 1:
+        yt[:, 2] = 0  # a label never present
+        yt[3] = 0  # a sample with no labels
+    yp = (probs >= 0.5).astype(int)
+    entry = dict(name=f"multilabel_{i}", labels=k, probs=probs.reshape(-1).tolist(), targets=yt.reshape(-1).tolist(), prf=[])
+    for zd_name, zd in [("zero", 0.0), ("one", 1.0), ("nan", np.nan)]:
+        for avg in ["micro", "macro", "weighted", "samples"]:
+            p, r, f, _ = metrics.precision_recall_fscore_support(yt, yp, beta=1.0, average=avg, zero_division=zd)
+            entry["prf"].append(dict(average=avg, zero_division=zd_name, precision=clean(p), recall=clean(r), f=clean(f)))
+    multi.append(entry)
 OUT.parent.mkdir(parents=True, exist_ok=True)
 OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases, segmentation=seg, regression=reg,
-                               ranking=rank)) + "\n")
+                               ranking=rank, multilabel=multi)) + "\n")
 print(len(cases), "cases,", OUT.stat().st_size, "bytes")

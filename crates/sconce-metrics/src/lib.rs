@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`ConfusionMatrix`] | streaming counts: update per batch, merge across workers, reset; `ignore_index` |
 //! | [`precision_recall_fscore`], [`per_class_prf`], [`Average`], [`ZeroDivision`] | P/R/F-beta with binary/micro/macro/weighted averaging |
+//! | [`MultilabelConfusion`], [`MultilabelAverage`] | multi-label counts with per-label thresholds; micro/macro/weighted/samples |
 //! | [`SegmentationScores`], [`EmptyPolicy`] | IoU and Dice per class and mean, global and per image; pixel accuracy |
 //! | [`roc_auc`], [`average_precision`], [`roc_auc_ovr`], [`average_precision_ovr`] | exact ranking metrics (binary, one-vs-rest macro/weighted) |
 //! | [`expected_calibration_error`], [`brier`], [`binary_brier`] | calibration |
@@ -21,6 +22,7 @@
 
 mod classification;
 mod confusion;
+mod multilabel;
 mod ranking;
 mod regression;
 mod report;
@@ -31,6 +33,7 @@ pub use classification::{
     precision_recall_fscore,
 };
 pub use confusion::ConfusionMatrix;
+pub use multilabel::{MultilabelAverage, MultilabelConfusion};
 pub use ranking::{
     OvrAverage, average_precision, average_precision_ovr, binary_brier, brier, expected_calibration_error, roc_auc,
     roc_auc_ovr,

@@ -322,3 +322,38 @@ fn metric_set_summarises_a_segmentation_batch() -> Result<()> {
     assert!(m.values()[0].1.is_nan());
     Ok(())
 }
+
+#[test]
+fn multilabel_averages_match_scikit_learn() -> Result<()> {
+    use sconce_metrics::{MultilabelAverage, MultilabelConfusion, Threshold};
+    let fx = fixture()?;
+    for case in fx["multilabel"].as_array().context("multilabel")? {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["labels"].as_u64().context("labels")? as usize;
+        let mut m = MultilabelConfusion::new(k, vec![Threshold::Probability(0.5)])?;
+        m.update(&floats(&case["probs"])?, &floats(&case["targets"])?)?;
+        for r in case["prf"].as_array().context("prf")? {
+            let avg = match r["average"].as_str() {
+                Some("micro") => MultilabelAverage::Micro,
+                Some("macro") => MultilabelAverage::Macro,
+                Some("weighted") => MultilabelAverage::Weighted,
+                _ => MultilabelAverage::Samples,
+            };
+            let zd = match r["zero_division"].as_str() {
+                Some("zero") => ZeroDivision::Zero,
+                Some("one") => ZeroDivision::One,
+                _ => ZeroDivision::NaN,
+            };
+            let prf = m.prf(1.0, avg, zd)?;
+            let tag = format!("{name} {avg:?} {zd:?}");
+            close(&format!("{tag} precision"), prf.precision, &r["precision"])?;
+            close(&format!("{tag} recall"), prf.recall, &r["recall"])?;
+            close(&format!("{tag} f"), prf.f_score, &r["f"])?;
+        }
+    }
+    assert!(MultilabelConfusion::new(3, vec![Threshold::Logit(0.0); 2]).is_err());
+    let mut m = MultilabelConfusion::new(2, vec![Threshold::Probability(0.5)])?;
+    assert!(m.update(&[0.2, 3.0], &[0.0, 1.0]).is_err());
+    assert!(m.update(&[0.2, 0.7], &[0.0, 0.5]).is_err());
+    Ok(())
+}

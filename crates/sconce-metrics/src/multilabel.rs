@@ -1,0 +1,172 @@
+//! Multi-label classification: per-label confusion counts from thresholded scores, and
+//! precision / recall / F-beta with `micro`, `macro`, `weighted` and `samples` averaging as
+//! scikit-learn defines them on indicator matrices.
+
+use sconce_core::{Error, Result};
+
+use crate::report::Threshold;
+use crate::{Prf, ZeroDivision};
+
+/// How multi-label scores are averaged (scikit-learn's `average` for indicator matrices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultilabelAverage {
+    /// Global counts over every (sample, label).
+    Micro,
+    /// Mean over labels.
+    Macro,
+    /// Mean over labels weighted by support.
+    Weighted,
+    /// Mean over samples of each sample's score.
+    Samples,
+}
+
+/// Streaming multi-label counts: per label `(tp, fp, fn, support)`, and per-sample score sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultilabelConfusion {
+    labels: usize,
+    thresholds: Vec<Threshold>,
+    counts: Vec<[u64; 4]>,
+    /// Per sample `(|pred ∩ true|, |pred|, |true|)`, kept for the `samples` average.
+    samples: Vec<(u32, u32, u32)>,
+}
+
+impl MultilabelConfusion {
+    /// Counts for `labels` labels, each decided by its own threshold (one threshold for all if
+    /// a single one is given).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero labels or a threshold count other than 1 or `labels`.
+    pub fn new(labels: usize, thresholds: Vec<Threshold>) -> Result<Self> {
+        if labels == 0 {
+            return Err(Error::config("labels", "must be > 0"));
+        }
+        let thresholds = match thresholds.len() {
+            1 => vec![thresholds[0]; labels],
+            n if n == labels => thresholds,
+            n => return Err(Error::config("thresholds", format!("need 1 or {labels} thresholds, got {n}"))),
+        };
+        Ok(Self { labels, thresholds, counts: vec![[0; 4]; labels], samples: Vec::new() })
+    }
+
+    /// Adds scores `[N, L]` (row-major) and `{0, 1}` targets `[N, L]`.
+    ///
+    /// # Errors
+    /// Shape errors; [`Error::Data`] for targets other than 0/1 or a probability threshold
+    /// applied to a score outside `[0, 1]`.
+    pub fn update(&mut self, scores: &[f64], targets: &[f64]) -> Result<()> {
+        let l = self.labels;
+        if scores.len() != targets.len() || scores.len() % l != 0 {
+            return Err(Error::shape(
+                "scores",
+                format!("[N, {l}] like the targets ({})", targets.len()),
+                &[scores.len()],
+            ));
+        }
+        for (row, (s, t)) in scores.chunks(l).zip(targets.chunks(l)).enumerate() {
+            let (mut both, mut pred, mut truth) = (0u32, 0u32, 0u32);
+            for j in 0..l {
+                let y = match t[j] {
+                    v if v == 0.0 => false,
+                    v if v == 1.0 => true,
+                    v => return Err(Error::data("targets", format!("value {v} at [{row}, {j}] is not 0 or 1"))),
+                };
+                let p = match self.thresholds[j] {
+                    Threshold::Probability(th) => {
+                        if !(0.0..=1.0).contains(&s[j]) {
+                            return Err(Error::data(
+                                "scores",
+                                format!(
+                                    "{} at [{row}, {j}] is not a probability; use Threshold::Logit for logits",
+                                    s[j]
+                                ),
+                            ));
+                        }
+                        s[j] >= th
+                    }
+                    Threshold::Logit(th) => s[j] >= th,
+                };
+                let c = &mut self.counts[j];
+                match (y, p) {
+                    (true, true) => c[0] += 1,
+                    (false, true) => c[1] += 1,
+                    (true, false) => c[2] += 1,
+                    (false, false) => {}
+                }
+                c[3] += u64::from(y);
+                both += u32::from(y && p);
+                pred += u32::from(p);
+                truth += u32::from(y);
+            }
+            self.samples.push((both, pred, truth));
+        }
+        Ok(())
+    }
+
+    /// Averaged precision, recall and F-beta.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a negative `beta`; [`Error::Data`] before any update.
+    pub fn prf(&self, beta: f64, average: MultilabelAverage, zd: ZeroDivision) -> Result<Prf> {
+        if beta.is_nan() || beta < 0.0 {
+            return Err(Error::config("beta", format!("must be ≥ 0, got {beta}")));
+        }
+        if self.samples.is_empty() {
+            return Err(Error::data("multilabel metrics", "no samples yet"));
+        }
+        let z = match zd {
+            ZeroDivision::Zero => 0.0,
+            ZeroDivision::One => 1.0,
+            ZeroDivision::NaN => f64::NAN,
+        };
+        let div = |a: f64, b: f64| if b == 0.0 { z } else { a / b };
+        let b2 = beta * beta;
+        let score =
+            |tp: f64, pred: f64, truth: f64| (div(tp, pred), div(tp, truth), div((1.0 + b2) * tp, b2 * truth + pred));
+        let nan_avg = |v: &[(f64, f64)]| {
+            let (mut num, mut den) = (0.0, 0.0);
+            for &(x, w) in v {
+                if !x.is_nan() {
+                    num += w * x;
+                    den += w;
+                }
+            }
+            if den == 0.0 { f64::NAN } else { num / den }
+        };
+        let triple = |items: Vec<((f64, f64, f64), f64)>| Prf {
+            precision: nan_avg(&items.iter().map(|((p, _, _), w)| (*p, *w)).collect::<Vec<_>>()),
+            recall: nan_avg(&items.iter().map(|((_, r, _), w)| (*r, *w)).collect::<Vec<_>>()),
+            f_score: nan_avg(&items.iter().map(|((_, _, f), w)| (*f, *w)).collect::<Vec<_>>()),
+        };
+        Ok(match average {
+            MultilabelAverage::Micro => {
+                let (tp, fp, fneg) = self
+                    .counts
+                    .iter()
+                    .fold((0.0, 0.0, 0.0), |a, c| (a.0 + c[0] as f64, a.1 + c[1] as f64, a.2 + c[2] as f64));
+                let (p, r, f) = score(tp, tp + fp, tp + fneg);
+                Prf { precision: p, recall: r, f_score: f }
+            }
+            MultilabelAverage::Macro | MultilabelAverage::Weighted => {
+                let weighted = average == MultilabelAverage::Weighted;
+                if weighted && self.counts.iter().all(|c| c[3] == 0) {
+                    return Ok(Prf { precision: z, recall: z, f_score: z });
+                }
+                triple(
+                    self.counts
+                        .iter()
+                        .map(|c| {
+                            let (tp, fp, fneg) = (c[0] as f64, c[1] as f64, c[2] as f64);
+                            (score(tp, tp + fp, tp + fneg), if weighted { c[3] as f64 } else { 1.0 })
+                        })
+                        .collect(),
+                )
+            }
+            MultilabelAverage::Samples => triple(
+                self.samples
+                    .iter()
+                    .map(|&(both, pred, truth)| (score(f64::from(both), f64::from(pred), f64::from(truth)), 1.0))
+                    .collect(),
+            ),
+        })
+    }
+}

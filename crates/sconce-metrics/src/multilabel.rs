@@ -55,7 +55,7 @@ impl MultilabelConfusion {
     /// applied to a score outside `[0, 1]`.
     pub fn update(&mut self, scores: &[f64], targets: &[f64]) -> Result<()> {
         let l = self.labels;
-        if scores.len() != targets.len() || scores.len() % l != 0 {
+        if scores.len() != targets.len() || !scores.len().is_multiple_of(l) {
             return Err(Error::shape(
                 "scores",
                 format!("[N, {l}] like the targets ({})", targets.len()),
@@ -65,10 +65,12 @@ impl MultilabelConfusion {
         for (row, (s, t)) in scores.chunks(l).zip(targets.chunks(l)).enumerate() {
             let (mut both, mut pred, mut truth) = (0u32, 0u32, 0u32);
             for j in 0..l {
-                let y = match t[j] {
-                    v if v == 0.0 => false,
-                    v if v == 1.0 => true,
-                    v => return Err(Error::data("targets", format!("value {v} at [{row}, {j}] is not 0 or 1"))),
+                let y = if t[j] == 0.0 {
+                    false
+                } else if t[j] == 1.0 {
+                    true
+                } else {
+                    return Err(Error::data("targets", format!("value {} at [{row}, {j}] is not 0 or 1", t[j])));
                 };
                 let p = match self.thresholds[j] {
                     Threshold::Probability(th) => {

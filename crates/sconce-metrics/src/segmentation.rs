@@ -43,6 +43,7 @@ pub struct SegmentationScores {
     image_dice: Vec<f64>,
     image_count: Vec<u64>,
     images: u64,
+    ignore_index: Option<u32>,
 }
 
 fn score(num: f64, den: f64, policy: EmptyPolicy) -> f64 {
@@ -79,7 +80,15 @@ impl SegmentationScores {
             image_dice: vec![0.0; num_classes],
             image_count: vec![0; num_classes],
             images: 0,
+            ignore_index: None,
         })
+    }
+
+    /// Pixels whose target equals `index` (e.g. 255, "void") are not counted.
+    pub fn with_ignore_index(mut self, index: u32) -> Self {
+        self.ignore_index = Some(index);
+        self.global = self.global.clone().with_ignore_index(index);
+        self
     }
 
     /// Adds one image's label map (flattened), target and prediction.
@@ -88,6 +97,9 @@ impl SegmentationScores {
     /// As [`ConfusionMatrix::update`].
     pub fn update_image(&mut self, y_true: &[u32], y_pred: &[u32]) -> Result<()> {
         let mut cm = ConfusionMatrix::new(self.global.num_classes())?;
+        if let Some(i) = self.ignore_index {
+            cm = cm.with_ignore_index(i);
+        }
         cm.update(y_true, y_pred)?;
         for (c, (tp, fp, fneg, _)) in cm.per_class().into_iter().enumerate() {
             let (tp, fp, fneg) = (tp as f64, fp as f64, fneg as f64);

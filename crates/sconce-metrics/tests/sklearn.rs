@@ -357,3 +357,14 @@ fn multilabel_averages_match_scikit_learn() -> Result<()> {
     assert!(m.update(&[0.2, 0.7], &[0.0, 0.5]).is_err());
     Ok(())
 }
+
+#[test]
+fn segmentation_ignores_void_pixels() -> Result<()> {
+    use sconce_metrics::{EmptyPolicy, SegmentationScores};
+    let mut s = SegmentationScores::new(2, EmptyPolicy::Exclude)?.with_ignore_index(255);
+    // The void pixel's prediction (1) must not count as a false positive.
+    s.update_image(&[1, 0, 255, 0], &[1, 0, 1, 0])?;
+    assert_eq!(s.iou(), vec![1.0, 1.0]);
+    assert_eq!(s.confusion().total(), 3);
+    Ok(())
+}

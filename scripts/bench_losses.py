@@ -7,24 +7,13 @@ bench, see docs/benchmarks.md)
 """
 import json
 import pathlib
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchutil import median_time
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-losses/benches/reference_torch.json"
-
-
-def median_time(fn, warmup=3, min_time=3.0, min_iters=10):
-    for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main():

@@ -7,26 +7,14 @@ Run: .venv-ref/bin/python scripts/bench_tensor.py
 import json
 import pathlib
 import platform
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchutil import median_time
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-tensor/benches/reference_torch.json"
 THREADS = 2
-
-
-def mean_time(fn, warmup=3, min_time=3.0, min_iters=10):
-    """Median seconds per call (robust to the other core's hiccups), after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main():
@@ -43,7 +31,7 @@ def main():
     for name, xs, ws, s, p in convs:
         x, w = torch.randn(xs), torch.randn(ws)
         with torch.no_grad():
-            res[f"conv2d/{name}/fwd"] = mean_time(lambda: F.conv2d(x, w, None, s, p))
+            res[f"conv2d/{name}/fwd"] = median_time(lambda: F.conv2d(x, w, None, s, p))
         xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
         gy = torch.randn_like(F.conv2d(x, w, None, s, p))
 
@@ -51,7 +39,7 @@ def main():
             xg.grad = wg.grad = None
             F.conv2d(xg, wg, None, s, p).backward(gy)
 
-        res[f"conv2d/{name}/fwd_bwd"] = mean_time(fb)
+        res[f"conv2d/{name}/fwd_bwd"] = median_time(fb)
     stem = torch.randn(8, 64, 112, 112, requires_grad=True)
     trans = torch.randn(8, 128, 56, 56, requires_grad=True)
     up = torch.randn(8, 32, 125, 125, requires_grad=True)
@@ -64,16 +52,16 @@ def main():
             f(x).backward(gy)
         return run
 
-    res["pool/max_3x3_s2_c64_h112_b8/fwd_bwd"] = mean_time(fb_of(stem, lambda t: F.max_pool2d(t, 3, 2, 1)))
-    res["pool/avg_2x2_c128_h56_b8/fwd_bwd"] = mean_time(fb_of(trans, lambda t: F.avg_pool2d(t, 2)))
-    res["resize/bilinear_c32_h125_to_250_b8/fwd_bwd"] = mean_time(
+    res["pool/max_3x3_s2_c64_h112_b8/fwd_bwd"] = median_time(fb_of(stem, lambda t: F.max_pool2d(t, 3, 2, 1)))
+    res["pool/avg_2x2_c128_h56_b8/fwd_bwd"] = median_time(fb_of(trans, lambda t: F.avg_pool2d(t, 2)))
+    res["resize/bilinear_c32_h125_to_250_b8/fwd_bwd"] = median_time(
         fb_of(up, lambda t: F.interpolate(t, size=(250, 250), mode="bilinear", align_corners=False)))
-    res["resize/nearest_c32_h125_to_250_b8/fwd_bwd"] = mean_time(
+    res["resize/nearest_c32_h125_to_250_b8/fwd_bwd"] = median_time(
         fb_of(up, lambda t: F.interpolate(t, size=(250, 250), mode="nearest")))
     bn_x = torch.randn(8, 64, 56, 56, requires_grad=True)
     gamma, beta = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
     rm, rv = torch.zeros(64), torch.ones(64)
-    res["batch_norm/train_c64_h56_b8/fwd_bwd"] = mean_time(
+    res["batch_norm/train_c64_h56_b8/fwd_bwd"] = median_time(
         fb_of(bn_x, lambda t: F.batch_norm(t, rm, rv, gamma, beta, True, 0.1, 1e-5)))
     meta = dict(torch=torch.__version__, threads=THREADS, machine=platform.processor() or platform.machine(),
                 mkldnn=torch.backends.mkldnn.is_available())

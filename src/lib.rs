@@ -11,6 +11,7 @@
 //! | `tensor` | [`tensor`] (`sconce-tensor`) | stable math; conv, pooling, resize, batch norm with correct backward |
 //! | `losses` | [`losses`] (`sconce-losses`) | losses from logits, activations, the head checker |
 //! | `metrics` | [`metrics`] (`sconce-metrics`) | confusion matrices and scikit-learn's classification metrics |
+//! | `encodings` | [`encodings`] (`sconce-encodings`) | one-hot, ⌈log₂ n⌉ binary codes, fixed Hadamard heads |
 //!
 //! Further crates (layers, backbones, hub, encodings, SVM, data, training)
 //! join this table as they land; see the README's crate map.
@@ -40,3 +41,6 @@ pub use sconce_losses as losses;
 
 #[cfg(feature = "metrics")]
 pub use sconce_metrics as metrics;
+
+#[cfg(feature = "encodings")]
+pub use sconce_encodings as encodings;

@@ -91,7 +91,10 @@ pub enum HeadSpec {
     },
     /// A fixed (untrained) matrix, as in Hoffer et al., "Fix your classifier" (ICLR 2018).
     Fixed {
-        /// `[out_features, F]`, not trained.
+        /// A learned linear projection of the features to this size first (when the fixed
+        /// matrix needs a feature size the backbone does not have, e.g. a power of two).
+        projection: Option<usize>,
+        /// `[out_features, F]` (or `[out_features, projection]`), not trained.
         weight: Tensor,
         /// L2-normalise the features before the product.
         normalize_input: bool,

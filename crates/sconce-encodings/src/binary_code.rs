@@ -144,6 +144,6 @@ impl OutputEncoding for BinaryCode {
     fn scores(&self, logits: &Tensor) -> Result<Tensor> {
         check_code_axis(logits, self.q, "bit logits")?;
         let c = code_tensor(&self.codes, logits.device())?;
-        Ok(sconce_tensor::log_softmax(&along_axis1(logits, &c)?, 1)?)
+        sconce_tensor::log_softmax(&along_axis1(logits, &c)?, 1)
     }
 }

@@ -79,7 +79,7 @@ impl OutputEncoding for Hadamard {
 
     fn encode(&self, y: &Tensor) -> Result<Tensor> {
         labels(y, self.n)?;
-        Ok(sconce_tensor::one_hot(y, self.n, 1, candle_core::DType::F32)?)
+        sconce_tensor::one_hot(y, self.n, 1, candle_core::DType::F32)
     }
 
     fn head(&self, in_features: usize) -> Result<HeadSpec> {
@@ -103,6 +103,6 @@ impl OutputEncoding for Hadamard {
 
     fn scores(&self, logits: &Tensor) -> Result<Tensor> {
         check_code_axis(logits, self.n, "class logits of the fixed head")?;
-        Ok(sconce_tensor::log_softmax(logits, 1)?)
+        sconce_tensor::log_softmax(logits, 1)
     }
 }

@@ -54,7 +54,7 @@ impl OutputEncoding for OneHot {
         if self.sigmoid {
             return Ok(y.to_dtype(candle_core::DType::F32)?.unsqueeze(1)?);
         }
-        Ok(sconce_tensor::one_hot(y, self.n, 1, candle_core::DType::F32)?)
+        sconce_tensor::one_hot(y, self.n, 1, candle_core::DType::F32)
     }
 
     fn head(&self, _in_features: usize) -> Result<HeadSpec> {
@@ -73,6 +73,6 @@ impl OutputEncoding for OneHot {
             let pos = sconce_tensor::log_sigmoid(logits)?;
             return Ok(Tensor::cat(&[neg, pos], 1)?);
         }
-        Ok(sconce_tensor::log_softmax(logits, 1)?)
+        sconce_tensor::log_softmax(logits, 1)
     }
 }

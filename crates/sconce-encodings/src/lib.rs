@@ -6,16 +6,18 @@
 //! | [`OneHot`] | n (or 1 for [`OneHot::binary`]) | learned | softmax (sigmoid) |
 //! | [`BinaryCode`] | ⌈log₂ n⌉ | learned | exact posterior over the n valid codewords, `softmax(C·z)` |
 //! | [`Hadamard`] | n | fixed ±1 Sylvester block on L2-normalised features, learned scale + bias | softmax |
+//! | [`Ecoc`] | L code bits over {−1, 0, +1} | learned, or one binary estimator per bit ([`Ecoc::fit_bits`]) | logistic loss-based or Hamming |
 //!
-//! Error-correcting output codes (ECOC) and the comparison example arrive with the rest of the
-//! encodings issue.
+//! The comparison example (digits, letters) arrives with the rest of the encodings issue.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod binary_code;
 mod common;
+mod ecoc;
 mod hadamard;
 mod onehot;
 
 pub use binary_code::{BinaryCode, BitTraining, CodeAssignment};
+pub use ecoc::{Decoding, Ecoc, EcocModel};
 pub use hadamard::{Hadamard, sylvester};
 pub use onehot::OneHot;

@@ -44,6 +44,15 @@ impl Taps {
         self.offsets.windows(2).all(|w| w[1] - w[0] == 1)
     }
 
+    /// True for exact ×2 nearest duplication along this axis (output `o` reads input `o/2`
+    /// with weight 1): the loops then copy or add pairs, which vectorise.
+    fn doubles(&self) -> bool {
+        self.single_tap()
+            && self.out_len() == 2 * self.in_len
+            && self.index.iter().enumerate().all(|(o, &i)| i == o / 2)
+            && self.weight.iter().all(|&w| w == 1.0)
+    }
+
     #[cfg(test)]
     pub(crate) fn offsets_for(&self, o: usize) -> std::ops::Range<usize> {
         self.offsets[o]..self.offsets[o + 1]
@@ -81,8 +90,27 @@ impl SeparableMap {
         let scale = T::from_f64(self.scale);
         let (h, w) = (&*self.h, &*self.w);
         let gather = h.single_tap() && w.single_tap();
+        // Nearest ×2 along W with unit row weights: pair copies (forward) and pair sums (backward).
+        let pairs = gather && w.doubles() && self.scale == 1.0 && self.h.weight.iter().all(|&v| v == 1.0);
         out.par_chunks_mut(oh_len * ow_len).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| {
-            if gather && self.transposed {
+            if pairs && self.transposed {
+                for gh in 0..ih {
+                    let g = &x[gh * iw..(gh + 1) * iw];
+                    let dst = &mut o[h.index[gh] * ow_len..(h.index[gh] + 1) * ow_len];
+                    for (d, pair) in dst.iter_mut().zip(g.chunks_exact(2)) {
+                        *d += pair[0] + pair[1];
+                    }
+                }
+            } else if pairs {
+                for oh in 0..oh_len {
+                    let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
+                    let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
+                    for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+                        pair[0] = v;
+                        pair[1] = v;
+                    }
+                }
+            } else if gather && self.transposed {
                 // Scatter-add each gradient row onto its source row.
                 for gh in 0..ih {
                     let wh = h_w[gh] * scale;

@@ -411,12 +411,15 @@ impl CeOp {
         let (c, s_len) = (self.c, self.inner);
         let (w, sw) = self.class_consts();
         let mut lse = vec![0f32; self.n * s_len];
-        let mut losses = vec![0f32; if self.reduce { 0 } else { self.n * s_len }];
+        // Per-position losses are written by the tile kernel itself (also when only their sum is
+        // needed: one f32 per position, no second pass).
+        let mut losses = vec![0f32; self.n * s_len];
         let sums: Vec<f64> = lse
             .par_chunks_mut(s_len)
+            .zip(losses.par_chunks_mut(s_len))
             .zip(x.par_chunks(c * s_len))
             .enumerate()
-            .map(|(n, (lse, xn))| {
+            .map(|(n, ((lse, losses), xn))| {
                 let mut total = 0.0;
                 for s0 in (0..s_len).step_by(TILE) {
                     let len = TILE.min(s_len - s0);
@@ -428,7 +431,6 @@ impl CeOp {
                         Target::Prob => Some(&prob[n * c * s_len..(n + 1) * c * s_len]),
                         Target::Index(_) => None,
                     };
-                    let mut tile_loss = [0f32; TILE];
                     total += simd(FwdTile {
                         x: xn,
                         s_len,
@@ -442,30 +444,12 @@ impl CeOp {
                         ignore: self.ignore,
                         probs: pn,
                         lse: &mut lse[s0..s0 + len],
-                        loss: &mut tile_loss[..len],
+                        loss: &mut losses[s0..s0 + len],
                     });
-                    if !self.reduce {
-                        // Written below, outside the parallel borrow of `lse`.
-                        let _ = &tile_loss;
-                    }
                 }
                 total
             })
             .collect();
-        if !self.reduce {
-            // Per-position losses: Σ_c a_c (lse − x_c), recomputed from the saved lse.
-            losses.par_chunks_mut(s_len).enumerate().for_each(|(n, out)| {
-                let xn = &x[n * c * s_len..(n + 1) * c * s_len];
-                let mut a = vec![0.0; c];
-                for (s, o) in out.iter_mut().enumerate() {
-                    let r = n * s_len + s;
-                    if self.coeffs(prob, r, w.iter().map(|&v| f64::from(v)).sum(), &mut a).is_some() {
-                        let l = f64::from(lse[r]);
-                        *o = (0..c).map(|ch| a[ch] * (l - f64::from(xn[ch * s_len + s]))).sum::<f64>() as f32;
-                    }
-                }
-            });
-        }
         let _ = self.lse.set(lse.iter().map(|&v| f64::from(v)).collect());
         Ok(if self.reduce { vec![sums.iter().sum::<f64>() as f32] } else { losses })
     }

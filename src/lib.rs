@@ -11,9 +11,11 @@
 //! | `tensor` | [`tensor`] (`sconce-tensor`) | stable math; conv, pooling, resize, batch norm with correct backward |
 //! | `losses` | [`losses`] (`sconce-losses`) | losses from logits, activations, the head checker |
 //! | `metrics` | [`metrics`] (`sconce-metrics`) | confusion matrices and scikit-learn's classification metrics |
-//! | `encodings` | [`encodings`] (`sconce-encodings`) | one-hot, ⌈log₂ n⌉ binary codes, fixed Hadamard heads |
+//! | `encodings` | [`encodings`] (`sconce-encodings`) | one-hot, ⌈log₂ n⌉ binary codes, fixed Hadamard heads, ECOC |
+//! | `layers` | [`layers`] (`sconce-layers`) | Conv2d, BatchNorm2d, Linear, ...; the parameter store and weight loading |
+//! | `backbones` | [`backbones`] (`sconce-backbones`) | ResNet, DenseNet, classic and smp-style U-Nets |
 //!
-//! Further crates (layers, backbones, hub, encodings, SVM, data, training)
+//! Further crates (hub, SVM, data, training)
 //! join this table as they land; see the README's crate map.
 //!
 //! ```
@@ -44,3 +46,9 @@ pub use sconce_metrics as metrics;
 
 #[cfg(feature = "encodings")]
 pub use sconce_encodings as encodings;
+
+#[cfg(feature = "layers")]
+pub use sconce_layers as layers;
+
+#[cfg(feature = "backbones")]
+pub use sconce_backbones as backbones;

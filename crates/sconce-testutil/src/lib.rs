@@ -154,3 +154,51 @@ pub fn print_ratios(reference_file: &std::path::Path) {
         }
     }
 }
+
+fn fnv1a64(key: &str) -> u64 {
+    key.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
+}
+
+/// The deterministic values `scripts/fixtures_backbones.py` puts into every parameter, buffer
+/// and input, so full-size models are compared with PyTorch without committing their weights.
+///
+/// `u_i = splitmix64(fnv1a64(key) + (i+1)·0x9E3779B97F4A7C15) >> 11 · 2⁻⁵³`, then by role:
+/// `*.running_var` → `0.5 + u`; `*.running_mean` → `0.1(2u−1)`; rank-1 `*.weight` →
+/// `0.5 + 0.5u`; other rank 1 → `0.1(2u−1)`; `"input"` → `2u−1`; rank ≥ 2 →
+/// `(2u−1)·√(3/fan_in)` with `fan_in = numel / shape[0]`.
+pub fn pattern(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let seed = fnv1a64(key);
+    let fan_in = if shape.len() >= 2 && shape[0] > 0 { n / shape[0] } else { 1 };
+    (0..n as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let v = if key.ends_with("running_var") {
+                0.5 + u
+            } else if key.ends_with("running_mean") {
+                0.1 * (2.0 * u - 1.0)
+            } else if shape.len() == 1 && key.ends_with("weight") {
+                0.5 + 0.5 * u
+            } else if shape.len() == 1 {
+                0.1 * (2.0 * u - 1.0)
+            } else if key == "input" {
+                2.0 * u - 1.0
+            } else {
+                (2.0 * u - 1.0) * (3.0 / fan_in as f64).sqrt()
+            };
+            v as f32
+        })
+        .collect()
+}
+
+/// [`pattern`] as an f32 tensor of `shape`.
+///
+/// # Errors
+/// Never in practice (candle shape errors only).
+pub fn pattern_tensor(key: &str, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(pattern(key, shape), shape, &Device::Cpu)?)
+}

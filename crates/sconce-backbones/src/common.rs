@@ -1,0 +1,34 @@
+//! Input checks shared by the models: rank, channel count and minimum image size.
+
+use candle_core::Tensor;
+use sconce_core::{Error, Result};
+
+/// Checks `x` is `[N, in_channels, H, W]` with `H, W ≥ min_size` and `N ≥ 1`.
+pub(crate) fn check_input(model: &str, x: &Tensor, in_channels: usize, min_size: usize) -> Result<()> {
+    let Ok((n, c, h, w)) = x.dims4() else {
+        return Err(Error::shape(format!("{model} input"), format!("[N, {in_channels}, H, W]"), x.dims()));
+    };
+    if c != in_channels {
+        return Err(Error::shape(
+            format!("{model} input"),
+            format!(
+                "{in_channels} channels (the model was built with in_channels = {in_channels}; convert the images or \
+                 build the model with in_channels = {c})"
+            ),
+            x.dims(),
+        ));
+    }
+    if n == 0 {
+        return Err(Error::shape(format!("{model} input"), "a batch of at least one image", x.dims()));
+    }
+    if h < min_size || w < min_size {
+        return Err(Error::shape(
+            format!("{model} input"),
+            format!(
+                "images of at least {min_size}×{min_size} (the deepest feature map is 1/32 of the input); resize or pad them"
+            ),
+            x.dims(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Small layers: activations, dropout (seeded), `Linear`, pooling and resizing.
+
+use std::sync::{Mutex, PoisonError};
+
+use candle_core::{Module, ModuleT, Tensor, Var};
+use sconce_core::{Error, Init, Result, SeededRng};
+use sconce_tensor::Interpolation;
+
+use crate::store::Builder;
+
+/// An element-wise activation as a layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    /// `x`.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x` for `x > 0`, `slope·x` otherwise.
+    LeakyRelu(f64),
+    /// GELU with the exact erf form (PyTorch's default).
+    Gelu,
+    /// `x·σ(x)` (swish).
+    Silu,
+    /// `σ(x)`, computed stably.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+}
+
+impl Module for Act {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match *self {
+            Act::Identity => Ok(x.clone()),
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.relu()?.minimum(6.0),
+            Act::LeakyRelu(a) => {
+                let pos = x.relu()?;
+                let neg = (x - &pos)?;
+                pos + (neg * a)?
+            }
+            Act::Gelu => x.gelu_erf(),
+            Act::Silu => x * sconce_tensor::sigmoid(x).map_err(Error::into_candle)?,
+            Act::Sigmoid => sconce_tensor::sigmoid(x).map_err(Error::into_candle),
+            Act::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Inverted dropout: in training, zeroes each element with probability `p` and scales the rest
+/// by `1/(1−p)`; identity in eval. Masks come from a seeded RNG, so runs repeat exactly.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: Mutex<SeededRng>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, its RNG forked from the builder's.
+    ///
+    /// # Errors
+    /// [`Error::Config`] unless `0 ≤ p < 1`.
+    pub fn new(vb: &Builder, p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::config("Dropout p", format!("must be in [0, 1), got {p}")));
+        }
+        Ok(Self { p, rng: Mutex::new(vb.fork_rng()) })
+    }
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..x.elem_count()).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect()
+        };
+        let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// `nn.Linear`: `weight [out, in]`, `bias [out]`; input `[N, in]` (or any leading dims).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero sizes or a duplicate key.
+    pub fn new(vb: &Builder, fin: usize, fout: usize, bias: bool) -> Result<Self> {
+        Self::with_init(vb, fin, fout, bias, Init::pytorch_default_weight(), None)
+    }
+
+    /// With explicit initialisers (`bias_init` `None` is PyTorch's default bias).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero sizes or a duplicate key.
+    pub fn with_init(
+        vb: &Builder,
+        fin: usize,
+        fout: usize,
+        bias: bool,
+        weight_init: Init,
+        bias_init: Option<Init>,
+    ) -> Result<Self> {
+        if fin == 0 || fout == 0 {
+            return Err(Error::config("Linear", format!("in ({fin}) and out ({fout}) features must be > 0")));
+        }
+        let weight = vb.param("weight", &[fout, fin], weight_init)?;
+        let bias = if bias {
+            let init = match bias_init {
+                Some(i) => i,
+                None => Init::pytorch_default_bias(fin)?,
+            };
+            Some(vb.param("bias", &[fout], init)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let fin = self.weight.dims()[1];
+        if x.rank() == 0 || x.dims()[x.rank() - 1] != fin {
+            return Err(Error::shape("Linear input", format!("[..., {fin}]"), x.dims()).into_candle());
+        }
+        let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
+        let x2 = x.reshape(((), fin))?;
+        let mut y = x2.matmul(&self.weight.as_tensor().t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let mut shape = lead;
+        shape.push(self.weight.dims()[0]);
+        y.reshape(shape)
+    }
+}
+
+/// Max pooling as a layer.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool(pub sconce_tensor::MaxPool2d);
+
+impl Module for MaxPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        sconce_tensor::max_pool2d(x, &self.0).map_err(Error::into_candle)
+    }
+}
+
+/// Average pooling as a layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool(pub sconce_tensor::AvgPool2d);
+
+impl Module for AvgPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        sconce_tensor::avg_pool2d(x, &self.0).map_err(Error::into_candle)
+    }
+}
+
+/// Adaptive average pooling to a fixed `(h, w)`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveAvgPool(pub (usize, usize));
+
+impl Module for AdaptiveAvgPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        sconce_tensor::adaptive_avg_pool2d(x, self.0).map_err(Error::into_candle)
+    }
+}
+
+/// Global average pooling `[N, C, H, W] → [N, C]`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalAvgPool;
+
+impl Module for GlobalAvgPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        sconce_tensor::global_avg_pool2d(x).map_err(Error::into_candle)
+    }
+}
+
+/// Resizing to a fixed size or by an integer factor (`nn.Upsample`).
+#[derive(Debug, Clone, Copy)]
+pub enum Resize {
+    /// To exactly `(h, w)`.
+    To((usize, usize), Interpolation),
+    /// By `factor` in both directions.
+    Scale(usize, Interpolation),
+}
+
+impl Module for Resize {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (size, mode) = match *self {
+            Resize::To(s, m) => (s, m),
+            Resize::Scale(f, m) => {
+                let (_, _, h, w) = x.dims4()?;
+                ((h * f, w * f), m)
+            }
+        };
+        sconce_tensor::resize(x, size, mode).map_err(Error::into_candle)
+    }
+}

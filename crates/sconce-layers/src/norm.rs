@@ -1,0 +1,115 @@
+//! `BatchNorm2d` with PyTorch's semantics: batch statistics and a running-stat update in
+//! training, running statistics in eval, `num_batches_tracked` saved and loaded.
+
+use candle_core::{DType, ModuleT, Tensor, Var};
+use sconce_core::{Error, Init, Result};
+
+use crate::store::{Buffer, Builder};
+
+/// `nn.BatchNorm2d(C, eps, momentum, affine=True, track_running_stats=True)`; also accepts
+/// `[N, C]` input (`BatchNorm1d`). Keys: `weight`, `bias`, `running_mean`, `running_var`,
+/// `num_batches_tracked`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d {
+    weight: Var,
+    bias: Var,
+    running_mean: Buffer,
+    running_var: Buffer,
+    num_batches_tracked: Buffer,
+    eps: f64,
+    momentum: Option<f64>,
+}
+
+impl BatchNorm2d {
+    /// PyTorch's defaults: `eps = 1e-5`, `momentum = 0.1`, weight 1, bias 0.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero channels or a duplicate key.
+    pub fn new(vb: &Builder, channels: usize) -> Result<Self> {
+        Self::with_options(vb, channels, 1e-5, Some(0.1))
+    }
+
+    /// With explicit `eps` and `momentum` (`None`: cumulative moving average, as PyTorch).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero channels, `eps ≤ 0` or a momentum outside `[0, 1]`.
+    pub fn with_options(vb: &Builder, channels: usize, eps: f64, momentum: Option<f64>) -> Result<Self> {
+        if channels == 0 {
+            return Err(Error::config("BatchNorm2d channels", "must be > 0"));
+        }
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::config("BatchNorm2d eps", format!("must be > 0, got {eps}")));
+        }
+        if let Some(m) = momentum
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(Error::config("BatchNorm2d momentum", format!("must be in [0, 1], got {m}")));
+        }
+        let dev = vb.device();
+        let weight = vb.param("weight", &[channels], Init::Ones)?;
+        let bias = vb.param("bias", &[channels], Init::Zeros)?;
+        let running_mean = vb.buffer("running_mean", Tensor::zeros(channels, vb.dtype(), dev)?)?;
+        let running_var = vb.buffer("running_var", Tensor::ones(channels, vb.dtype(), dev)?)?;
+        let num_batches_tracked = vb.buffer("num_batches_tracked", Tensor::new(0i64, dev)?)?;
+        Ok(Self { weight, bias, running_mean, running_var, num_batches_tracked, eps, momentum })
+    }
+
+    /// The scale γ.
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    /// The shift β.
+    pub fn bias(&self) -> &Var {
+        &self.bias
+    }
+
+    /// The running mean.
+    pub fn running_mean(&self) -> Tensor {
+        self.running_mean.get()
+    }
+
+    /// The running (unbiased) variance.
+    pub fn running_var(&self) -> Tensor {
+        self.running_var.get()
+    }
+
+    /// Training steps seen.
+    pub fn num_batches_tracked(&self) -> i64 {
+        self.num_batches_tracked.get().to_dtype(DType::I64).and_then(|t| t.to_scalar::<i64>()).unwrap_or(0)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let (y, stats) =
+                sconce_tensor::batch_norm_train(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)?;
+            let n = self.num_batches_tracked() + 1;
+            let (m, v) = sconce_tensor::update_running_stats(
+                &self.running_mean.get(),
+                &self.running_var.get(),
+                &stats,
+                self.momentum,
+                n.max(1) as u64,
+            )?;
+            self.running_mean.set(m);
+            self.running_var.set(v);
+            self.num_batches_tracked.set(Tensor::new(n, x.device())?);
+            Ok(y)
+        } else {
+            sconce_tensor::batch_norm_eval(
+                x,
+                &self.running_mean.get(),
+                &self.running_var.get(),
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.eps,
+            )
+        }
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_impl(x, train).map_err(Error::into_candle)
+    }
+}

@@ -1,0 +1,158 @@
+//! Optimizer updates and LR schedules equal PyTorch's (fixtures from
+//! `scripts/fixtures_train.py`), and optimizer state survives a save/restore.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use sconce_testutil::{Fixture, assert_close};
+use sconce_train::{Adam, AdamConfig, LrSchedule, Optimizer, Schedule, Sgd, SgdConfig};
+use serde_json::Value;
+
+fn fixture() -> Result<Fixture> {
+    sconce_testutil::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "optim")
+}
+
+fn tensor(fx: &Fixture, key: &str) -> Result<Tensor> {
+    fx.tensors.get(key).cloned().with_context(|| format!("{key} missing"))
+}
+
+fn build(case: &Value, params: Vec<(String, Var)>) -> Result<Box<dyn Optimizer>> {
+    let f = |k: &str, d: f64| case[k].as_f64().unwrap_or(d);
+    Ok(match case["kind"].as_str().context("kind")? {
+        "sgd" => Box::new(Sgd::new(
+            params,
+            SgdConfig {
+                lr: f("lr", 0.0),
+                momentum: f("momentum", 0.0),
+                dampening: f("dampening", 0.0),
+                weight_decay: f("weight_decay", 0.0),
+                nesterov: case["nesterov"].as_bool().unwrap_or(false),
+            },
+        )?),
+        kind => {
+            let base = if kind == "adamw" { AdamConfig::adamw() } else { AdamConfig::adam() };
+            let betas = match case["betas"].as_array() {
+                Some(b) => (b[0].as_f64().context("b1")?, b[1].as_f64().context("b2")?),
+                None => base.betas,
+            };
+            Box::new(Adam::new(
+                params,
+                AdamConfig {
+                    lr: f("lr", base.lr),
+                    betas,
+                    eps: f("eps", base.eps),
+                    weight_decay: f("weight_decay", base.weight_decay),
+                    amsgrad: case["amsgrad"].as_bool().unwrap_or(false),
+                    ..base
+                },
+            )?)
+        }
+    })
+}
+
+fn grads_for(fx: &Fixture, step: usize, vars: &[Var]) -> Result<GradStore> {
+    // A GradStore is built by backprop: d/dp Σ p·g = g.
+    let mut loss: Option<Tensor> = None;
+    for (i, v) in vars.iter().enumerate() {
+        let term = (v.as_tensor() * tensor(fx, &format!("g{step}.{i}"))?)?.sum_all()?;
+        loss = Some(match loss {
+            None => term,
+            Some(l) => (l + term)?,
+        });
+    }
+    Ok(loss.context("no vars")?.backward()?)
+}
+
+#[test]
+fn every_optimizer_step_equals_pytorch() -> Result<()> {
+    let fx = fixture()?;
+    let mut checked = 0;
+    for case in fx.cases.iter().filter(|c| c.get("kind").is_some()) {
+        let name = case["name"].as_str().context("name")?;
+        let vars = vec![Var::from_tensor(&tensor(&fx, "p0")?)?, Var::from_tensor(&tensor(&fx, "p1")?)?];
+        let named = vec![("a".to_string(), vars[0].clone()), ("b".to_string(), vars[1].clone())];
+        let mut opt = build(case, named)?;
+        for s in 0..4 {
+            let g = grads_for(&fx, s, &vars)?;
+            opt.step(&g)?;
+            for (i, v) in vars.iter().enumerate() {
+                let want = tensor(&fx, &format!("{name}.after{s}.{i}"))?;
+                assert_close(&format!("{name} step {s} param {i}"), v.as_tensor(), &want, 1e-12, 1e-14)?;
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 4 * 2);
+    Ok(())
+}
+
+#[test]
+fn state_round_trip_continues_exactly() -> Result<()> {
+    let fx = fixture()?;
+    for case in fx.cases.iter().filter(|c| c.get("kind").is_some()) {
+        let name = case["name"].as_str().context("name")?;
+        let vars = vec![Var::from_tensor(&tensor(&fx, "p0")?)?, Var::from_tensor(&tensor(&fx, "p1")?)?];
+        let named = || vec![("a".to_string(), vars[0].clone()), ("b".to_string(), vars[1].clone())];
+        let mut opt = build(case, named())?;
+        for s in 0..2 {
+            opt.step(&grads_for(&fx, s, &vars)?)?;
+        }
+        // A fresh optimizer restored from the state continues as the original would have.
+        let tensors: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
+        let mut restored = build(case, named())?;
+        restored.load_state(&tensors, &opt.state_json())?;
+        assert_eq!(restored.steps(), 2);
+        for s in 2..4 {
+            restored.step(&grads_for(&fx, s, &vars)?)?;
+        }
+        for (i, v) in vars.iter().enumerate() {
+            let want = tensor(&fx, &format!("{name}.after3.{i}"))?;
+            assert_close(&format!("{name} restored param {i}"), v.as_tensor(), &want, 1e-12, 1e-14)?;
+        }
+        // State of one optimizer kind is refused by another.
+        let other = if case["kind"] == "sgd" { r#"{"optimizer": "adam"}"# } else { r#"{"optimizer": "sgd"}"# };
+        assert!(restored.load_state(&tensors, &serde_json::from_str(other)?).is_err());
+    }
+    Ok(())
+}
+
+#[test]
+fn schedules_equal_pytorch_schedulers() -> Result<()> {
+    let fx = fixture()?;
+    let s = &fx.cases.iter().find(|c| c["name"] == "schedules").context("schedules")?["schedules"];
+    let check = |sched: LrSchedule, want: &Value| -> Result<()> {
+        for (t, w) in want.as_array().context("lrs")?.iter().enumerate() {
+            let w = w.as_f64().context("lr")?;
+            assert!((sched.lr_at(t as u64) - w).abs() < 1e-12, "{sched:?} step {t}: {} vs {w}", sched.lr_at(t as u64));
+        }
+        Ok(())
+    };
+    let oc = &s["one_cycle"]["args"];
+    check(
+        LrSchedule::constant(oc["max_lr"].as_f64().context("max_lr")?).with(Schedule::OneCycle {
+            total_steps: oc["total_steps"].as_u64().context("n")?,
+            pct_start: oc["pct_start"].as_f64().context("pct")?,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+        }),
+        &s["one_cycle"]["lrs"],
+    )?;
+    let c = &s["cosine"]["args"];
+    check(
+        LrSchedule::constant(1.0).with(Schedule::Cosine {
+            t_max: c["t_max"].as_u64().context("t_max")?,
+            eta_min: c["eta_min"].as_f64().context("eta_min")?,
+        }),
+        &s["cosine"]["lrs"],
+    )?;
+    let st = &s["step"]["args"];
+    check(
+        LrSchedule::constant(1.0).with(Schedule::Step {
+            step_size: st["step_size"].as_u64().context("size")?,
+            gamma: st["gamma"].as_f64().context("gamma")?,
+        }),
+        &s["step"]["lrs"],
+    )
+}

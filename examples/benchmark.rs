@@ -1,0 +1,126 @@
+//! Model throughput like timm's `benchmark.py`: samples/s and median step time of inference
+//! or a training step (forward, loss, backward, SGD update) for any model of
+//! `sconce_backbones::create_model`, plus the process's peak memory.
+//!
+//! ```text
+//! cargo run --release --example benchmark -- --model resnet50 --batch-size 8 --img-size 224 --bench train [--json]
+//! ```
+//! Options: `--model NAME` (see `sconce_backbones::MODEL_NAMES`), `--batch-size N`,
+//! `--img-size N`, `--bench inference|train`, `--steps N` (timed), `--warmup N`,
+//! `--num-classes N` (default 1000, 1 for U-Nets), `--json` (one JSON object), `--smoke`.
+//! `scripts/bench_backbones.py` measures timm/smp with the same options for the comparison in
+//! `docs/benchmarks.md`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Device, Tensor};
+use sconce::SeededRng;
+use sconce::backbones::{ModelOptions, create_model};
+use sconce::layers::ParamStore;
+
+fn random(shape: &[usize], rng: &mut SeededRng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), shape, &Device::Cpu)?)
+}
+
+fn main() -> Result<()> {
+    let args = common::Args::parse(&["json", "smoke"])?;
+    args.reject_unknown(&[
+        "model",
+        "batch-size",
+        "img-size",
+        "bench",
+        "steps",
+        "warmup",
+        "num-classes",
+        "json",
+        "smoke",
+    ])?;
+    let smoke = args.flag("smoke");
+    let model_name: String = args.get("model", if smoke { "resnet18".to_string() } else { "resnet50".to_string() })?;
+    let batch: usize = args.get("batch-size", if smoke { 2 } else { 8 })?;
+    let img: usize = args.get("img-size", if smoke { 32 } else { 224 })?;
+    let steps: usize = args.get("steps", if smoke { 1 } else { 10 })?;
+    let warmup: usize = args.get("warmup", if smoke { 0 } else { 3 })?;
+    let segmentation = model_name.starts_with("unet");
+    let num_classes: usize = args.get("num-classes", if segmentation { 1 } else { 1000 })?;
+    let benches: Vec<String> = match args.opt("bench") {
+        Some(b) => vec![b.to_string()],
+        None if smoke => vec!["inference".into(), "train".into()],
+        None => vec!["inference".into()],
+    };
+    if steps == 0 || batch == 0 {
+        bail!("--steps and --batch-size must be > 0");
+    }
+
+    let store = ParamStore::new();
+    let vb = store.builder(0, DType::F32, &Device::Cpu);
+    let model = create_model(&model_name, &vb, &ModelOptions { num_classes, ..Default::default() })?;
+    let mut rng = SeededRng::new(1);
+    let x = random(&[batch, 3, img, img], &mut rng)?;
+    let vars = store.vars();
+    for bench in benches {
+        let train = match bench.as_str() {
+            "inference" => false,
+            "train" => true,
+            other => bail!("--bench {other}: expected inference or train"),
+        };
+        let target = if segmentation {
+            let m: Vec<f32> = (0..batch * num_classes * img * img).map(|i| ((i / 7) % 2) as f32).collect();
+            Tensor::from_vec(m, (batch, num_classes, img, img), &Device::Cpu)?
+        } else {
+            Tensor::from_vec((0..batch).map(|i| (i % num_classes) as u32).collect::<Vec<_>>(), batch, &Device::Cpu)?
+        };
+        let step = || -> Result<()> {
+            let y = model.forward_t(&x, train)?;
+            if !train {
+                return Ok(());
+            }
+            let loss = if segmentation {
+                (sconce::tensor::softplus(&y)? - (&y * &target)?)?.mean_all()?
+            } else {
+                sconce::tensor::log_softmax(&y, 1)?.gather(&target.unsqueeze(1)?, 1)?.neg()?.mean_all()?
+            };
+            let grads = loss.backward()?;
+            for v in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    v.set(&(v.as_tensor() - (g * 0.01)?)?)?;
+                }
+            }
+            Ok(())
+        };
+        for _ in 0..warmup {
+            step()?;
+        }
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t = Instant::now();
+            step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let sps = batch as f64 / median;
+        let peak = common::peak_rss_mib().unwrap_or(f64::NAN);
+        if args.flag("json") {
+            let j = serde_json::json!({
+                "model": model_name, "bench": bench, "batch_size": batch, "img_size": img,
+                "samples_per_sec": sps, "step_ms": median * 1e3, "peak_rss_mib": peak,
+                "steps": steps, "warmup": warmup, "threads": rayon::current_num_threads(),
+            });
+            println!("{j}");
+        } else {
+            println!(
+                "{model_name} {bench} batch {batch} at {img}×{img}: {sps:.2} samples/s, step {:.1} ms (median of \
+                 {steps} after {warmup} warm-up), peak RSS {peak:.0} MiB, {} parameters",
+                median * 1e3,
+                store.num_parameters()
+            );
+        }
+    }
+    Ok(())
+}

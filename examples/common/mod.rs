@@ -1,0 +1,86 @@
+//! Helpers shared by the examples: a small `--flag value` argument parser and peak memory.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+
+/// Parsed `--name value` and `--switch` arguments.
+pub(crate) struct Args {
+    values: HashMap<String, String>,
+    switches: Vec<String>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    /// Parses `std::env::args()`; `switches` names the flags that take no value.
+    pub(crate) fn parse(switches: &[&str]) -> Result<Self> {
+        Self::from(std::env::args().skip(1), switches)
+    }
+
+    /// Parses the given arguments.
+    pub(crate) fn from(args: impl IntoIterator<Item = String>, switches: &[&str]) -> Result<Self> {
+        let mut it = args.into_iter();
+        let (mut values, mut sw, mut positional) = (HashMap::new(), Vec::new(), Vec::new());
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if let Some((k, v)) = name.split_once('=') {
+                    values.insert(k.to_string(), v.to_string());
+                } else if switches.contains(&name) {
+                    sw.push(name.to_string());
+                } else {
+                    let v = it.next().with_context(|| format!("--{name} needs a value"))?;
+                    values.insert(name.to_string(), v);
+                }
+            } else {
+                positional.push(a);
+            }
+        }
+        Ok(Self { values, switches: sw, positional })
+    }
+
+    /// True when the switch was given.
+    pub(crate) fn flag(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+
+    /// The value of `--name`, parsed, or `default`.
+    pub(crate) fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.values.get(name) {
+            Some(v) => v.parse().map_err(|e| anyhow::anyhow!("--{name} {v}: {e}")),
+            None => Ok(default),
+        }
+    }
+
+    /// The value of `--name` as a string, if given.
+    pub(crate) fn opt(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// Positional arguments.
+    pub(crate) fn positional(&self) -> &[String] {
+        &self.positional
+    }
+
+    /// Fails on any `--name` not in `known` (typos are errors, not silently ignored).
+    pub(crate) fn reject_unknown(&self, known: &[&str]) -> Result<()> {
+        for k in self.values.keys().chain(self.switches.iter()) {
+            if !known.contains(&k.as_str()) {
+                bail!("unknown option --{k}; known: --{}", known.join(", --"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -7,7 +7,8 @@
 //! ```
 //! Options: `--model NAME` (see `sconce_backbones::MODEL_NAMES`), `--batch-size N`,
 //! `--img-size N`, `--bench inference|train`, `--steps N` (timed), `--warmup N`,
-//! `--num-classes N` (default 1000, 1 for U-Nets), `--json` (one JSON object), `--smoke`.
+//! `--num-classes N` (default 1000, 1 for U-Nets), `--unet-base N` (classic U-Net width, 64),
+//! `--json` (one JSON object), `--smoke`.
 //! `scripts/bench_backbones.py` measures timm/smp with the same options for the comparison in
 //! `docs/benchmarks.md`.
 
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
         "steps",
         "warmup",
         "num-classes",
+        "unet-base",
         "json",
         "smoke",
     ])?;
@@ -59,7 +61,8 @@ fn main() -> Result<()> {
 
     let store = ParamStore::new();
     let vb = store.builder(0, DType::F32, &Device::Cpu);
-    let model = create_model(&model_name, &vb, &ModelOptions { num_classes, ..Default::default() })?;
+    let unet_base: usize = args.get("unet-base", 64)?;
+    let model = create_model(&model_name, &vb, &ModelOptions { num_classes, unet_base, ..Default::default() })?;
     let mut rng = SeededRng::new(1);
     let x = random(&[batch, 3, img, img], &mut rng)?;
     let vars = store.vars();

@@ -14,8 +14,10 @@
 //! | `encodings` | [`encodings`] (`sconce-encodings`) | one-hot, ⌈log₂ n⌉ binary codes, fixed Hadamard heads, ECOC |
 //! | `layers` | [`layers`] (`sconce-layers`) | Conv2d, BatchNorm2d, Linear, ...; the parameter store and weight loading |
 //! | `backbones` | [`backbones`] (`sconce-backbones`) | ResNet, DenseNet, classic and smp-style U-Nets |
+//! | `data` | [`data`] (`sconce-data`) | synthetic shapes, letters, image folders, transforms, the batch loader |
+//! | `train` | [`train`] (`sconce-train`) | optimizers, LR schedules, the Trainer, evaluators |
 //!
-//! Further crates (hub, SVM, data, training)
+//! Further crates (hub, SVM)
 //! join this table as they land; see the README's crate map.
 //!
 //! ```
@@ -52,3 +54,9 @@ pub use sconce_layers as layers;
 
 #[cfg(feature = "backbones")]
 pub use sconce_backbones as backbones;
+
+#[cfg(feature = "data")]
+pub use sconce_data as data;
+
+#[cfg(feature = "train")]
+pub use sconce_train as train;

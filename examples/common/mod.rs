@@ -84,3 +84,22 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// Logs to stderr at the level in `RUST_LOG` (`error`, `warn`, `info` (default), `debug`, `trace`).
+pub(crate) fn init_tracing() {
+    let level = match std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "error" => tracing::Level::ERROR,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        "info" => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    sconce::train::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}

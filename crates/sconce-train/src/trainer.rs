@@ -95,16 +95,18 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Show an `indicatif` progress bar on stderr.
     pub progress: bool,
-    /// The activation the model's outputs are read through at prediction time (for the head
-    /// check): sigmoid for one-channel segmentation, softmax over classes, ...
-    pub head: Activation,
+    /// The activation the model itself applies to its outputs before the loss (for the head
+    /// check). `Identity` for models that output logits, as every sconce model does: the loss
+    /// implies the sigmoid or softmax.
+    pub final_activation: Activation,
     /// Stop after this many optimizer steps within the run (tests of interrupted runs).
     pub max_steps: Option<u64>,
 }
 
 impl TrainConfig {
-    /// `epochs` at a constant learning rate, no clipping, no checkpoints, progress bar on.
-    pub fn new(epochs: usize, lr: f64, head: Activation) -> Self {
+    /// `epochs` at a constant learning rate, no clipping, no checkpoints, progress bar on, a
+    /// model that outputs logits.
+    pub fn new(epochs: usize, lr: f64) -> Self {
         Self {
             epochs,
             schedule: LrSchedule::constant(lr),
@@ -113,7 +115,7 @@ impl TrainConfig {
             checkpoint_dir: None,
             keep_checkpoints: 2,
             progress: true,
-            head,
+            final_activation: Activation::Identity,
             max_steps: None,
         }
     }
@@ -223,7 +225,8 @@ impl<'a> Trainer<'a> {
     /// targets the loss cannot take, ...).
     pub fn check_head(&self, batch: &Batch) -> Result<Vec<Finding>> {
         let logits = self.model.forward_t(&batch.x, false)?;
-        let findings = HeadChecker::new(logits.dims(), self.cfg.head, self.loss).targets(&batch.y).enforce()?;
+        let findings =
+            HeadChecker::new(logits.dims(), self.cfg.final_activation, self.loss).targets(&batch.y).enforce()?;
         for f in &findings {
             match f.severity {
                 Severity::Warning | Severity::Error => tracing::warn!("{f}"),

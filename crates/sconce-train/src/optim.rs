@@ -98,9 +98,12 @@ impl Optimizer for Sgd {
         let c = self.cfg;
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let mut g = g.to_dtype(p.dtype())?;
+            // Detached: the update and the state must not record a graph (a momentum buffer that
+            // referenced the parameter's graph would chain every step and grow without bound).
+            let pt = p.as_tensor().detach();
+            let mut g = g.detach().to_dtype(p.dtype())?;
             if c.weight_decay != 0.0 {
-                g = (g + (p.as_tensor() * c.weight_decay)?)?;
+                g = (g + (&pt * c.weight_decay)?)?;
             }
             if c.momentum != 0.0 {
                 let buf = match &self.bufs[i] {
@@ -110,7 +113,7 @@ impl Optimizer for Sgd {
                 g = if c.nesterov { (g + (&buf * c.momentum)?)? } else { buf.clone() };
                 self.bufs[i] = Some(buf);
             }
-            p.set(&(p.as_tensor() - (g * c.lr)?)?)?;
+            p.set(&(pt - (g * c.lr)?)?)?;
         }
         self.steps += 1;
         Ok(())
@@ -245,8 +248,8 @@ impl Optimizer for Adam {
         let (b1, b2) = c.betas;
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let mut g = g.to_dtype(p.dtype())?;
-            let mut pt = p.as_tensor().clone();
+            let mut g = g.detach().to_dtype(p.dtype())?;
+            let mut pt = p.as_tensor().detach();
             if c.weight_decay != 0.0 {
                 if c.decoupled {
                     pt = (pt * (1.0 - c.lr * c.weight_decay))?;

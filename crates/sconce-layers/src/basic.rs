@@ -214,3 +214,82 @@ impl Module for Resize {
         sconce_tensor::resize(x, size, mode).map_err(Error::into_candle)
     }
 }
+
+/// The final layer an output encoding asks for ([`sconce_core::HeadSpec`]): a learned linear map,
+/// or Hoffer et al.'s fixed matrix (optionally after a learned projection and L2
+/// normalisation, times a learned scalar scale, plus an optional learned bias).
+///
+/// Keys: learned → `weight`, `bias`; fixed → `proj.weight`, `proj.bias` (when projecting),
+/// `fixed_weight` (a buffer: saved, never trained), `scale`, `bias`.
+#[derive(Debug, Clone)]
+pub struct Head {
+    kind: HeadKind,
+}
+
+#[derive(Debug, Clone)]
+enum HeadKind {
+    Learned(Linear),
+    Fixed { proj: Option<Linear>, weight: crate::store::Buffer, normalize: bool, scale: Option<Var>, bias: Option<Var> },
+}
+
+impl Head {
+    /// Builds the head for `spec` on `in_features` features.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the fixed matrix does not match the (projected) feature size.
+    pub fn new(vb: &Builder, in_features: usize, spec: &sconce_core::HeadSpec) -> Result<Self> {
+        let kind = match spec {
+            sconce_core::HeadSpec::Learned { out_features, bias } => {
+                HeadKind::Learned(Linear::new(vb, in_features, *out_features, *bias)?)
+            }
+            sconce_core::HeadSpec::Fixed { projection, weight, normalize_input, learned_scale, bias } => {
+                let feat = projection.unwrap_or(in_features);
+                let dims = weight.dims();
+                if dims.len() != 2 || dims[1] != feat {
+                    return Err(Error::config(
+                        "fixed head",
+                        format!("matrix {dims:?} does not take {feat} features; project the features to {feat}"),
+                    ));
+                }
+                let proj = match projection {
+                    Some(p) => Some(Linear::new(&vb.pp("proj"), in_features, *p, true)?),
+                    None => None,
+                };
+                let w = vb.buffer("fixed_weight", weight.to_dtype(vb.dtype())?)?;
+                let scale = match learned_scale {
+                    Some(s) => Some(vb.param("scale", &[1], Init::Constant(*s))?),
+                    None => None,
+                };
+                let bias = if *bias { Some(vb.param("bias", &[dims[0]], Init::Zeros)?) } else { None };
+                HeadKind::Fixed { proj, weight: w, normalize: *normalize_input, scale, bias }
+            }
+        };
+        Ok(Self { kind })
+    }
+}
+
+impl Module for Head {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.kind {
+            HeadKind::Learned(l) => l.forward(x),
+            HeadKind::Fixed { proj, weight, normalize, scale, bias } => {
+                let mut h = match proj {
+                    Some(p) => p.forward(x)?,
+                    None => x.clone(),
+                };
+                if *normalize {
+                    let norm = (h.sqr()?.sum_keepdim(h.rank() - 1)? + 1e-12)?.sqrt()?;
+                    h = h.broadcast_div(&norm)?;
+                }
+                let mut y = h.matmul(&weight.get().t()?)?;
+                if let Some(s) = scale {
+                    y = y.broadcast_mul(s.as_tensor())?;
+                }
+                if let Some(b) = bias {
+                    y = y.broadcast_add(b.as_tensor())?;
+                }
+                Ok(y)
+            }
+        }
+    }
+}

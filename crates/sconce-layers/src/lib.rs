@@ -6,6 +6,7 @@
 //! | [`ParamStore`], [`Builder`], [`Buffer`] | named parameters (`Var`s) and buffers (running statistics), created through a path-prefixing builder with a seeded RNG |
 //! | [`LoadOptions`], [`KeyRule`] | strict or partial loading from safetensors (memory-mapped), key maps as data, every problem listed at once in a [`sconce_core::LoadReport`] |
 //! | [`Conv2d`], [`ConvTranspose2d`], [`Linear`] | affine layers with PyTorch's default initialisation |
+//! | [`Head`] | the final layer an output encoding asks for (learned, or a fixed Hadamard matrix with a learned scale) |
 //! | [`BatchNorm2d`] | batch statistics in training (running-stat update with PyTorch's momentum), running statistics in eval |
 //! | [`Act`], [`Dropout`], [`MaxPool`], [`AvgPool`], [`AdaptiveAvgPool`], [`GlobalAvgPool`], [`Resize`] | parameter-free layers |
 //! | [`Sequential`], [`ConvBnAct`] | composition that passes `train` to every child |
@@ -35,7 +36,7 @@ mod norm;
 mod seq;
 mod store;
 
-pub use basic::{Act, AdaptiveAvgPool, AvgPool, Dropout, GlobalAvgPool, Linear, MaxPool, Resize};
+pub use basic::{Act, AdaptiveAvgPool, AvgPool, Dropout, GlobalAvgPool, Head, Linear, MaxPool, Resize};
 pub use conv::{Conv2d, ConvOptions, ConvTranspose2d};
 pub use io::{KeyRule, LoadOptions, save_safetensors_atomic};
 pub use norm::BatchNorm2d;

@@ -276,3 +276,37 @@ fn linear_and_conv_compute_what_they_should() -> Result<()> {
     assert!(Conv2d::new(&vb.pp("g"), 3, 4, 3, ConvOptions::default().groups(2)).is_err());
     Ok(())
 }
+
+#[test]
+fn heads_follow_their_spec() -> Result<()> {
+    use sconce_core::HeadSpec;
+    use sconce_layers::Head;
+    let dev = Device::Cpu;
+    let store = ParamStore::new();
+    let vb = store.builder(0, DType::F64, &dev);
+    // A fixed ±1 matrix after L2 normalisation, a learned scale of 2, no bias: only `scale` trains.
+    let w = Tensor::new(&[[1f64, 1.], [1., -1.]], &dev)?;
+    let spec = HeadSpec::Fixed {
+        projection: None,
+        weight: w.clone(),
+        normalize_input: true,
+        learned_scale: Some(2.0),
+        bias: false,
+    };
+    let h = Head::new(&vb.pp("fixed"), 2, &spec)?;
+    assert_eq!(store.named_vars().iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["fixed.scale"]);
+    let y = h.forward(&Tensor::new(&[[3f64, 4.]], &dev)?)?.flatten_all()?.to_vec1::<f64>()?;
+    // (3, 4)/5 = (0.6, 0.8): rows give 1.4 and −0.2, times 2.
+    assert!((y[0] - 2.8).abs() < 1e-12 && (y[1] + 0.4).abs() < 1e-12, "{y:?}");
+    // A projection is required when the matrix needs another feature size.
+    let bad =
+        HeadSpec::Fixed { projection: None, weight: w.clone(), normalize_input: true, learned_scale: None, bias: true };
+    assert!(Head::new(&vb.pp("bad"), 3, &bad).is_err());
+    let proj =
+        HeadSpec::Fixed { projection: Some(2), weight: w, normalize_input: false, learned_scale: None, bias: true };
+    let hp = Head::new(&vb.pp("proj"), 5, &proj)?;
+    assert_eq!(hp.forward(&Tensor::zeros((4, 5), DType::F64, &dev)?)?.dims(), &[4, 2]);
+    let l = Head::new(&vb.pp("learned"), 5, &HeadSpec::Learned { out_features: 3, bias: true })?;
+    assert_eq!(l.forward(&Tensor::zeros((2, 5), DType::F64, &dev)?)?.dims(), &[2, 3]);
+    Ok(())
+}

@@ -260,14 +260,14 @@ impl Geom {
         }
         let (_, gemm_threads) = self.plan();
         let pointwise = self.pointwise();
-        let run = |cols: &mut Vec<T>, (y, x): (&mut [T], &[T])| -> candle_core::Result<()> {
+        let run = |cols: &mut [T], (y, x): (&mut [T], &[T])| -> candle_core::Result<()> {
             for gi in 0..self.g {
                 let xg = &x[gi * cg * hw..(gi + 1) * cg * hw];
                 let rhs: &[T] = if pointwise {
                     xg
                 } else {
                     self.im2col(xg, cols);
-                    cols
+                    &*cols
                 };
                 let wg = &wt[gi * og * k..(gi + 1) * og * k];
                 gemm(og, p, k, &mut y[gi * og * p..(gi + 1) * og * p], false, wg, Op::N, rhs, Op::N, gemm_threads)?;
@@ -276,14 +276,16 @@ impl Geom {
         };
         let cols_len = if pointwise { 0 } else { k * p };
         if gemm_threads > 1 {
-            let mut cols = vec![T::zero(); cols_len];
-            for pair in out.chunks_mut(self.o * p).zip(x.chunks(self.image_len())) {
-                run(&mut cols, pair)?;
-            }
+            T::with_scratch(cols_len, |cols| -> candle_core::Result<()> {
+                for pair in out.chunks_mut(self.o * p).zip(x.chunks(self.image_len())) {
+                    run(cols, pair)?;
+                }
+                Ok(())
+            })?;
         } else {
             out.par_chunks_mut(self.o * p)
                 .zip(x.par_chunks(self.image_len()))
-                .try_for_each_init(|| vec![T::zero(); cols_len], run)?;
+                .try_for_each(|pair| T::with_scratch(cols_len, |cols| run(cols, pair)))?;
         }
         Ok(())
     }
@@ -359,21 +361,22 @@ impl Geom {
         }
         dx.par_chunks_mut(per_chunk * img_len).zip(dy.par_chunks(per_chunk * out_len)).try_for_each(
             |(dx, dy)| -> candle_core::Result<()> {
-                let mut dcols = vec![T::zero(); if pointwise { 0 } else { k * p }];
-                for (dx_img, dy_img) in dx.chunks_mut(img_len).zip(dy.chunks(out_len)) {
-                    for gi in 0..self.g {
-                        let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
-                        let wg = &wt[gi * og * k..(gi + 1) * og * k];
-                        let dxg = &mut dx_img[gi * cg * hw..(gi + 1) * cg * hw];
-                        if pointwise {
-                            gemm(k, p, og, dxg, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
-                        } else {
-                            gemm(k, p, og, &mut dcols, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
-                            self.col2im(&dcols, dxg);
+                T::with_scratch(if pointwise { 0 } else { k * p }, |dcols| {
+                    for (dx_img, dy_img) in dx.chunks_mut(img_len).zip(dy.chunks(out_len)) {
+                        for gi in 0..self.g {
+                            let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                            let wg = &wt[gi * og * k..(gi + 1) * og * k];
+                            let dxg = &mut dx_img[gi * cg * hw..(gi + 1) * cg * hw];
+                            if pointwise {
+                                gemm(k, p, og, dxg, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
+                            } else {
+                                gemm(k, p, og, dcols, false, wg, Op::T, dyg, Op::N, gemm_threads)?;
+                                self.col2im(dcols, dxg);
+                            }
                         }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             },
         )
     }
@@ -395,21 +398,23 @@ impl Geom {
             .zip(dy.par_chunks(per_chunk * out_len))
             .map(|(x, dy)| -> candle_core::Result<Vec<T>> {
                 let mut part = vec![T::zero(); self.weight_len()];
-                let mut cols = vec![T::zero(); if pointwise { 0 } else { k * p }];
-                for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
-                    for gi in 0..self.g {
-                        let xg = &x_img[gi * cg * hw..(gi + 1) * cg * hw];
-                        let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
-                        let rhs: &[T] = if pointwise {
-                            xg
-                        } else {
-                            self.im2col(xg, &mut cols);
-                            &cols
-                        };
-                        let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
-                        gemm(og, k, p, dwg, true, dyg, Op::N, rhs, Op::T, gemm_threads)?;
+                T::with_scratch(if pointwise { 0 } else { k * p }, |cols| -> candle_core::Result<()> {
+                    for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
+                        for gi in 0..self.g {
+                            let xg = &x_img[gi * cg * hw..(gi + 1) * cg * hw];
+                            let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                            let rhs: &[T] = if pointwise {
+                                xg
+                            } else {
+                                self.im2col(xg, cols);
+                                &*cols
+                            };
+                            let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
+                            gemm(og, k, p, dwg, true, dyg, Op::N, rhs, Op::T, gemm_threads)?;
+                        }
                     }
-                }
+                    Ok(())
+                })?;
                 Ok(part)
             })
             .collect::<candle_core::Result<_>>()?;

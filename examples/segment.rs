@@ -236,7 +236,8 @@ fn write_grid(path: &Path, model: &dyn ModuleT, val: &dyn Dataset, pipeline: &Pi
     Ok(save_png(path, &canvas, 3, gh, gw)?)
 }
 
-/// Loss (red, scaled to its maximum) and IoU (blue, 0..1) per epoch on a light grid.
+/// Training and validation loss (red, orange; divided by the largest loss) and validation IoU
+/// (blue, 0..1) per epoch, with labelled axes.
 fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
     let (w, h, m) = (640usize, 360usize, 30usize);
     let mut c = vec![1f32; 3 * w * h];
@@ -260,13 +261,40 @@ fn write_curves(path: &Path, history: &[EpochRecord]) -> Result<()> {
         put(x, h - m, [0.0, 0.0, 0.0]);
     }
     let n = history.len().max(2);
-    let max_loss = history.iter().map(|r| r.train_loss).fold(1e-12, f64::max);
+    let max_loss = history.iter().flat_map(|r| [Some(r.train_loss), r.val_loss]).flatten().fold(1e-12, f64::max);
     type Series = (Box<dyn Fn(&EpochRecord) -> f64>, [f32; 3]);
     let series: [Series; 3] = [
         (Box::new(move |r: &EpochRecord| r.train_loss / max_loss), [0.85, 0.1, 0.1]),
         (Box::new(move |r: &EpochRecord| r.val_loss.unwrap_or(f64::NAN) / max_loss), [0.95, 0.6, 0.1]),
         (Box::new(|r: &EpochRecord| r.get("iou").unwrap_or(f64::NAN)), [0.1, 0.2, 0.85]),
     ];
+    // Labels: y ticks every 0.2, epoch numbers on x, a legend on top (5×7 glyphs, scale 1).
+    let mut text = |s: &str, x0: usize, y0: usize, rgb: [f32; 3]| {
+        for (i, ch) in s.chars().enumerate() {
+            if let Some(g) = sconce::data::glyph_5x7(ch) {
+                for (r, row) in g.iter().enumerate() {
+                    for col in 0..5 {
+                        if row >> (4 - col) & 1 == 1 {
+                            put(x0 + i * 6 + col, y0 + r, rgb);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    for i in 0..=5 {
+        let y = (h - m) - (h - 2 * m) * i / 5;
+        text(&format!("{:.1}", i as f64 / 5.0), 4, y.saturating_sub(3), [0.3, 0.3, 0.3]);
+    }
+    let n_ep = history.len();
+    for (i, r) in history.iter().enumerate() {
+        let x = m + (w - 2 * m) * i / n_ep.saturating_sub(1).max(1);
+        text(&r.epoch.to_string(), x.saturating_sub(2), h - m + 6, [0.3, 0.3, 0.3]);
+    }
+    text("TRAIN LOSS", m + 10, 8, [0.85, 0.1, 0.1]);
+    text("VAL LOSS", m + 90, 8, [0.95, 0.6, 0.1]);
+    text("VAL IOU", m + 160, 8, [0.1, 0.2, 0.85]);
+    text("LOSS / MAX LOSS, IOU  VS  EPOCH", w - m - 190, 8, [0.3, 0.3, 0.3]);
     for (f, rgb) in &series {
         let pts: Vec<(f64, f64)> = history
             .iter()

@@ -212,6 +212,12 @@ impl Unet {
     fn forward_impl(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input("unet", x, self.encoder.in_channels(), 32)?;
         let feats = self.encoder.forward_features(x, train)?;
+        if feats.len() != 5 {
+            return Err(Error::config(
+                "Unet encoder",
+                format!("forward_features returned {} maps; the decoder needs 5 (strides 2..32)", feats.len()),
+            ));
+        }
         let (_, _, h, w) = x.dims4()?;
         let mut sizes: Vec<(usize, usize)> =
             feats[..4].iter().map(|f| Ok((f.dim(2)?, f.dim(3)?))).collect::<Result<_>>()?;

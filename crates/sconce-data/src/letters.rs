@@ -35,6 +35,35 @@ const FONT: [[u8; 7]; 26] = [
     [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b10000, 0b11111],
 ];
 
+const DIGITS_FONT: [[u8; 7]; 10] = [
+    [0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110],
+    [0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110],
+    [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111],
+    [0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110],
+    [0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010],
+    [0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110],
+    [0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110],
+    [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000],
+    [0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110],
+    [0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100],
+];
+
+/// The 5×7 bitmap of `c` (capital letters, digits, `.`, `-`, `/`, space; lower case is drawn
+/// as upper case): seven rows, bit 4 the leftmost column. For labelling plots without a font
+/// library.
+pub fn glyph_5x7(c: char) -> Option<[u8; 7]> {
+    let c = c.to_ascii_uppercase();
+    match c {
+        'A'..='Z' => Some(FONT[(c as u8 - b'A') as usize]),
+        '0'..='9' => Some(DIGITS_FONT[(c as u8 - b'0') as usize]),
+        '.' => Some([0, 0, 0, 0, 0, 0b01100, 0b01100]),
+        '-' => Some([0, 0, 0, 0b11111, 0, 0, 0]),
+        '/' => Some([0b00001, 0b00010, 0b00010, 0b00100, 0b01000, 0b01000, 0b10000]),
+        ' ' => Some([0; 7]),
+        _ => None,
+    }
+}
+
 /// Settings of [`Letters`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LettersConfig {

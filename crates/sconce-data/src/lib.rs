@@ -22,7 +22,7 @@ mod transform;
 
 pub use digits::{Digits, Split};
 pub use folder::{ImageFolder, MaskFolder, MaskMapping, image_to_chw, save_png};
-pub use letters::{Letters, LettersConfig};
+pub use letters::{Letters, LettersConfig, glyph_5x7};
 pub use loader::{EpochIter, LabelFormat, LoadedBatch, Loader, LoaderConfig, MaskFormat, collate};
 pub use sample::{Dataset, Sample, Subset, Target};
 pub use synthetic::{SyntheticConfig, SyntheticShapes};

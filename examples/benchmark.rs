@@ -29,6 +29,7 @@ fn random(shape: &[usize], rng: &mut SeededRng) -> Result<Tensor> {
 }
 
 fn main() -> Result<()> {
+    common::tune_allocator();
     let args = common::Args::parse(&["json", "smoke"])?;
     args.reject_unknown(&[
         "model",

@@ -52,6 +52,7 @@ const KNOWN: &[&str] = &[
 ];
 
 fn main() -> Result<()> {
+    common::tune_allocator();
     common::init_tracing();
     let args = common::Args::parse(&["json", "smoke"])?;
     args.reject_unknown(KNOWN)?;

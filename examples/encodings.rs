@@ -102,6 +102,7 @@ fn evaluate(net: &Net, enc: &dyn OutputEncoding, test: &Loader) -> Result<Outcom
 }
 
 fn main() -> Result<()> {
+    common::tune_allocator();
     common::init_tracing();
     let args = common::Args::parse(&["json", "smoke"])?;
     args.reject_unknown(&["dataset", "epochs", "json", "smoke", "seed"])?;

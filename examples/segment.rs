@@ -359,6 +359,7 @@ fn predict(args: &common::Args, image: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    common::tune_allocator();
     common::init_tracing();
     let args = common::Args::parse(&["json", "smoke"])?;
     args.reject_unknown(KNOWN)?;

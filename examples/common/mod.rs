@@ -103,3 +103,34 @@ pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) 
     sconce::train::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
+
+/// glibc settings that keep freed memory instead of returning it to the OS after every large
+/// tensor (see docs/benchmarks.md: a first touch of fresh memory costs ~3.5 µs per page here,
+/// and a training step frees and reallocates hundreds of MiB). glibc reads them only at
+/// start-up, so when they are not set the example re-executes itself with them once. Set
+/// `SCONCE_MALLOC_DEFAULTS=1` to keep glibc's defaults.
+pub(crate) fn tune_allocator() {
+    const VARS: [(&str, &str); 3] = [
+        ("MALLOC_MMAP_THRESHOLD_", "4000000000"),
+        ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
+        ("MALLOC_TOP_PAD_", "536870912"),
+    ];
+    if std::env::var_os("SCONCE_MALLOC_DEFAULTS").is_some() || std::env::var_os("MALLOC_TOP_PAD_").is_some() {
+        return;
+    }
+    #[cfg(all(unix, target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        if let Ok(exe) = std::env::current_exe() {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(std::env::args_os().skip(1));
+            for (k, v) in VARS {
+                cmd.env(k, v);
+            }
+            // `exec` only returns on failure; then run with the defaults.
+            let err = cmd.exec();
+            tracing::debug!("could not re-execute with allocator settings: {err}");
+        }
+    }
+    let _ = VARS;
+}

@@ -9,7 +9,8 @@
 //! cargo run --release --example classify -- train --data DIR --model resnet50 --weights resnet50.safetensors
 //! ```
 //! Options: `--data DIR` (one folder per class), `--model NAME` (any classifier of
-//! `sconce_backbones::MODEL_NAMES`), `--weights FILE` (safetensors with torchvision/timm names;
+//! `sconce_backbones::MODEL_NAMES`), `--weights SPEC` (a safetensors path or
+//! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names;
 //! the classifier is replaced when the class count differs), `--loss cce|bce`,
 //! `--optimizer sgd|adam|adamw`, `--lr X`, `--epochs N`, `--batch-size N`, `--img-size N`,
 //! `--train-size N`, `--val-size N`, `--seed N`, `--out DIR`, `--json`, `--smoke`.
@@ -117,7 +118,9 @@ fn main() -> Result<()> {
     if let Some(w) = args.opt("weights") {
         let head = if model_name.starts_with("densenet") { "classifier." } else { "fc." };
         let opts = LoadOptions::strict().skip(head);
-        let report = store.load_safetensors(w, &opts).with_context(|| format!("loading {w}"))?;
+        let spec: sconce::hub::WeightsSpec = w.parse()?;
+        let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
+        let report = store.load_safetensors(&path, &opts).with_context(|| format!("loading {w}"))?;
         println!("weights from {w}: {report} (new {classes}-class head)");
     }
     let loss: Box<dyn sconce::Loss> =

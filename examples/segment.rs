@@ -13,7 +13,8 @@
 //! ```
 //! Options: `--data DIR` (`DIR/images`, `DIR/masks`; 0/255 or 0/1 masks), `--backbone
 //! unet|resnet18|resnet34|resnet50|densenet121` (`unet` is the classic U-Net, the others smp's
-//! U-Net on that encoder), `--weights FILE` (encoder weights, safetensors, torchvision names),
+//! U-Net on that encoder), `--weights SPEC` (encoder weights: a safetensors path or
+//! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names),
 //! `--width N` (classic U-Net base channels), `--img-size N`, `--epochs N`, `--batch-size N`,
 //! `--lr X`, `--optimizer sgd|adam|adamw`, `--head sigmoid|softmax`, `--channels N`,
 //! `--loss bce|dice|bce+dice|focal|cce`, `--train-size N`, `--val-size N`, `--seed N`,
@@ -398,7 +399,9 @@ fn main() -> Result<()> {
             .rule(sconce::layers::KeyRule::Drop("encoder.classifier.".into()))
             .skip("decoder.")
             .skip("segmentation_head.");
-        let report = store.load_safetensors(w, &opts)?;
+        let spec: sconce::hub::WeightsSpec = w.parse()?;
+        let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
+        let report = store.load_safetensors(&path, &opts)?;
         tracing::info!("encoder weights from {w}: {report}");
     }
     let loss = build_loss(&cfg)?;

@@ -16,8 +16,9 @@
 //! | `backbones` | [`backbones`] (`sconce-backbones`) | ResNet, DenseNet, classic and smp-style U-Nets |
 //! | `data` | [`data`] (`sconce-data`) | synthetic shapes, letters, image folders, transforms, the batch loader |
 //! | `train` | [`train`] (`sconce-train`) | optimizers, LR schedules, the Trainer, evaluators |
+//! | `hub` | [`hub`] (`sconce-hub`) | weights specs (`PATH` or `hub:ORG/NAME`), the local Hugging Face cache, `pretrained_cfg` |
 //!
-//! Further crates (hub, SVM)
+//! Further crates (SVM)
 //! join this table as they land; see the README's crate map.
 //!
 //! ```
@@ -60,3 +61,6 @@ pub use sconce_data as data;
 
 #[cfg(feature = "train")]
 pub use sconce_train as train;
+
+#[cfg(feature = "hub")]
+pub use sconce_hub as hub;

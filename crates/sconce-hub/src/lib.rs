@@ -1,0 +1,238 @@
+//! sconce-hub: resolves a weights spec — a local `.safetensors` path or
+//! `hub:ORG/NAME[@REV][/FILE]` — to a file, looking in the local Hugging Face cache first, and
+//! reads the checkpoint's preprocessing config (timm's `pretrained_cfg`).
+//!
+//! | item | what it is for |
+//! |---|---|
+//! | [`WeightsSpec`] | parsed `PATH` or `hub:ORG/NAME[@REV][/FILE]` |
+//! | [`HubCache`] | the cache folder from `HF_HUB_CACHE` / `HUGGINGFACE_HUB_CACHE` / `HF_HOME` / the default, and lookups in it |
+//! | [`Resolver`] | spec → file; every lookup tried is listed when none succeeds |
+//! | [`PretrainedCfg`] | input size, mean/std, interpolation, crop_pct, classes, label names |
+//!
+//! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) is not built into
+//! this version: the error says so and names the cache path to fill.
+//!
+//! ```
+//! use sconce_hub::WeightsSpec;
+//! # fn main() -> sconce_core::Result<()> {
+//! let s: WeightsSpec = "hub:timm/resnet50.a1_in1k".parse()?;
+//! assert_eq!(s, WeightsSpec::Hub { repo: "timm/resnet50.a1_in1k".into(), revision: "main".into(), file: "model.safetensors".into() });
+//! let s: WeightsSpec = "hub:smp-hub/resnet50.imagenet@v1/encoder.safetensors".parse()?;
+//! assert!(matches!(s, WeightsSpec::Hub { ref revision, ref file, .. } if revision == "v1" && file == "encoder.safetensors"));
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod cfg;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sconce_core::{Error, Result};
+
+pub use cfg::PretrainedCfg;
+
+/// Where weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSpec {
+    /// A file on disk.
+    File(PathBuf),
+    /// A file of a Hugging Face model repository.
+    Hub {
+        /// `ORG/NAME`.
+        repo: String,
+        /// Branch, tag or 40-hex commit (`main` by default).
+        revision: String,
+        /// File inside the repository (`model.safetensors` by default).
+        file: String,
+    },
+}
+
+impl FromStr for WeightsSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let Some(rest) = s.strip_prefix("hub:") else {
+            if s.is_empty() {
+                return Err(Error::config("weights", "empty spec; give a .safetensors path or hub:ORG/NAME"));
+            }
+            return Ok(WeightsSpec::File(PathBuf::from(s)));
+        };
+        let bad =
+            |why: &str| Error::config("weights", format!("`{s}`: {why}; expected hub:ORG/NAME[@REVISION][/FILE]"));
+        let mut parts = rest.splitn(3, '/');
+        let (Some(org), Some(name_rev)) = (parts.next(), parts.next()) else {
+            return Err(bad("missing the repository name"));
+        };
+        let file = parts.next().unwrap_or("model.safetensors");
+        let (name, revision) = match name_rev.split_once('@') {
+            Some((n, r)) => (n, r),
+            None => (name_rev, "main"),
+        };
+        let ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok(org) || !ok(name) {
+            return Err(bad("organisation and name may hold letters, digits, '-', '_' and '.'"));
+        }
+        if revision.is_empty()
+            || revision.contains("..")
+            || file.is_empty()
+            || file.split('/').any(|p| p == ".." || p.is_empty())
+        {
+            return Err(bad("empty or unsafe revision or file"));
+        }
+        Ok(WeightsSpec::Hub { repo: format!("{org}/{name}"), revision: revision.into(), file: file.into() })
+    }
+}
+
+impl std::fmt::Display for WeightsSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightsSpec::File(p) => write!(f, "{}", p.display()),
+            WeightsSpec::Hub { repo, revision, file } => write!(f, "hub:{repo}@{revision}/{file}"),
+        }
+    }
+}
+
+/// The local Hugging Face hub cache (`models--ORG--NAME/{refs,snapshots}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubCache {
+    dir: PathBuf,
+}
+
+fn env_path(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+impl HubCache {
+    /// The cache in `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The cache the Hugging Face tools use: `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else
+    /// `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+    pub fn from_env() -> Self {
+        let dir = env_path("HF_HUB_CACHE")
+            .or_else(|| env_path("HUGGINGFACE_HUB_CACHE"))
+            .or_else(|| env_path("HF_HOME").map(|h| h.join("hub")))
+            .or_else(|| env_path("XDG_CACHE_HOME").map(|h| h.join("huggingface").join("hub")))
+            .or_else(|| env_path("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
+            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
+        Self { dir }
+    }
+
+    /// The cache folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder of a repository: `models--ORG--NAME`.
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.dir.join(format!("models--{}", repo.replace('/', "--")))
+    }
+
+    /// The cached file, or a description of what was missing.
+    ///
+    /// # Errors
+    /// A one-line reason (a missing ref, a corrupt ref, a missing file) for the error list.
+    pub fn lookup(&self, repo: &str, revision: &str, file: &str) -> std::result::Result<PathBuf, String> {
+        let rd = self.repo_dir(repo);
+        let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+        let commit = if is_commit {
+            revision.to_string()
+        } else {
+            let r = rd.join("refs").join(revision);
+            let text = std::fs::read_to_string(&r).map_err(|e| format!("{}: {e}", r.display()))?;
+            let c = text.trim().to_string();
+            if !(c.len() == 40 && c.chars().all(|ch| ch.is_ascii_hexdigit())) {
+                return Err(format!("{}: holds `{c}`, not a 40-hex commit (corrupt cache entry)", r.display()));
+            }
+            c
+        };
+        let p = rd.join("snapshots").join(&commit).join(file);
+        if p.is_file() { Ok(p) } else { Err(format!("{}: no such file", p.display())) }
+    }
+}
+
+/// True when `HF_HUB_OFFLINE` is set to `1`, `true`, `yes` or `on`.
+pub fn offline_from_env() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Resolves specs to files: local paths as given, hub files from the cache.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    cache: HubCache,
+    offline: bool,
+}
+
+impl Resolver {
+    /// The cache and offline mode from the environment.
+    pub fn from_env() -> Self {
+        Self { cache: HubCache::from_env(), offline: offline_from_env() }
+    }
+
+    /// A resolver over `cache`.
+    pub fn new(cache: HubCache, offline: bool) -> Self {
+        Self { cache, offline }
+    }
+
+    /// The file `spec` names.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] naming the spec and listing every lookup tried and why it failed.
+    pub fn resolve(&self, spec: &WeightsSpec) -> Result<PathBuf> {
+        match spec {
+            WeightsSpec::File(p) => {
+                if p.is_file() {
+                    Ok(p.clone())
+                } else {
+                    Err(Error::Weights {
+                        source_name: spec.to_string(),
+                        reason: format!("no such file {} (for a hub repository write hub:ORG/NAME)", p.display()),
+                        report: None,
+                    })
+                }
+            }
+            WeightsSpec::Hub { repo, revision, file } => match self.cache.lookup(repo, revision, file) {
+                Ok(p) => {
+                    tracing::debug!(%spec, path = %p.display(), "weights found in the hub cache");
+                    Ok(p)
+                }
+                Err(why) => {
+                    let next = if self.offline {
+                        "HF_HUB_OFFLINE is set, so nothing is downloaded".to_string()
+                    } else {
+                        "downloading is not built into this version of sconce-hub".to_string()
+                    };
+                    Err(Error::Weights {
+                        source_name: spec.to_string(),
+                        reason: format!(
+                            "not available locally. Tried:\n  - hub cache {}: {why}\n  - download: {next}\nPut the \
+                             file there (e.g. `huggingface-cli download {repo} {file} --revision {revision}`) or \
+                             pass a local path",
+                            self.cache.dir().display()
+                        ),
+                        report: None,
+                    })
+                }
+            },
+        }
+    }
+
+    /// The `config.json` beside a hub file (same snapshot), parsed, if the repository has one.
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for a `config.json` that is not valid JSON or has wrongly typed fields.
+    pub fn pretrained_cfg(&self, spec: &WeightsSpec) -> Result<Option<PretrainedCfg>> {
+        let WeightsSpec::Hub { repo, revision, .. } = spec else {
+            return Ok(None);
+        };
+        match self.cache.lookup(repo, revision, "config.json") {
+            Ok(p) => PretrainedCfg::from_file(&p).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+}

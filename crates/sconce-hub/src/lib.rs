@@ -8,6 +8,7 @@
 //! | [`HubCache`] | the cache folder from `HF_HUB_CACHE` / `HUGGINGFACE_HUB_CACHE` / `HF_HOME` / the default, and lookups in it |
 //! | [`Resolver`] | spec → file; every lookup tried is listed when none succeeds |
 //! | [`PretrainedCfg`] | input size, mean/std, interpolation, crop_pct, classes, label names |
+//! | [`KNOWN_WEIGHTS`], [`Naming`] | the known checkpoints (timm, smp, `microsoft/resnet-50`) and the key maps they need |
 //!
 //! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) is not built into
 //! this version: the error says so and names the cache path to fill.
@@ -24,6 +25,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod cfg;
+mod known;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,6 +33,7 @@ use std::str::FromStr;
 use sconce_core::{Error, Result};
 
 pub use cfg::PretrainedCfg;
+pub use known::{KNOWN_WEIGHTS, KnownWeights, Naming, known_weights};
 
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -117,8 +117,12 @@ fn main() -> Result<()> {
     }
     if let Some(w) = args.opt("weights") {
         let head = if model_name.starts_with("densenet") { "classifier." } else { "fc." };
-        let opts = LoadOptions::strict().skip(head);
         let spec: sconce::hub::WeightsSpec = w.parse()?;
+        let naming = match &spec {
+            sconce::hub::WeightsSpec::Hub { repo, .. } => sconce::hub::known_weights(repo).map(|k| k.naming.rules()),
+            sconce::hub::WeightsSpec::File(_) => None,
+        };
+        let opts = naming.unwrap_or_default().into_iter().fold(LoadOptions::strict(), LoadOptions::rule).skip(head);
         let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
         let report = store.load_safetensors(&path, &opts).with_context(|| format!("loading {w}"))?;
         println!("weights from {w}: {report} (new {classes}-class head)");

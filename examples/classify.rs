@@ -7,6 +7,7 @@
 //! cargo run --release --example classify -- train                       # resnet18, letters, softmax + CE, Adam
 //! cargo run --release --example classify -- train --loss bce            # the "96% accuracy" illusion, side by side
 //! cargo run --release --example classify -- train --data DIR --model resnet50 --weights resnet50.safetensors
+//! cargo run --release --example classify -- predict photo.jpg --weights hub:timm/resnet50.a1_in1k   # top-5
 //! ```
 //! Options: `--data DIR` (one folder per class), `--model NAME` (any classifier of
 //! `sconce_backbones::MODEL_NAMES`), `--weights SPEC` (a safetensors path or
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use sconce::backbones::{ModelOptions, create_model};
 use sconce::data::{
     Dataset, ImageFolder, LabelFormat, Letters, LettersConfig, Loader, LoaderConfig, Pipeline, Subset, Transform,
@@ -35,6 +36,8 @@ use sconce::train::{
 };
 
 const KNOWN: &[&str] = &[
+    "resize",
+    "top",
     "data",
     "model",
     "weights",
@@ -52,6 +55,61 @@ const KNOWN: &[&str] = &[
     "smoke",
 ];
 
+/// `classify predict IMAGE --weights SPEC [--model NAME] [--resize none] [--top K]`: timm's
+/// eval preprocessing from the checkpoint's `config.json` (or the known table), then the top-K
+/// classes with their probabilities.
+fn predict(args: &common::Args) -> Result<()> {
+    let image_path = args.positional().get(1).context("usage: classify predict IMAGE --weights SPEC")?;
+    let w = args.opt("weights").context("classify predict needs --weights (a path or hub:ORG/NAME)")?;
+    let spec: sconce::hub::WeightsSpec = w.parse()?;
+    let resolver = sconce::hub::Resolver::from_env();
+    let path = resolver.resolve(&spec)?;
+    let known = match &spec {
+        sconce::hub::WeightsSpec::Hub { repo, .. } => sconce::hub::known_weights(repo),
+        sconce::hub::WeightsSpec::File(_) => None,
+    };
+    let cfg = match resolver.pretrained_cfg(&spec)? {
+        Some(c) => c,
+        None => {
+            let mut c = sconce::hub::PretrainedCfg::from_json("{}", "defaults")?;
+            if let Some(k) = known {
+                c.pretrained_cfg.input_size = [3, k.input_size, k.input_size];
+                c.pretrained_cfg.crop_pct = k.crop_pct;
+                c.pretrained_cfg.interpolation = k.interpolation.to_string();
+            }
+            c
+        }
+    };
+    let model_name: String = match (args.opt("model"), &cfg.architecture, known) {
+        (Some(m), _, _) => m.to_string(),
+        (None, Some(a), _) => a.clone(),
+        (None, None, Some(k)) => k.arch.to_string(),
+        _ => bail!("unknown architecture: pass --model"),
+    };
+    let classes = cfg.num_classes.or(known.map(|k| k.num_classes)).unwrap_or(1000);
+    let store = ParamStore::new();
+    let vb = store.builder(0, DType::F32, &Device::Cpu).skip_init();
+    let model = create_model(&model_name, &vb, &ModelOptions { num_classes: classes, ..Default::default() })?;
+    let rules = known.map(|k| k.naming.rules()).unwrap_or_default();
+    let report = store.load_safetensors(&path, &rules.into_iter().fold(LoadOptions::strict(), LoadOptions::rule))?;
+    tracing::info!("{w}: {report}");
+    let img = image::open(image_path).with_context(|| format!("cannot read {image_path}"))?.to_rgb8();
+    let (iw, ih) = img.dimensions();
+    let resize = args.opt("resize") != Some("none");
+    let x = sconce::hub::eval_transform(img.as_raw(), ih as usize, iw as usize, &cfg.pretrained_cfg, resize)?;
+    let [_, h, wd] = cfg.pretrained_cfg.input_size;
+    let x = Tensor::from_vec(x, (1, 3, h, wd), &Device::Cpu)?;
+    let probs: Vec<f32> = sconce::tensor::softmax(&model.forward_t(&x, false)?, 1)?.flatten_all()?.to_vec1()?;
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let top: usize = args.get("top", 5)?;
+    for &i in order.iter().take(top) {
+        let label = cfg.label_names.as_ref().and_then(|l| l.get(i)).cloned().unwrap_or_else(|| format!("class {i}"));
+        println!("{:>7.3}%  {label}", probs[i] * 100.0);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     common::tune_allocator();
     common::init_tracing();
@@ -59,7 +117,7 @@ fn main() -> Result<()> {
     args.reject_unknown(KNOWN)?;
     match args.positional().first().map(String::as_str) {
         Some("train") => {}
-        Some("predict") => bail!("classify predict arrives with pretrained-weight support (sconce-hub)"),
+        Some("predict") => return predict(&args),
         None if args.flag("smoke") => {}
         _ => bail!("usage: classify train [options]  (see the file's header for the options)"),
     }

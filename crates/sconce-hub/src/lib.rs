@@ -8,6 +8,7 @@
 //! | [`HubCache`] | the cache folder from `HF_HUB_CACHE` / `HUGGINGFACE_HUB_CACHE` / `HF_HOME` / the default, and lookups in it |
 //! | [`Resolver`] | spec → file; every lookup tried is listed when none succeeds |
 //! | [`PretrainedCfg`] | input size, mean/std, interpolation, crop_pct, classes, label names |
+//! | [`eval_transform`] | timm's eval preprocessing (Pillow-exact antialiased resize, centre crop, normalise) |
 //! | [`KNOWN_WEIGHTS`], [`Naming`] | the known checkpoints (timm, smp, `microsoft/resnet-50`) and the key maps they need |
 //!
 //! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) is not built into
@@ -26,14 +27,16 @@
 
 mod cfg;
 mod known;
+mod preprocess;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sconce_core::{Error, Result};
 
-pub use cfg::PretrainedCfg;
+pub use cfg::{Preprocess, PretrainedCfg};
 pub use known::{KNOWN_WEIGHTS, KnownWeights, Naming, known_weights};
+pub use preprocess::eval_transform;
 
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,28 @@
 //! Input checks shared by the models: rank, channel count and minimum image size.
 
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
 use sconce_core::{Error, Result};
+use sconce_layers::Linear;
+
+/// Strides of the five feature maps every backbone returns.
+pub(crate) const STRIDES: [usize; 5] = [2, 4, 8, 16, 32];
+
+/// The classification output from a backbone's feature maps: global average pooling of the
+/// deepest (after a ReLU when `relu`), then the classifier if there is one.
+pub(crate) fn pooled_logits(
+    model: &str,
+    feats: &[Tensor],
+    relu: bool,
+    fc: Option<&Linear>,
+) -> candle_core::Result<Tensor> {
+    let last = feats.last().ok_or_else(|| Error::config(model, "no feature maps").into_candle())?;
+    let last = if relu { last.relu()? } else { last.clone() };
+    let pooled = sconce_tensor::global_avg_pool2d(&last).map_err(Error::into_candle)?;
+    match fc {
+        Some(fc) => fc.forward(&pooled),
+        None => Ok(pooled),
+    }
+}
 
 /// Checks `x` is `[N, in_channels, H, W]` with `H, W ≥ min_size` and `N ≥ 1`.
 pub(crate) fn check_input(model: &str, x: &Tensor, in_channels: usize, min_size: usize) -> Result<()> {

@@ -6,7 +6,7 @@ use sconce_core::{Backbone, Error, FanMode, Init, Nonlinearity, Result};
 use sconce_layers::{AvgPool, BatchNorm2d, Builder, Conv2d, ConvOptions, Linear, MaxPool};
 use sconce_tensor::{AvgPool2d, MaxPool2d};
 
-use crate::common::check_input;
+use crate::common::{STRIDES, check_input, pooled_logits};
 
 /// A DenseNet's architecture (torchvision's `DenseNet(growth_rate, block_config,
 /// num_init_features, bn_size)`).
@@ -104,8 +104,6 @@ pub struct DenseNet {
     feature_channels: Vec<usize>,
 }
 
-const STRIDES: [usize; 5] = [2, 4, 8, 16, 32];
-
 impl DenseNet {
     /// Builds the model under `vb`, initialised as torchvision does.
     ///
@@ -201,12 +199,7 @@ impl ModuleT for DenseNet {
     /// Logits `[N, num_classes]` (`classifier(pool(relu(norm5)))`), or the pooled features.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let feats = self.features(x, train).map_err(Error::into_candle)?;
-        let last = feats.last().ok_or_else(|| Error::config("densenet", "no blocks").into_candle())?;
-        let pooled = sconce_tensor::global_avg_pool2d(&last.relu()?).map_err(Error::into_candle)?;
-        match &self.classifier {
-            Some(fc) => fc.forward(&pooled),
-            None => Ok(pooled),
-        }
+        pooled_logits("densenet", &feats, true, self.classifier.as_ref())
     }
 }
 

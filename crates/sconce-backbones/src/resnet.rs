@@ -6,7 +6,7 @@ use sconce_core::{Backbone, Error, FanMode, Init, Nonlinearity, Result};
 use sconce_layers::{BatchNorm2d, Builder, Conv2d, ConvOptions, Linear, MaxPool};
 use sconce_tensor::MaxPool2d;
 
-use crate::common::check_input;
+use crate::common::{STRIDES, check_input, pooled_logits};
 
 /// The residual block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +178,6 @@ pub struct ResNet {
     feature_channels: Vec<usize>,
 }
 
-const STRIDES: [usize; 5] = [2, 4, 8, 16, 32];
-
 impl ResNet {
     /// Builds the model under `vb`, initialised as torchvision does.
     ///
@@ -240,12 +238,7 @@ impl ModuleT for ResNet {
     /// Logits `[N, num_classes]`, or the pooled features `[N, C]` without a classifier.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let feats = self.features(x, train).map_err(Error::into_candle)?;
-        let last = feats.last().ok_or_else(|| Error::config("resnet", "no stages").into_candle())?;
-        let pooled = sconce_tensor::global_avg_pool2d(last).map_err(Error::into_candle)?;
-        match &self.fc {
-            Some(fc) => fc.forward(&pooled),
-            None => Ok(pooled),
-        }
+        pooled_logits("resnet", &feats, false, self.fc.as_ref())
     }
 }
 

@@ -90,6 +90,23 @@ fn check_channels(layer: &str, cin: usize, cout: usize, k: usize, o: &ConvOption
     Ok(())
 }
 
+/// The weight of `shape` and the optional `[cout]` bias, with PyTorch's default initialisers
+/// unless `o` names others (the bias bound uses the weight's fan-in `shape[1]·k·k`, for both
+/// convolution layouts, as PyTorch does).
+fn params(vb: &Builder, shape: [usize; 4], cout: usize, o: &ConvOptions) -> Result<(Var, Option<Var>)> {
+    let weight = vb.param("weight", &shape, o.weight_init.unwrap_or_else(Init::pytorch_default_weight))?;
+    let bias = if o.bias {
+        let init = match o.bias_init {
+            Some(i) => i,
+            None => Init::pytorch_default_bias(shape[1] * shape[2] * shape[3])?,
+        };
+        Some(vb.param("bias", &[cout], init)?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
 /// `nn.Conv2d`: `weight [out, in/groups, k, k]` and optional `bias [out]`.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -107,17 +124,7 @@ impl Conv2d {
     /// [`Error::Config`] for zero sizes or channels not divisible by the groups.
     pub fn new(vb: &Builder, cin: usize, cout: usize, k: usize, o: ConvOptions) -> Result<Self> {
         check_channels("Conv2d", cin, cout, k, &o)?;
-        let shape = [cout, cin / o.groups, k, k];
-        let weight = vb.param("weight", &shape, o.weight_init.unwrap_or_else(Init::pytorch_default_weight))?;
-        let bias = if o.bias {
-            let init = match o.bias_init {
-                Some(i) => i,
-                None => Init::pytorch_default_bias(shape[1] * k * k)?,
-            };
-            Some(vb.param("bias", &[cout], init)?)
-        } else {
-            None
-        };
+        let (weight, bias) = params(vb, [cout, cin / o.groups, k, k], cout, &o)?;
         let cfg = Conv2dConfig::default().stride(o.stride).padding(o.padding).dilation(o.dilation).groups(o.groups);
         Ok(Self { weight, bias, cfg, in_channels: cin })
     }
@@ -166,18 +173,7 @@ impl ConvTranspose2d {
     /// [`Error::Config`] for zero sizes or channels not divisible by the groups.
     pub fn new(vb: &Builder, cin: usize, cout: usize, k: usize, o: ConvOptions) -> Result<Self> {
         check_channels("ConvTranspose2d", cin, cout, k, &o)?;
-        let shape = [cin, cout / o.groups, k, k];
-        let weight = vb.param("weight", &shape, o.weight_init.unwrap_or_else(Init::pytorch_default_weight))?;
-        let bias = if o.bias {
-            // PyTorch computes the bias bound from the weight's fan_in = shape[1]·k·k.
-            let init = match o.bias_init {
-                Some(i) => i,
-                None => Init::pytorch_default_bias(shape[1] * k * k)?,
-            };
-            Some(vb.param("bias", &[cout], init)?)
-        } else {
-            None
-        };
+        let (weight, bias) = params(vb, [cin, cout / o.groups, k, k], cout, &o)?;
         let cfg =
             ConvTranspose2dConfig::default().stride(o.stride).padding(o.padding).dilation(o.dilation).groups(o.groups);
         Ok(Self { weight, bias, cfg })

@@ -43,14 +43,53 @@ pub fn image_to_chw(img: &DynamicImage) -> Vec<f32> {
     out
 }
 
-/// How mask pixel values become classes.
+/// How mask pixel values become classes. Masks are PNG files, either grayscale (the values)
+/// or palette-indexed (the palette indices, as PASCAL VOC stores them; the colours are
+/// ignored), at 1, 2, 4 or 8 bits. Colour, 16-bit and JPEG masks are refused: lossy or
+/// ambiguous labels are never guessed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MaskMapping {
     /// Binary masks stored as 0/255 or 0/1 (decided per file; anything else is an error).
     Binary,
-    /// Values are class indices `0..classes` (palette PNGs are read as their indices' grey
-    /// levels, so save palette masks with indices as values).
+    /// Values are class indices `0..classes` (anything else is an error).
     Index(usize),
+}
+
+/// The raw values of a grayscale or palette PNG mask: `(values, width, height)`.
+fn read_mask(path: &Path) -> Result<(Vec<u8>, u32, u32)> {
+    let name = path.display().to_string();
+    let is_png = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(Error::data(&name, "masks must be PNG files (JPEG compression changes label values)"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::IDENTITY);
+    let parse = |e: png::DecodingError| Error::parse(&name, None, format!("not a readable PNG mask: {e}"));
+    let mut reader = dec.read_info().map_err(parse)?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::data(&name, "PNG too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(parse)?;
+    let (w, h) = (info.width, info.height);
+    let bits = match (info.color_type, info.bit_depth) {
+        (png::ColorType::Grayscale | png::ColorType::Indexed, d) if (d as u8) <= 8 => d as u8 as usize,
+        (c, d) => {
+            return Err(Error::data(
+                &name,
+                format!("is a {c:?} {d:?}-bit PNG; masks must be grayscale or palette PNGs of at most 8 bits"),
+            ));
+        }
+    };
+    let mut values = Vec::with_capacity(w as usize * h as usize);
+    for row in buf.chunks(info.line_size).take(h as usize) {
+        for x in 0..w as usize {
+            let bit = x * bits;
+            let byte = row[bit / 8];
+            let shift = 8 - bits - bit % 8;
+            values.push((byte >> shift) & ((1u16 << bits) - 1) as u8);
+        }
+    }
+    Ok((values, w, h))
 }
 
 /// Image + mask pairs: `root/images/NAME.{png,jpg}` with `root/masks/NAME.png`.
@@ -108,15 +147,14 @@ impl Dataset for MaskFolder {
         check_index(i, self.pairs.len())?;
         let (ip, mp) = &self.pairs[i];
         let img = open(ip)?;
-        let mask = open(mp)?.to_luma8();
+        let (raw, mw, mh) = read_mask(mp)?;
         let (w, h) = img.dimensions();
-        if mask.dimensions() != (w, h) {
+        if (mw, mh) != (w, h) {
             return Err(Error::data(
                 mp.display().to_string(),
-                format!("is {}×{} but its image {} is {w}×{h}", mask.width(), mask.height(), ip.display()),
+                format!("is {mw}×{mh} but its image {} is {w}×{h}", ip.display()),
             ));
         }
-        let raw: Vec<u8> = mask.into_raw();
         let values = match self.mapping {
             MaskMapping::Binary => {
                 let max = raw.iter().copied().max().unwrap_or(0);

@@ -175,3 +175,66 @@ fn synthetic_and_letters_are_deterministic_and_varied() -> Result<()> {
     assert_eq!(b.y.dims(), &[2, 16, 16]);
     Ok(())
 }
+
+fn write_png(
+    path: &Path,
+    w: u32,
+    h: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    data: &[u8],
+    palette: bool,
+) -> Result<()> {
+    let f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut enc = png::Encoder::new(f, w, h);
+    enc.set_color(color);
+    enc.set_depth(depth);
+    if palette {
+        // Colours unrelated to the indices: the loader must use the indices.
+        enc.set_palette(vec![10u8, 20, 30, 200, 0, 0, 0, 200, 0, 0, 0, 200]);
+    }
+    enc.write_header()?.write_image_data(data)?;
+    Ok(())
+}
+
+#[test]
+fn palette_and_low_bit_masks_give_their_indices_and_colour_masks_are_refused() -> Result<()> {
+    let root = tmp("palette")?;
+    std::fs::create_dir_all(root.join("images"))?;
+    std::fs::create_dir_all(root.join("masks"))?;
+    for n in ["p", "g", "rgb"] {
+        save_png(&root.join(format!("images/{n}.png")), &[0.5; 3 * 4 * 2], 3, 2, 4)?;
+    }
+    // 4×2 palette mask, 8-bit indices 0..3.
+    write_png(
+        &root.join("masks/p.png"),
+        4,
+        2,
+        png::ColorType::Indexed,
+        png::BitDepth::Eight,
+        &[0, 1, 2, 3, 3, 2, 1, 0],
+        true,
+    )?;
+    // 1-bit grayscale: rows 1010 and 0101 packed MSB first.
+    write_png(
+        &root.join("masks/g.png"),
+        4,
+        2,
+        png::ColorType::Grayscale,
+        png::BitDepth::One,
+        &[0b1010_0000, 0b0101_0000],
+        false,
+    )?;
+    write_png(&root.join("masks/rgb.png"), 4, 2, png::ColorType::Rgb, png::BitDepth::Eight, &[0; 24], false)?;
+    let ds = MaskFolder::new(&root, MaskMapping::Index(4))?;
+    // Sorted by name: g, p, rgb.
+    assert_eq!(ds.get(1)?.target, Target::Mask(vec![0, 1, 2, 3, 3, 2, 1, 0]));
+    assert_eq!(ds.get(0)?.target, Target::Mask(vec![1, 0, 1, 0, 0, 1, 0, 1]));
+    let e = ds.get(2).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("rgb.png") && e.contains("grayscale or palette"), "{e}");
+    // Indices beyond the class count are named.
+    let e = MaskFolder::new(&root, MaskMapping::Index(3))?.get(1).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("has class 3 but there are 3 classes"), "{e}");
+    std::fs::remove_dir_all(root)?;
+    Ok(())
+}

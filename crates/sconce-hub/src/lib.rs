@@ -11,8 +11,9 @@
 //! | [`eval_transform`] | timm's eval preprocessing (Pillow-exact antialiased resize, centre crop, normalise) |
 //! | [`KNOWN_WEIGHTS`], [`Naming`] | the known checkpoints (timm, smp, `microsoft/resnet-50`) and the key maps they need |
 //!
-//! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) is not built into
-//! this version: the error says so and names the cache path to fill.
+//! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) uses hf-hub behind
+//! the optional `download` feature (it brings ~280 crates); without it the error says so and
+//! names the cache path to fill.
 //!
 //! ```
 //! use sconce_hub::WeightsSpec;
@@ -160,6 +161,28 @@ impl HubCache {
     }
 }
 
+/// Downloads `file` into `cache` with hf-hub (the `download` feature).
+#[cfg(feature = "download")]
+fn download(cache: &HubCache, repo: &str, revision: &str, file: &str) -> std::result::Result<PathBuf, String> {
+    let (owner, name) = repo.split_once('/').ok_or_else(|| format!("`{repo}` is not ORG/NAME"))?;
+    let client = hf_hub::HFClient::builder()
+        .cache_dir(cache.dir())
+        .build_sync()
+        .map_err(|e| format!("cannot start the hub client: {e}"))?;
+    client
+        .model(owner, name)
+        .download_file()
+        .filename(file)
+        .revision(revision)
+        .send()
+        .map_err(|e| format!("download from the hub failed: {e}"))
+}
+
+#[cfg(not(feature = "download"))]
+fn download(_: &HubCache, _: &str, _: &str, _: &str) -> std::result::Result<PathBuf, String> {
+    Err("not built in (enable sconce-hub's `download` feature, or the facade's `download`)".into())
+}
+
 /// True when `HF_HUB_OFFLINE` is set to `1`, `true`, `yes` or `on`.
 pub fn offline_from_env() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -211,7 +234,13 @@ impl Resolver {
                     let next = if self.offline {
                         "HF_HUB_OFFLINE is set, so nothing is downloaded".to_string()
                     } else {
-                        "downloading is not built into this version of sconce-hub".to_string()
+                        match download(&self.cache, repo, revision, file) {
+                            Ok(p) => {
+                                tracing::info!(%spec, path = %p.display(), "downloaded");
+                                return Ok(p);
+                            }
+                            Err(e) => e,
+                        }
                     };
                     Err(Error::Weights {
                         source_name: spec.to_string(),

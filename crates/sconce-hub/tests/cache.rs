@@ -57,6 +57,12 @@ fn misses_list_what_was_tried() -> Result<()> {
         }
         other => bail!("expected a weights error, got {other:?}"),
     }
+    #[cfg(not(feature = "download"))]
+    {
+        let online = Resolver::new(HubCache::at(&root), false);
+        let e = online.resolve(&"hub:timm/densenet121.tv_in1k".parse()?).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("enable sconce-hub's `download` feature"));
+    }
     let e = r.resolve(&"hub:timm/resnet50.a1_in1k/pytorch_model.bin".parse()?).err().map(|e| e.to_string());
     assert!(e.unwrap_or_default().contains("pytorch_model.bin: no such file"));
     // A corrupt ref is named as such.

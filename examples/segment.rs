@@ -444,7 +444,12 @@ fn main() -> Result<()> {
     // leaves no run folder behind.
     if let Some(first) = train.epoch(0).next() {
         let b = first?;
-        trainer.check_head(&sconce::train::Batch { x: b.x, y: b.y })?;
+        trainer.check_head(&sconce::train::Batch { x: b.x, y: b.y }).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nIn this example: `--head sigmoid --loss bce` (one logit per pixel, the default), or `--head \
+                 softmax --loss cce --channels 2` (background and object channels)."
+            )
+        })?;
     }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     common::write_json(&run_dir.join("config.json"), &cfg)?;

@@ -198,6 +198,13 @@ fn timestamp() -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// The predicted foreground (1.0) of logits `[N, C, H, W]`: logit ≥ 0 for one channel, any
+/// class but 0 for several.
+fn foreground(y: &Tensor) -> Result<Tensor> {
+    let m = if y.dim(1)? == 1 { y.ge(0.0)? } else { y.argmax(1)?.ne(0u32)? };
+    Ok(m.to_dtype(DType::F32)?)
+}
+
 /// `image | ground truth | prediction` for the first validation samples.
 fn write_grid(path: &Path, model: &dyn ModuleT, val: &dyn Dataset, pipeline: &Pipeline, n: usize) -> Result<()> {
     let n = n.min(val.len());
@@ -208,10 +215,7 @@ fn write_grid(path: &Path, model: &dyn ModuleT, val: &dyn Dataset, pipeline: &Pi
         (h, w) = (s.height, s.width);
         let x = Tensor::from_vec(s.image.clone(), (1, 3, h, w), &Device::Cpu)?;
         let y = model.forward_t(&x, false)?;
-        let pred: Vec<f32> = if y.dim(1)? == 1 { y.ge(0.0)? } else { y.argmax(1)?.ne(0u32)? }
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let pred: Vec<f32> = foreground(&y)?.flatten_all()?.to_vec1()?;
         let gt: Vec<f32> = match &s.target {
             sconce::data::Target::Mask(m) => m.iter().map(|&v| f32::from(v.min(1))).collect(),
             sconce::data::Target::Class(_) => bail!("segmentation dataset gave a class label"),
@@ -349,7 +353,7 @@ fn predict(args: &common::Args, image: &str) -> Result<()> {
     )?;
     let y = model.forward_t(&x, false)?;
     let y = sconce::tensor::resize(&y, (oh, ow), sconce::tensor::Interpolation::Bilinear { align_corners: false })?;
-    let mask = if y.dim(1)? == 1 { y.ge(0.0)? } else { y.argmax(1)?.ne(0u32)? }.to_dtype(DType::F32)?;
+    let mask = foreground(&y)?;
     let out = PathBuf::from(args.opt("out").map(String::from).unwrap_or_else(|| {
         let p = Path::new(image);
         format!("{}.mask.png", p.with_extension("").display())

@@ -241,10 +241,3 @@ impl ModuleT for Unet {
         self.forward_impl(x, train).map_err(Error::into_candle)
     }
 }
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Unet>();
-    is::<ClassicUnet>();
-}

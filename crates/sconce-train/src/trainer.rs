@@ -170,7 +170,6 @@ struct RunState {
     best: Option<f64>,
     since_best: usize,
     optimizer: Value,
-    num_tensors: usize,
 }
 
 /// Trains a model whose parameters live in a [`ParamStore`] with a loss and an optimizer.
@@ -207,7 +206,6 @@ impl<'a> Trainer<'a> {
             best: None,
             since_best: 0,
             optimizer: Value::Null,
-            num_tensors: store.len(),
         };
         Ok(Self { model, store, loss, optimizer, cfg, state, checked: false })
     }
@@ -276,7 +274,9 @@ impl<'a> Trainer<'a> {
         save_safetensors_atomic(&opt, &tmp.join("optimizer.safetensors"))?;
         let mut state = self.state.clone();
         state.optimizer = self.optimizer.state_json();
-        write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).unwrap_or_default().as_bytes())?;
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| Error::data("run state", format!("cannot be written as JSON: {e}")))?;
+        write_atomic(&tmp.join("state.json"), text.as_bytes())?;
         let _ = std::fs::remove_dir_all(&fin);
         std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
         write_atomic(&dir.join("latest.json"), json!({ "checkpoint": name }).to_string().as_bytes())?;

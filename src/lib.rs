@@ -17,9 +17,7 @@
 //! | `data` | [`data`] (`sconce-data`) | synthetic shapes, letters, image folders, transforms, the batch loader |
 //! | `train` | [`train`] (`sconce-train`) | optimizers, LR schedules, the Trainer, evaluators |
 //! | `hub` | [`hub`] (`sconce-hub`) | weights specs (`PATH` or `hub:ORG/NAME`), the local Hugging Face cache, `pretrained_cfg` |
-//!
-//! Further crates (SVM)
-//! join this table as they land; see the README's crate map.
+//! | `svm` | [`svm`] (`sconce-svm`) | C-SVC, ν-SVC, one-class, ε-SVR, ν-SVR as LIBSVM; its file formats; CV and grid search |
 //!
 //! ```
 //! use sconce::{Init, SeededRng};
@@ -64,3 +62,6 @@ pub use sconce_train as train;
 
 #[cfg(feature = "hub")]
 pub use sconce_hub as hub;
+
+#[cfg(feature = "svm")]
+pub use sconce_svm as svm;

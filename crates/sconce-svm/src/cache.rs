@@ -1,0 +1,157 @@
+//! LIBSVM's kernel cache: an LRU list of (partially filled) `f32` Q-columns within a byte budget.
+
+/// Columns `0..l`, each cached for its first `len` entries; least recently used evicted first.
+pub(crate) struct Cache {
+    data: Vec<Vec<f32>>,
+    /// Cached length per column (0 = not cached).
+    len: Vec<usize>,
+    /// Doubly linked LRU ring; node `l` is the sentinel.
+    prev: Vec<usize>,
+    next: Vec<usize>,
+    /// Free space in floats.
+    free: usize,
+}
+
+impl Cache {
+    /// A cache for `l` columns within `bytes` (at least two full columns, as LIBSVM).
+    pub(crate) fn new(l: usize, bytes: usize) -> Self {
+        let floats = bytes / std::mem::size_of::<f32>();
+        // LIBSVM subtracts its per-column header (three pointers and an int) from the budget.
+        let header = l * 32 / std::mem::size_of::<f32>();
+        let free = floats.max(2 * l + header) - header;
+        Self { data: vec![Vec::new(); l], len: vec![0; l], prev: vec![l; l + 1], next: vec![l; l + 1], free }
+    }
+
+    fn unlink(&mut self, h: usize) {
+        let (p, n) = (self.prev[h], self.next[h]);
+        self.next[p] = n;
+        self.prev[n] = p;
+    }
+
+    fn push_back(&mut self, h: usize) {
+        let s = self.len.len();
+        let last = self.prev[s];
+        self.next[h] = s;
+        self.prev[h] = last;
+        self.next[last] = h;
+        self.prev[s] = h;
+    }
+
+    fn evict(&mut self, h: usize) {
+        self.unlink(h);
+        self.free += self.len[h];
+        self.data[h] = Vec::new();
+        self.len[h] = 0;
+    }
+
+    /// Makes column `index` hold `len` entries; returns the position from which the caller
+    /// must fill it (`>= len` when it is complete). The column becomes most recently used.
+    pub(crate) fn get(&mut self, index: usize, len: usize) -> usize {
+        if self.len[index] > 0 {
+            self.unlink(index);
+        }
+        let have = self.len[index];
+        if len > have {
+            let more = len - have;
+            let s = self.len.len();
+            while self.free < more {
+                let old = self.next[s];
+                if old == s {
+                    break;
+                }
+                self.evict(old);
+            }
+            self.data[index].resize(len, 0.0);
+            self.free = self.free.saturating_sub(more);
+            self.len[index] = len;
+        }
+        self.push_back(index);
+        have.min(len)
+    }
+
+    /// The cached entries of column `index`.
+    pub(crate) fn column(&self, index: usize) -> &[f32] {
+        &self.data[index][..self.len[index]]
+    }
+
+    /// Mutable access to column `index` (to fill it after [`Cache::get`]).
+    pub(crate) fn column_mut(&mut self, index: usize) -> &mut [f32] {
+        let n = self.len[index];
+        &mut self.data[index][..n]
+    }
+
+    /// Swaps the roles of positions `i` and `j` in every cached column (LIBSVM's `swap_index`).
+    pub(crate) fn swap_index(&mut self, i: usize, j: usize) {
+        if i == j {
+            return;
+        }
+        if self.len[i] > 0 {
+            self.unlink(i);
+        }
+        if self.len[j] > 0 {
+            self.unlink(j);
+        }
+        self.data.swap(i, j);
+        self.len.swap(i, j);
+        if self.len[i] > 0 {
+            self.push_back(i);
+        }
+        if self.len[j] > 0 {
+            self.push_back(j);
+        }
+        let (lo, hi) = if i < j { (i, j) } else { (j, i) };
+        let s = self.len.len();
+        let mut h = self.next[s];
+        while h != s {
+            let nxt = self.next[h];
+            if self.len[h] > lo {
+                if self.len[h] > hi {
+                    self.data[h].swap(lo, hi);
+                } else {
+                    self.evict(h);
+                }
+            }
+            h = nxt;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_within_budget() {
+        // Budget: room for 3 columns of 10 floats beyond the header.
+        let l = 10;
+        let bytes = (3 * 10 + l * 8) * 4;
+        let mut c = Cache::new(l, bytes);
+        for col in 0..3 {
+            assert_eq!(c.get(col, 10), 0);
+            c.column_mut(col).fill(col as f32);
+        }
+        assert_eq!(c.get(0, 10), 10); // hit, now most recent
+        assert_eq!(c.get(3, 10), 0); // evicts column 1 (least recent)
+        assert_eq!(c.get(1, 10), 0);
+        assert_eq!(c.get(0, 10), 10);
+        assert_eq!(c.column(0)[4], 0.0);
+        // Partial columns grow.
+        let mut c = Cache::new(4, 1 << 20);
+        assert_eq!(c.get(2, 2), 0);
+        assert_eq!(c.get(2, 4), 2);
+    }
+
+    #[test]
+    fn swap_index_permutes_cached_entries() {
+        let mut c = Cache::new(4, 1 << 20);
+        c.get(0, 4);
+        c.column_mut(0).copy_from_slice(&[0.0, 1.0, 2.0, 3.0]);
+        c.get(1, 2);
+        c.column_mut(1).copy_from_slice(&[10.0, 11.0]);
+        c.swap_index(1, 3);
+        // Column 0's entries 1 and 3 swapped; column 1 (len 2, covering 1 but not 3) dropped,
+        // and column 3 is what column 1 was before the swap (also dropped, as LIBSVM does).
+        assert_eq!(c.column(0), &[0.0, 3.0, 2.0, 1.0]);
+        assert_eq!(c.get(3, 2), 0);
+    }
+}

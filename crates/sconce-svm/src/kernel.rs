@@ -1,0 +1,525 @@
+//! Kernel functions (LIBSVM's five plus OpenCV's chi-squared and histogram intersection), the
+//! `gamma` defaults, and the vectorised, multi-threaded kernel-column fill the solver uses.
+
+use rayon::prelude::*;
+
+use crate::features::{Features, Row};
+
+/// The kernel family. Numbers follow LIBSVM's `-t` (0–4) and extend it with 5 and 6.
+///
+/// | kernel | `K(u, v)` |
+/// |---|---|
+/// | `Linear` (0) | `u·v` |
+/// | `Poly` (1) | `(γ u·v + coef0)^degree` |
+/// | `Rbf` (2) | `exp(−γ‖u−v‖²)` |
+/// | `Sigmoid` (3) | `tanh(γ u·v + coef0)` (not positive semi-definite in general) |
+/// | `Precomputed` (4) | the value in column `id(v)` of row `u` (LIBSVM's `0:id` layout) |
+/// | `Chi2` (5) | `exp(−γ Σ (u−v)²/(u+v))`, terms with `u+v = 0` skipped (OpenCV, scikit-learn) |
+/// | `Intersection` (6) | `Σ min(u, v)` (OpenCV's `INTER`) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelType {
+    /// `u·v`.
+    Linear,
+    /// `(γ u·v + coef0)^degree`.
+    Poly,
+    /// `exp(−γ‖u−v‖²)`.
+    Rbf,
+    /// `tanh(γ u·v + coef0)`.
+    Sigmoid,
+    /// Kernel values supplied by the user.
+    Precomputed,
+    /// `exp(−γ Σ (u−v)²/(u+v))`, for non-negative features (histograms).
+    Chi2,
+    /// `Σ min(u, v)`, for non-negative features (histograms).
+    Intersection,
+}
+
+impl KernelType {
+    /// LIBSVM's `-t` number (5 and 6 are sconce's extensions).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Linear => 0,
+            Self::Poly => 1,
+            Self::Rbf => 2,
+            Self::Sigmoid => 3,
+            Self::Precomputed => 4,
+            Self::Chi2 => 5,
+            Self::Intersection => 6,
+        }
+    }
+
+    /// The kernel for a `-t` number.
+    pub fn from_code(t: i64) -> Option<Self> {
+        Some(match t {
+            0 => Self::Linear,
+            1 => Self::Poly,
+            2 => Self::Rbf,
+            3 => Self::Sigmoid,
+            4 => Self::Precomputed,
+            5 => Self::Chi2,
+            6 => Self::Intersection,
+            _ => return None,
+        })
+    }
+
+    /// The name in a LIBSVM model file (`chi2` and `intersection` are sconce's extensions).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Poly => "polynomial",
+            Self::Rbf => "rbf",
+            Self::Sigmoid => "sigmoid",
+            Self::Precomputed => "precomputed",
+            Self::Chi2 => "chi2",
+            Self::Intersection => "intersection",
+        }
+    }
+
+    /// The kernel for a model-file name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Linear, Self::Poly, Self::Rbf, Self::Sigmoid, Self::Precomputed, Self::Chi2, Self::Intersection]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    /// Whether `gamma` enters the kernel.
+    pub fn uses_gamma(self) -> bool {
+        matches!(self, Self::Poly | Self::Rbf | Self::Sigmoid | Self::Chi2)
+    }
+
+    /// Whether `coef0` enters the kernel.
+    pub fn uses_coef0(self) -> bool {
+        matches!(self, Self::Poly | Self::Sigmoid)
+    }
+}
+
+/// How `gamma` is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gamma {
+    /// This value.
+    Value(f64),
+    /// scikit-learn's default `'scale'`: `1 / (n_features · Var(X))`.
+    Scale,
+    /// LIBSVM's default (scikit-learn's `'auto'`): `1 / n_features`, where LIBSVM's
+    /// "number of features" is the largest feature index in the training data.
+    InvFeatures,
+}
+
+impl Gamma {
+    /// The value for training data `x`.
+    pub fn resolve(self, x: &Features) -> f64 {
+        match self {
+            Self::Value(g) => g,
+            Self::Scale => x.gamma_scale(),
+            Self::InvFeatures => {
+                let m = x.max_index();
+                if m == 0 { 1.0 } else { 1.0 / f64::from(m) }
+            }
+        }
+    }
+}
+
+/// A kernel with its resolved parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Kernel {
+    /// The family.
+    pub kind: KernelType,
+    /// Degree of the polynomial kernel.
+    pub degree: i32,
+    /// γ (resolved).
+    pub gamma: f64,
+    /// coef0 of the polynomial and sigmoid kernels.
+    pub coef0: f64,
+}
+
+/// LIBSVM's `powi`: repeated squaring, bit-for-bit the same rounding as LIBSVM.
+#[inline(always)]
+pub(crate) fn powi(base: f64, times: i32) -> f64 {
+    let (mut tmp, mut ret) = (base, 1.0);
+    let mut t = times;
+    while t > 0 {
+        if t % 2 == 1 {
+            ret *= tmp;
+        }
+        tmp *= tmp;
+        t /= 2;
+    }
+    ret
+}
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+#[allow(clippy::excessive_precision)] // fdlibm's split of ln 2, kept as published
+const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
+#[allow(clippy::excessive_precision)]
+const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+
+/// `eˣ` to about 1 ulp, branch-free so that column loops vectorise (clamped to `[−708, 709]`).
+#[inline(always)]
+pub(crate) fn exp(x: f64) -> f64 {
+    let x = x.clamp(-708.0, 709.0);
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5·2⁵²: rounds to the nearest integer
+    let kf = x * LOG2E + MAGIC;
+    let k = kf - MAGIC;
+    let ki = kf.to_bits() as i64 - MAGIC.to_bits() as i64;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    // Taylor to r¹³ on |r| ≤ ln2/2: truncation below 1e-17.
+    let mut p = 1.0 / 6_227_020_800.0;
+    p = p * r + 1.0 / 479_001_600.0;
+    p = p * r + 1.0 / 39_916_800.0;
+    p = p * r + 1.0 / 3_628_800.0;
+    p = p * r + 1.0 / 362_880.0;
+    p = p * r + 1.0 / 40_320.0;
+    p = p * r + 1.0 / 5_040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    p * f64::from_bits(((ki + 1023) << 52) as u64)
+}
+
+/// `a·b` over dense rows with eight independent partial sums (vectorises).
+#[inline(always)]
+pub(crate) fn dot_dense(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `‖a−b‖²` over dense rows of possibly different lengths (missing values are zeros).
+#[inline(always)]
+fn sqdist_dense(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (ah, bh) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (ah.chunks_exact(8), bh.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            let d = x[l] - y[l];
+            acc[l] += d * d;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        let d = x - y;
+        s += d * d;
+    }
+    for v in a[n..].iter().chain(&b[n..]) {
+        s += v * v;
+    }
+    s
+}
+
+/// Calls `f(u, v)` for every feature index present in either row (absent values are 0).
+#[inline(always)]
+fn merge(a: Row<'_>, b: Row<'_>, mut f: impl FnMut(f64, f64)) {
+    match (a, b) {
+        (Row::Dense(x), Row::Dense(y)) => {
+            let n = x.len().min(y.len());
+            for k in 0..n {
+                f(x[k], y[k]);
+            }
+            x[n..].iter().for_each(|&u| f(u, 0.0));
+            y[n..].iter().for_each(|&v| f(0.0, v));
+        }
+        _ => {
+            let (ai, av) = sparse_view(&a);
+            let (bi, bv) = sparse_view(&b);
+            let (mut p, mut q) = (0, 0);
+            while p < ai.len() && q < bi.len() {
+                if ai[p] == bi[q] {
+                    f(av[p], bv[q]);
+                    p += 1;
+                    q += 1;
+                } else if ai[p] > bi[q] {
+                    f(0.0, bv[q]);
+                    q += 1;
+                } else {
+                    f(av[p], 0.0);
+                    p += 1;
+                }
+            }
+            av[p..].iter().for_each(|&u| f(u, 0.0));
+            bv[q..].iter().for_each(|&v| f(0.0, v));
+        }
+    }
+}
+
+fn sparse_view<'a>(r: &Row<'a>) -> (std::borrow::Cow<'a, [u32]>, &'a [f64]) {
+    match *r {
+        Row::Sparse(i, v) => (std::borrow::Cow::Borrowed(i), v),
+        Row::Dense(v) => (std::borrow::Cow::Owned((1..=v.len() as u32).collect()), v),
+    }
+}
+
+/// `u·v` of two rows in any representation (LIBSVM's sparse `dot`).
+#[inline(always)]
+pub(crate) fn dot(a: Row<'_>, b: Row<'_>) -> f64 {
+    match (a, b) {
+        (Row::Dense(x), Row::Dense(y)) => dot_dense(x, y),
+        (Row::Sparse(ai, av), Row::Sparse(bi, bv)) => {
+            let (mut p, mut q, mut s) = (0, 0, 0.0);
+            while p < ai.len() && q < bi.len() {
+                if ai[p] == bi[q] {
+                    s += av[p] * bv[q];
+                    p += 1;
+                    q += 1;
+                } else if ai[p] > bi[q] {
+                    q += 1;
+                } else {
+                    p += 1;
+                }
+            }
+            s
+        }
+        (Row::Sparse(ai, av), Row::Dense(y)) | (Row::Dense(y), Row::Sparse(ai, av)) => ai
+            .iter()
+            .zip(av)
+            .filter(|(i, _)| **i >= 1 && (**i as usize) <= y.len())
+            .map(|(i, v)| v * y[*i as usize - 1])
+            .sum(),
+    }
+}
+
+impl Kernel {
+    /// `K(a, b)` exactly as LIBSVM's `k_function` computes it (RBF from the squared
+    /// differences; precomputed: `a`'s value at `b`'s id).
+    pub fn eval(&self, a: Row<'_>, b: Row<'_>) -> f64 {
+        match self.kind {
+            KernelType::Linear => dot(a, b),
+            KernelType::Poly => powi(self.gamma * dot(a, b) + self.coef0, self.degree),
+            KernelType::Sigmoid => (self.gamma * dot(a, b) + self.coef0).tanh(),
+            KernelType::Rbf => {
+                let s = match (a, b) {
+                    (Row::Dense(x), Row::Dense(y)) => sqdist_dense(x, y),
+                    _ => {
+                        let mut s = 0.0;
+                        merge(a, b, |u, v| {
+                            let d = u - v;
+                            s += d * d;
+                        });
+                        s
+                    }
+                };
+                exp(-self.gamma * s)
+            }
+            KernelType::Precomputed => a.get(b.get(0) as u32),
+            KernelType::Chi2 => {
+                let mut s = 0.0;
+                merge(a, b, |u, v| {
+                    let den = u + v;
+                    if den != 0.0 {
+                        let d = u - v;
+                        s += d * d / den;
+                    }
+                });
+                exp(-self.gamma * s)
+            }
+            KernelType::Intersection => {
+                let mut s = 0.0;
+                merge(a, b, |u, v| s += u.min(v));
+                s
+            }
+        }
+    }
+}
+
+/// The training samples in the solver's current order (LIBSVM swaps rows when it shrinks),
+/// with the squared norms the RBF kernel needs.
+pub(crate) struct KernelRows<'a> {
+    x: &'a Features,
+    kernel: Kernel,
+    /// Position → sample index in `x`.
+    perm: Vec<usize>,
+    /// `‖x‖²` per position (RBF only).
+    sq: Vec<f64>,
+    /// Dense column count (0 for sparse data).
+    cols: usize,
+}
+
+impl<'a> KernelRows<'a> {
+    /// The kernel over samples `idx` of `x` (in that order).
+    pub(crate) fn new(x: &'a Features, idx: Vec<usize>, kernel: Kernel) -> Self {
+        let sq = if kernel.kind == KernelType::Rbf {
+            idx.iter().map(|&i| dot(x.row(i), x.row(i))).collect()
+        } else {
+            Vec::new()
+        };
+        let cols = match x {
+            Features::Dense { cols, .. } => *cols,
+            Features::Sparse { .. } => 0,
+        };
+        Self { x, kernel, perm: idx, sq, cols }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.perm.len()
+    }
+
+    pub(crate) fn swap(&mut self, i: usize, j: usize) {
+        self.perm.swap(i, j);
+        if !self.sq.is_empty() {
+            self.sq.swap(i, j);
+        }
+    }
+
+    /// `K(i, i)` for position `i`.
+    pub(crate) fn diag(&self, i: usize) -> f64 {
+        self.k(i, i)
+    }
+
+    /// `K` between positions `i` and `j`, LIBSVM's training-time formula (RBF via norms).
+    #[inline(always)]
+    fn k(&self, i: usize, j: usize) -> f64 {
+        let (a, b) = (self.x.row(self.perm[i]), self.x.row(self.perm[j]));
+        match self.kernel.kind {
+            KernelType::Rbf => exp(-self.kernel.gamma * (self.sq[i] + self.sq[j] - 2.0 * dot(a, b))),
+            _ => self.kernel.eval(a, b),
+        }
+    }
+
+    /// Fills `out[j - start] = sign(j) · K(i, j)` as `f32` for positions `j ∈ start..start+out.len()`,
+    /// where `sign(j) = y[i]·y[j]` when `y` is given. Large fills run on all threads.
+    pub(crate) fn fill(&self, i: usize, start: usize, out: &mut [f32], y: Option<&[i8]>) {
+        let cost = out.len() * self.cols.max(8);
+        let threads = rayon::current_num_threads();
+        if threads > 1 && cost >= 60_000 {
+            let chunk = out.len().div_ceil(threads * 2).max(256);
+            out.par_chunks_mut(chunk).enumerate().for_each(|(c, part)| {
+                pulp::Arch::new().dispatch(Fill { rows: self, i, start: start + c * chunk, out: part, y });
+            });
+        } else {
+            pulp::Arch::new().dispatch(Fill { rows: self, i, start, out, y });
+        }
+    }
+}
+
+struct Fill<'r, 'a, 'o> {
+    rows: &'r KernelRows<'a>,
+    i: usize,
+    start: usize,
+    out: &'o mut [f32],
+    y: Option<&'o [i8]>,
+}
+
+impl pulp::WithSimd for Fill<'_, '_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Fill { rows, i, start, out, y } = self;
+        let sign = |j: usize| y.map_or(1.0, |y| f64::from(y[i]) * f64::from(y[j]));
+        match (rows.x, rows.kernel.kind) {
+            (Features::Dense { values, cols, .. }, KernelType::Rbf) => {
+                let cols = *cols;
+                let a = &values[rows.perm[i] * cols..(rows.perm[i] + 1) * cols];
+                let (g, sqi) = (rows.kernel.gamma, rows.sq[i]);
+                for (o, j) in out.iter_mut().zip(start..) {
+                    let p = rows.perm[j];
+                    let d = dot_dense(a, &values[p * cols..(p + 1) * cols]);
+                    *o = (sign(j) * exp(-g * (sqi + rows.sq[j] - 2.0 * d))) as f32;
+                }
+            }
+            (Features::Dense { values, cols, .. }, KernelType::Linear | KernelType::Poly | KernelType::Sigmoid) => {
+                let cols = *cols;
+                let a = &values[rows.perm[i] * cols..(rows.perm[i] + 1) * cols];
+                let k = rows.kernel;
+                for (o, j) in out.iter_mut().zip(start..) {
+                    let p = rows.perm[j];
+                    let d = dot_dense(a, &values[p * cols..(p + 1) * cols]);
+                    let v = match k.kind {
+                        KernelType::Linear => d,
+                        KernelType::Poly => powi(k.gamma * d + k.coef0, k.degree),
+                        _ => (k.gamma * d + k.coef0).tanh(),
+                    };
+                    *o = (sign(j) * v) as f32;
+                }
+            }
+            _ => {
+                for (o, j) in out.iter_mut().zip(start..) {
+                    *o = (sign(j) * rows.k(i, j)) as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_matches_std() {
+        let mut worst = 0.0f64;
+        for k in 0..=400_000 {
+            let x = -700.0 + 705.0 * f64::from(k) / 400_000.0;
+            let (a, b) = (exp(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 5e-16, "{worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1e6) >= 0.0 && exp(-1e6) < 1e-300);
+    }
+
+    #[test]
+    fn powi_is_repeated_squaring() {
+        assert_eq!(powi(2.0, 10), 1024.0);
+        assert_eq!(powi(1.5, 0), 1.0);
+        assert_eq!(powi(-3.0, 3), -27.0);
+    }
+
+    #[test]
+    fn kernels_on_mixed_representations_agree() {
+        let d = Features::dense(2, 4, vec![0.5, 0.0, 1.0, 2.0, 1.0, 3.0, 0.0, 0.25]).unwrap();
+        let s = d.to_sparse();
+        for kind in [
+            KernelType::Linear,
+            KernelType::Poly,
+            KernelType::Rbf,
+            KernelType::Sigmoid,
+            KernelType::Chi2,
+            KernelType::Intersection,
+        ] {
+            let k = Kernel { kind, degree: 3, gamma: 0.3, coef0: 0.5 };
+            let reference = k.eval(d.row(0), d.row(1));
+            for (a, b) in [(s.row(0), s.row(1)), (d.row(0), s.row(1)), (s.row(0), d.row(1))] {
+                assert!((k.eval(a, b) - reference).abs() < 1e-14, "{kind:?}");
+            }
+        }
+        // Hand values: u·v = 0.5 + 0.5 = 1; ‖u−v‖² = 0.25+9+1+3.0625.
+        let lin = Kernel { kind: KernelType::Linear, degree: 3, gamma: 1.0, coef0: 0.0 };
+        assert_eq!(lin.eval(d.row(0), d.row(1)), 1.0);
+        let rbf = Kernel { kind: KernelType::Rbf, degree: 3, gamma: 0.1, coef0: 0.0 };
+        assert!((rbf.eval(d.row(0), d.row(1)) - (-0.1f64 * 13.3125).exp()).abs() < 1e-15);
+        // chi2: (0.5−1)²/1.5 + 3 + 1 + (1.75)²/2.25; intersection: 0.5 + 0 + 0 + 0.25.
+        let chi = Kernel { kind: KernelType::Chi2, degree: 3, gamma: 0.5, coef0: 0.0 };
+        let s = 0.25 / 1.5 + 3.0 + 1.0 + 1.75f64 * 1.75 / 2.25;
+        assert!((chi.eval(d.row(0), d.row(1)) - (-0.5 * s).exp()).abs() < 1e-15);
+        let int = Kernel { kind: KernelType::Intersection, degree: 3, gamma: 0.0, coef0: 0.0 };
+        assert_eq!(int.eval(d.row(0), d.row(1)), 0.75);
+    }
+
+    #[test]
+    fn gamma_defaults() {
+        let x = Features::dense(2, 2, vec![0.0, 1.0, 2.0, 3.0]).unwrap();
+        // Var over all four entries = 1.25; scale = 1/(2·1.25).
+        assert!((Gamma::Scale.resolve(&x) - 0.4).abs() < 1e-15);
+        assert_eq!(Gamma::InvFeatures.resolve(&x), 0.5);
+        assert!((Gamma::Scale.resolve(&x.to_sparse()) - 0.4).abs() < 1e-15);
+    }
+}

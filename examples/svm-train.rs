@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sconce_svm::{Gamma, KernelType, SvmModel, SvmParams, SvmType, cross_validation, read_libsvm, save_model, score};
+use sconce_svm::{
+    KernelType, SvmModel, SvmParams, SvmType, cross_validation, parse_svm_train_args, read_libsvm, save_model, score,
+};
 
 const USAGE: &str = "Usage: svm-train [options] training_set_file [model_file]
 options:
@@ -52,61 +54,19 @@ struct Cli {
 }
 
 fn parse(args: &[String]) -> Result<Cli> {
-    let mut p = SvmParams::c_svc().gamma(Gamma::InvFeatures);
-    let (mut folds, mut quiet) = (None, false);
-    let mut i = 0;
-    while i < args.len() && args[i].starts_with('-') {
-        let flag = &args[i][1..];
-        if flag == "q" {
-            quiet = true;
-            i += 1;
-            continue;
-        }
-        let v = args.get(i + 1).with_context(|| format!("-{flag} needs a value\n{USAGE}"))?;
-        let num = || v.parse::<f64>().with_context(|| format!("-{flag} {v}: not a number"));
-        match flag {
-            "s" => {
-                let t = SvmType::from_code(v.parse()?).with_context(|| format!("-s {v}: unknown svm type"))?;
-                p.svm_type = t;
-            }
-            "t" => {
-                p.kernel = KernelType::from_code(v.parse()?).with_context(|| format!("-t {v}: unknown kernel type"))?
-            }
-            "d" => p.degree = v.parse().with_context(|| format!("-d {v}: not an integer"))?,
-            "g" => p.gamma = if v == "scale" { Gamma::Scale } else { Gamma::Value(num()?) },
-            "r" => p.coef0 = num()?,
-            "c" => p.c = num()?,
-            "n" => p.nu = num()?,
-            "p" => p.p = num()?,
-            "m" => p.cache_mb = num()?,
-            "e" => p.eps = num()?,
-            "h" => p.shrinking = v != "0",
-            "b" => p.probability = v != "0",
-            "v" => {
-                let n: usize = v.parse().with_context(|| format!("-v {v}: not a count"))?;
-                if n < 2 {
-                    bail!("n-fold cross validation: n must >= 2\n{USAGE}");
-                }
-                folds = Some(n);
-            }
-            f if f.starts_with('w') => {
-                let label: i32 =
-                    f[1..].parse().with_context(|| format!("-{f}: the class label after -w must be an integer"))?;
-                p.class_weights.push((label, num()?));
-            }
-            _ => bail!("Unknown option: -{flag}\n{USAGE}"),
-        }
-        i += 2;
-    }
-    let input = PathBuf::from(args.get(i).with_context(|| USAGE.to_string())?);
-    let model = match args.get(i + 1) {
+    let o = parse_svm_train_args(args).map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?;
+    let input = PathBuf::from(o.files.first().with_context(|| USAGE.to_string())?);
+    let model = match o.files.get(1) {
         Some(m) => PathBuf::from(m),
         None => {
             let base = input.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             PathBuf::from(format!("{base}.model"))
         }
     };
-    Ok(Cli { params: p, folds, quiet, input, model })
+    if o.files.len() > 2 {
+        bail!("too many arguments\n{USAGE}");
+    }
+    Ok(Cli { params: o.params, folds: o.folds, quiet: o.quiet, input, model })
 }
 
 /// LIBSVM's per-sub-problem report.
@@ -149,6 +109,8 @@ fn run(cli: &Cli) -> Result<()> {
         let model = cli.params.train(&data.x, &data.y)?;
         if !cli.quiet {
             report(&model);
+            let cols: usize = model.info().iter().map(|i| i.kernel_columns).sum();
+            eprint!("[{cols} kernel columns computed] ");
         }
         save_model(&model, &cli.model).with_context(|| format!("can't save model to file {}", cli.model.display()))?;
     }

@@ -258,22 +258,36 @@ impl Features {
     }
 
     /// scikit-learn's `gamma='scale'`: `1 / (n_features · Var(X))` over all `rows · n_features`
-    /// entries (absent sparse entries count as zeros); 1 when the variance is 0.
+    /// entries (absent sparse entries count as zeros); 1 when the variance is 0. Computed with
+    /// numpy's pairwise summation, so it equals `1 / (X.shape[1] * X.var())` bit for bit
+    /// (sparse matrices above 5·10⁷ entries use `E[x²] − E[x]²`, as scikit-learn does for them).
     pub fn gamma_scale(&self) -> f64 {
-        let nf = f64::from(self.max_index().max(1));
-        let n = self.rows() as f64 * nf;
-        let vals: &[f64] = match self {
-            Self::Dense { values, .. } => values,
-            Self::Sparse { values, .. } => values,
-        };
-        if n == 0.0 {
+        let nf = self.max_index().max(1) as usize;
+        let total = self.rows() * nf;
+        if total == 0 {
             return 1.0;
         }
-        let mean = vals.iter().sum::<f64>() / n;
-        // Absent entries contribute (0 − mean)² each.
-        let absent = n - vals.len() as f64;
-        let var = (vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() + absent * mean * mean) / n;
-        if var == 0.0 { 1.0 } else { 1.0 / (nf * var) }
+        let n = total as f64;
+        let var = match self {
+            Self::Dense { values, cols, .. } if *cols == nf => numpy_var(values),
+            _ if total <= 50_000_000 => {
+                let mut dense = vec![0.0; total];
+                for r in 0..self.rows() {
+                    for (i, v) in self.row(r).entries() {
+                        if i >= 1 {
+                            dense[r * nf + i as usize - 1] = v;
+                        }
+                    }
+                }
+                numpy_var(&dense)
+            }
+            Self::Dense { values, .. } | Self::Sparse { values, .. } => {
+                let sq: Vec<f64> = values.iter().map(|v| v * v).collect();
+                let mean = pairwise_sum(values) / n;
+                pairwise_sum(&sq) / n - mean * mean
+            }
+        };
+        if var == 0.0 { 1.0 } else { 1.0 / (nf as f64 * var) }
     }
 
     /// Whether any stored value is negative.
@@ -296,4 +310,44 @@ fn check_finite_values(values: &[f64], row_of: impl Fn(usize) -> usize) -> Resul
         ));
     }
     Ok(())
+}
+
+/// numpy's pairwise summation (`pairwise_sum_DOUBLE`): blocks of 128 with eight accumulators,
+/// halves above that — so sums here equal numpy's bit for bit.
+pub(crate) fn pairwise_sum(a: &[f64]) -> f64 {
+    let n = a.len();
+    if n < 8 {
+        let mut r = 0.0;
+        for v in a {
+            r += v;
+        }
+        r
+    } else if n <= 128 {
+        let mut r = [0.0; 8];
+        r.copy_from_slice(&a[..8]);
+        let mut i = 8;
+        while i < n - n % 8 {
+            for j in 0..8 {
+                r[j] += a[i + j];
+            }
+            i += 8;
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for v in &a[i..] {
+            res += v;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
+    }
+}
+
+/// `numpy.var` of all values: `Σ(x − mean)² / n` with pairwise sums.
+fn numpy_var(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let mean = pairwise_sum(v) / n;
+    let sq: Vec<f64> = v.iter().map(|x| (x - mean) * (x - mean)).collect();
+    pairwise_sum(&sq) / n
 }

@@ -180,42 +180,24 @@ pub(crate) fn exp(x: f64) -> f64 {
     p * f64::from_bits(((ki + 1023) << 52) as u64)
 }
 
-/// `a·b` over dense rows with eight independent partial sums (vectorises).
+/// `a·b` over dense rows, summed in index order (LIBSVM's rounding; the vectorised paths work
+/// across samples instead).
 #[inline(always)]
 pub(crate) fn dot_dense(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
+    let mut s = 0.0;
+    for (x, y) in a.iter().zip(b) {
         s += x * y;
     }
     s
 }
 
-/// `‖a−b‖²` over dense rows of possibly different lengths (missing values are zeros).
+/// `‖a−b‖²` over dense rows of possibly different lengths (missing values are zeros), in
+/// index order as LIBSVM's `k_function`.
 #[inline(always)]
 fn sqdist_dense(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
-    let (ah, bh) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (ah.chunks_exact(8), bh.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            let d = x[l] - y[l];
-            acc[l] += d * d;
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
+    let mut s = 0.0;
+    for (x, y) in a[..n].iter().zip(&b[..n]) {
         let d = x - y;
         s += d * d;
     }
@@ -316,7 +298,7 @@ impl Kernel {
                         s
                     }
                 };
-                exp(-self.gamma * s)
+                (-self.gamma * s).exp()
             }
             KernelType::Precomputed => a.get(b.get(0) as u32),
             KernelType::Chi2 => {
@@ -328,7 +310,7 @@ impl Kernel {
                         s += d * d / den;
                     }
                 });
-                exp(-self.gamma * s)
+                (-self.gamma * s).exp()
             }
             KernelType::Intersection => {
                 let mut s = 0.0;
@@ -340,7 +322,11 @@ impl Kernel {
 }
 
 /// The training samples in the solver's current order (LIBSVM swaps rows when it shrinks),
-/// with the squared norms the RBF kernel needs.
+/// with the squared norms the RBF kernel needs. Dense data is copied feature-major in position
+/// order and swapped physically: a kernel column is then a column-major matrix-vector product
+/// that streams through memory and vectorises across samples, while each dot product still
+/// sums its features in index order — the same rounding as LIBSVM's sparse `dot`. Sparse rows
+/// are permuted by index.
 pub(crate) struct KernelRows<'a> {
     x: &'a Features,
     kernel: Kernel,
@@ -348,23 +334,48 @@ pub(crate) struct KernelRows<'a> {
     perm: Vec<usize>,
     /// `‖x‖²` per position (RBF only).
     sq: Vec<f64>,
-    /// Dense column count (0 for sparse data).
+    /// Dense values feature-major, `cols × len` (`dense[k·len + p]`), when the data is dense enough.
+    dense: Vec<f64>,
+    /// Dense column count (0: use the sparse rows).
     cols: usize,
+}
+
+/// Whether sparse data is better handled as dense rows (most entries present).
+pub(crate) fn prefer_dense(x: &Features) -> Option<usize> {
+    match x {
+        Features::Dense { cols, .. } => Some(*cols),
+        Features::Sparse { values, .. } => {
+            let cols = x.max_index() as usize;
+            (cols > 0 && x.rows() * cols <= values.len() * 3 / 2).then_some(cols)
+        }
+    }
 }
 
 impl<'a> KernelRows<'a> {
     /// The kernel over samples `idx` of `x` (in that order).
     pub(crate) fn new(x: &'a Features, idx: Vec<usize>, kernel: Kernel) -> Self {
-        let sq = if kernel.kind == KernelType::Rbf {
+        let sq: Vec<f64> = if kernel.kind == KernelType::Rbf {
             idx.iter().map(|&i| dot(x.row(i), x.row(i))).collect()
         } else {
             Vec::new()
         };
-        let cols = match x {
-            Features::Dense { cols, .. } => *cols,
-            Features::Sparse { .. } => 0,
+        let cols = if kernel.kind == KernelType::Precomputed { None } else { prefer_dense(x) };
+        let (dense, cols) = match cols {
+            Some(cols) => {
+                let len = idx.len();
+                let mut d = vec![0.0; len * cols];
+                for (p, &i) in idx.iter().enumerate() {
+                    for (k, val) in x.row(i).entries() {
+                        if k >= 1 && (k as usize) <= cols {
+                            d[(k as usize - 1) * len + p] = val;
+                        }
+                    }
+                }
+                (d, cols)
+            }
+            None => (Vec::new(), 0),
         };
-        Self { x, kernel, perm: idx, sq, cols }
+        Self { x, kernel, perm: idx, sq, dense, cols }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -372,9 +383,16 @@ impl<'a> KernelRows<'a> {
     }
 
     pub(crate) fn swap(&mut self, i: usize, j: usize) {
+        if i == j {
+            return;
+        }
         self.perm.swap(i, j);
         if !self.sq.is_empty() {
             self.sq.swap(i, j);
+        }
+        let len = self.perm.len();
+        for k in 0..self.cols {
+            self.dense.swap(k * len + i, k * len + j);
         }
     }
 
@@ -383,12 +401,36 @@ impl<'a> KernelRows<'a> {
         self.k(i, i)
     }
 
+    /// Dense row `p`, gathered from the feature-major copy.
+    fn dense_row(&self, p: usize) -> Vec<f64> {
+        let len = self.perm.len();
+        (0..self.cols).map(|k| self.dense[k * len + p]).collect()
+    }
+
     /// `K` between positions `i` and `j`, LIBSVM's training-time formula (RBF via norms).
     #[inline(always)]
     fn k(&self, i: usize, j: usize) -> f64 {
-        let (a, b) = (self.x.row(self.perm[i]), self.x.row(self.perm[j]));
+        let (ra, rb);
+        let (a, b) = if self.cols > 0 {
+            (ra, rb) = (self.dense_row(i), self.dense_row(j));
+            (Row::Dense(&ra), Row::Dense(&rb))
+        } else {
+            (self.x.row(self.perm[i]), self.x.row(self.perm[j]))
+        };
         match self.kernel.kind {
             KernelType::Rbf => exp(-self.kernel.gamma * (self.sq[i] + self.sq[j] - 2.0 * dot(a, b))),
+            KernelType::Chi2 => {
+                // The training fill uses the vectorised exp (results are cached as f32).
+                let mut s = 0.0;
+                merge(a, b, |u, v| {
+                    let den = u + v;
+                    if den != 0.0 {
+                        let d = u - v;
+                        s += d * d / den;
+                    }
+                });
+                exp(-self.kernel.gamma * s)
+            }
             _ => self.kernel.eval(a, b),
         }
     }
@@ -398,8 +440,8 @@ impl<'a> KernelRows<'a> {
     pub(crate) fn fill(&self, i: usize, start: usize, out: &mut [f32], y: Option<&[i8]>) {
         let cost = out.len() * self.cols.max(8);
         let threads = rayon::current_num_threads();
-        if threads > 1 && cost >= 60_000 {
-            let chunk = out.len().div_ceil(threads * 2).max(256);
+        if threads > 1 && cost >= 100_000 {
+            let chunk = out.len().div_ceil(threads).max(256);
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, part)| {
                 pulp::Arch::new().dispatch(Fill { rows: self, i, start: start + c * chunk, out: part, y });
             });
@@ -424,25 +466,31 @@ impl pulp::WithSimd for Fill<'_, '_, '_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let Fill { rows, i, start, out, y } = self;
         let sign = |j: usize| y.map_or(1.0, |y| f64::from(y[i]) * f64::from(y[j]));
-        match (rows.x, rows.kernel.kind) {
-            (Features::Dense { values, cols, .. }, KernelType::Rbf) => {
-                let cols = *cols;
-                let a = &values[rows.perm[i] * cols..(rows.perm[i] + 1) * cols];
-                let (g, sqi) = (rows.kernel.gamma, rows.sq[i]);
-                for (o, j) in out.iter_mut().zip(start..) {
-                    let p = rows.perm[j];
-                    let d = dot_dense(a, &values[p * cols..(p + 1) * cols]);
-                    *o = (sign(j) * exp(-g * (sqi + rows.sq[j] - 2.0 * d))) as f32;
+        let k = rows.kernel;
+        if rows.cols > 0
+            && matches!(k.kind, KernelType::Rbf | KernelType::Linear | KernelType::Poly | KernelType::Sigmoid)
+        {
+            let len = rows.perm.len();
+            let a = rows.dense_row(i);
+            const B: usize = 128;
+            let mut acc = [0.0f64; B];
+            for (ob, j0) in out.chunks_mut(B).zip((start..).step_by(B)) {
+                let n = ob.len();
+                let acc = &mut acc[..n];
+                acc.fill(0.0);
+                // Each dot product sums its features in index order (LIBSVM's rounding);
+                // zero features add exact zeros and are skipped.
+                for (kk, &ak) in a.iter().enumerate() {
+                    if ak != 0.0 {
+                        let col = &rows.dense[kk * len + j0..kk * len + j0 + n];
+                        for (s, &b) in acc.iter_mut().zip(col) {
+                            *s += ak * b;
+                        }
+                    }
                 }
-            }
-            (Features::Dense { values, cols, .. }, KernelType::Linear | KernelType::Poly | KernelType::Sigmoid) => {
-                let cols = *cols;
-                let a = &values[rows.perm[i] * cols..(rows.perm[i] + 1) * cols];
-                let k = rows.kernel;
-                for (o, j) in out.iter_mut().zip(start..) {
-                    let p = rows.perm[j];
-                    let d = dot_dense(a, &values[p * cols..(p + 1) * cols]);
+                for ((o, &d), j) in ob.iter_mut().zip(acc.iter()).zip(j0..) {
                     let v = match k.kind {
+                        KernelType::Rbf => exp(-k.gamma * (rows.sq[i] + rows.sq[j] - 2.0 * d)),
                         KernelType::Linear => d,
                         KernelType::Poly => powi(k.gamma * d + k.coef0, k.degree),
                         _ => (k.gamma * d + k.coef0).tanh(),
@@ -450,10 +498,9 @@ impl pulp::WithSimd for Fill<'_, '_, '_> {
                     *o = (sign(j) * v) as f32;
                 }
             }
-            _ => {
-                for (o, j) in out.iter_mut().zip(start..) {
-                    *o = (sign(j) * rows.k(i, j)) as f32;
-                }
+        } else {
+            for (o, j) in out.iter_mut().zip(start..) {
+                *o = (sign(j) * rows.k(i, j)) as f32;
             }
         }
     }

@@ -10,6 +10,7 @@
 //! | [`SvmModel`] | predictions, one-vs-one and one-vs-rest decision values, probabilities |
 //! | [`cross_validation`], [`grid_search`], [`Grid`] | `svm-train -v`, `grid.py`, OpenCV `trainAuto` |
 //! | [`read_libsvm`], [`load_model`], [`save_model`], [`format_model`] | LIBSVM's file formats, byte-compatible |
+//! | [`parse_svm_train_args`] | LIBSVM's `svm-train` option strings |
 //!
 //! The solver is LIBSVM 3.x's SMO (second-order working-set selection, shrinking, an LRU
 //! cache of `f32` kernel columns bounded by `cache_mb`), ported statement by statement so that
@@ -33,6 +34,7 @@
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 mod cache;
+mod cli;
 mod cv;
 mod features;
 mod io;
@@ -43,6 +45,7 @@ pub mod prob;
 mod solver;
 mod tensor;
 
+pub use cli::{TrainOptions, parse_svm_train_args};
 pub use cv::{CvScore, Grid, GridPoint, GridResult, cross_validation, grid_search, score};
 pub use features::{Features, Row};
 pub use io::{

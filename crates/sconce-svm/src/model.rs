@@ -183,7 +183,7 @@ pub(crate) fn train_one(
             let mut q = QMat::svc(rows, &ysign, bytes);
             let mut sol = solve(&mut q, &vec![0.0; l], &ysign, &a0, 1.0, 1.0, &opts(true));
             let r = sol.r;
-            let alpha = sol.alpha.iter().zip(&ysign).map(|(a, &s)| a * f64::from(s) / r).collect();
+            let alpha = sol.alpha.iter().zip(&ysign).map(|(a, &s)| a * (f64::from(s) / r)).collect();
             sol.rho /= r;
             sol.obj /= r * r;
             (alpha, sol, 1.0 / r, 1.0 / r, (None, Some(1.0 / r), None))

@@ -42,6 +42,7 @@ options:
 -h shrinking : whether to use the shrinking heuristics, 0 or 1 (default 1)
 -b probability_estimates : whether to train a SVC or SVR model for probability estimates, 0 or 1 (default 0)
 -wi weight : set the parameter C of class i to weight*C, for C-SVC (default 1)
+-f single : compute kernel columns from float32 features, 0 or 1 (default 0; sconce)
 -v n: n-fold cross validation mode
 -q : quiet mode (no outputs)";
 

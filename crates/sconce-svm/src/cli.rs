@@ -20,7 +20,8 @@ pub struct TrainOptions {
 }
 
 /// Parses `svm-train`'s options: `-s -t -d -g -r -c -n -p -m -e -h -b -wi -v -q` with
-/// LIBSVM's defaults, plus `-t 5` (chi²), `-t 6` (intersection) and `-g scale`.
+/// LIBSVM's defaults, plus `-t 5` (chi²), `-t 6` (intersection), `-g scale` and `-f 1`
+/// (single-precision kernel columns, [`SvmParams::single_precision`]).
 ///
 /// ```
 /// use sconce_svm::{KernelType, SvmType, parse_svm_train_args};
@@ -66,6 +67,7 @@ pub fn parse_svm_train_args<S: AsRef<str>>(args: &[S]) -> Result<TrainOptions> {
             "e" => p.eps = num()?,
             "h" => p.shrinking = int()? != 0,
             "b" => p.probability = int()? != 0,
+            "f" => p.single_precision = int()? != 0,
             "v" => {
                 let n = int()?;
                 if n < 2 {

@@ -1,8 +1,6 @@
 //! Kernel functions (LIBSVM's five plus OpenCV's chi-squared and histogram intersection), the
 //! `gamma` defaults, and the vectorised, multi-threaded kernel-column fill the solver uses.
 
-use rayon::prelude::*;
-
 use crate::features::{Features, Row};
 
 /// The kernel family. Numbers follow LIBSVM's `-t` (0–4) and extend it with 5 and 6.
@@ -322,11 +320,11 @@ impl Kernel {
 }
 
 /// The training samples in the solver's current order (LIBSVM swaps rows when it shrinks),
-/// with the squared norms the RBF kernel needs. Dense data is copied feature-major in position
-/// order and swapped physically: a kernel column is then a column-major matrix-vector product
-/// that streams through memory and vectorises across samples, while each dot product still
-/// sums its features in index order — the same rounding as LIBSVM's sparse `dot`. Sparse rows
-/// are permuted by index.
+/// with the squared norms the RBF kernel needs. Dense data is copied in position order into
+/// panels of 16 samples stored feature-major (`[panel][feature][16]`, GEMM's packing) and
+/// swapped physically: a kernel column then streams through memory once and vectorises across
+/// the 16 samples of a panel, while each dot product still sums its features in index order —
+/// the same rounding as LIBSVM's sparse `dot`. Sparse rows are permuted by index.
 pub(crate) struct KernelRows<'a> {
     x: &'a Features,
     kernel: Kernel,
@@ -334,10 +332,23 @@ pub(crate) struct KernelRows<'a> {
     perm: Vec<usize>,
     /// `‖x‖²` per position (RBF only).
     sq: Vec<f64>,
-    /// Dense values feature-major, `cols × len` (`dense[k·len + p]`), when the data is dense enough.
+    /// `sq` padded with zeros to whole panels (the vectorised fill reads whole panels).
+    sq_pad: Vec<f64>,
+    /// Dense values in panels: position `p`, feature `k` at `(p/16)·cols·16 + k·16 + p%16`.
     dense: Vec<f64>,
+    /// The same panels rounded to `f32` (single-precision mode; then `dense` is empty).
+    dense32: Vec<f32>,
     /// Dense column count (0: use the sparse rows).
     cols: usize,
+}
+
+/// Samples per panel of the dense training copy.
+const PANEL: usize = 16;
+
+/// Index of position `p`, feature `k` in the panel layout.
+#[inline(always)]
+fn panel_at(p: usize, k: usize, cols: usize) -> usize {
+    (p / PANEL) * PANEL * cols + k * PANEL + p % PANEL
 }
 
 /// Whether sparse data is better handled as dense rows (most entries present).
@@ -352,22 +363,18 @@ pub(crate) fn prefer_dense(x: &Features) -> Option<usize> {
 }
 
 impl<'a> KernelRows<'a> {
-    /// The kernel over samples `idx` of `x` (in that order).
-    pub(crate) fn new(x: &'a Features, idx: Vec<usize>, kernel: Kernel) -> Self {
-        let sq: Vec<f64> = if kernel.kind == KernelType::Rbf {
-            idx.iter().map(|&i| dot(x.row(i), x.row(i))).collect()
-        } else {
-            Vec::new()
-        };
+    /// The kernel over samples `idx` of `x` (in that order). With `single` set, dense features are kept as `f32` panels (half the memory traffic
+    /// per kernel column, OpenCV's precision): kernel values then differ from LIBSVM's in
+    /// the last bits of `f32`, so the SMO path — not the optimum — may differ.
+    pub(crate) fn with_precision(x: &'a Features, idx: Vec<usize>, kernel: Kernel, single: bool) -> Self {
         let cols = if kernel.kind == KernelType::Precomputed { None } else { prefer_dense(x) };
         let (dense, cols) = match cols {
             Some(cols) => {
-                let len = idx.len();
-                let mut d = vec![0.0; len * cols];
+                let mut d = vec![0.0; idx.len().div_ceil(PANEL) * PANEL * cols];
                 for (p, &i) in idx.iter().enumerate() {
                     for (k, val) in x.row(i).entries() {
                         if k >= 1 && (k as usize) <= cols {
-                            d[(k as usize - 1) * len + p] = val;
+                            d[panel_at(p, k as usize - 1, cols)] = if single { f64::from(val as f32) } else { val };
                         }
                     }
                 }
@@ -375,7 +382,28 @@ impl<'a> KernelRows<'a> {
             }
             None => (Vec::new(), 0),
         };
-        Self { x, kernel, perm: idx, sq, dense, cols }
+        let (dense, dense32) = if single && cols > 0 {
+            (Vec::new(), dense.iter().map(|&v| v as f32).collect())
+        } else {
+            (dense, Vec::new())
+        };
+        let mut me = Self { x, kernel, perm: idx, sq: Vec::new(), sq_pad: Vec::new(), dense, dense32, cols };
+        if kernel.kind == KernelType::Rbf {
+            me.sq = (0..me.perm.len())
+                .map(|p| {
+                    if me.cols > 0 {
+                        let r = me.dense_row(p);
+                        dot_dense(&r, &r)
+                    } else {
+                        let r = me.x.row(me.perm[p]);
+                        dot(r, r)
+                    }
+                })
+                .collect();
+        }
+        me.sq_pad = me.sq.clone();
+        me.sq_pad.resize(me.sq.len().div_ceil(PANEL) * PANEL, 0.0);
+        me
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -389,10 +417,15 @@ impl<'a> KernelRows<'a> {
         self.perm.swap(i, j);
         if !self.sq.is_empty() {
             self.sq.swap(i, j);
+            self.sq_pad.swap(i, j);
         }
-        let len = self.perm.len();
         for k in 0..self.cols {
-            self.dense.swap(k * len + i, k * len + j);
+            let (a, b) = (panel_at(i, k, self.cols), panel_at(j, k, self.cols));
+            if self.dense32.is_empty() {
+                self.dense.swap(a, b);
+            } else {
+                self.dense32.swap(a, b);
+            }
         }
     }
 
@@ -401,10 +434,13 @@ impl<'a> KernelRows<'a> {
         self.k(i, i)
     }
 
-    /// Dense row `p`, gathered from the feature-major copy.
+    /// Dense row `p`, gathered from the panels.
     fn dense_row(&self, p: usize) -> Vec<f64> {
-        let len = self.perm.len();
-        (0..self.cols).map(|k| self.dense[k * len + p]).collect()
+        if self.dense32.is_empty() {
+            (0..self.cols).map(|k| self.dense[panel_at(p, k, self.cols)]).collect()
+        } else {
+            (0..self.cols).map(|k| f64::from(self.dense32[panel_at(p, k, self.cols)])).collect()
+        }
     }
 
     /// `K` between positions `i` and `j`, LIBSVM's training-time formula (RBF via norms).
@@ -440,15 +476,123 @@ impl<'a> KernelRows<'a> {
     pub(crate) fn fill(&self, i: usize, start: usize, out: &mut [f32], y: Option<&[i8]>) {
         let cost = out.len() * self.cols.max(8);
         let threads = rayon::current_num_threads();
-        if threads > 1 && cost >= 100_000 {
-            let chunk = out.len().div_ceil(threads).max(256);
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, part)| {
-                pulp::Arch::new().dispatch(Fill { rows: self, i, start: start + c * chunk, out: part, y });
+        if threads > 1 && cost >= 400_000 {
+            let chunk = out.len().div_ceil(threads).div_ceil(PANEL) * PANEL;
+            // Part t always goes to pool thread t (rayon::broadcast), so each core keeps
+            // re-reading the same rows from its own L2.
+            let parts: Vec<std::sync::Mutex<(usize, &mut [f32])>> =
+                out.chunks_mut(chunk).enumerate().map(|(c, p)| std::sync::Mutex::new((start + c * chunk, p))).collect();
+            rayon::broadcast(|ctx| {
+                if let Some(m) = parts.get(ctx.index())
+                    && let Ok(mut g) = m.lock()
+                {
+                    let (st, part) = &mut *g;
+                    pulp::Arch::new().dispatch(Fill { rows: self, i, start: *st, out: part, y });
+                }
             });
         } else {
             pulp::Arch::new().dispatch(Fill { rows: self, i, start, out, y });
         }
     }
+}
+
+/// Dot products of one sample `a` with the 16 samples of each of `R` panels, features
+/// summed in index order.
+#[inline(always)]
+fn dot_panels<const R: usize>(a: &[f64], panels: [&[f64]; R]) -> [[f64; PANEL]; R] {
+    let mut acc = [[0.0f64; PANEL]; R];
+    let n = panels.iter().map(|p| p.len() / PANEL).fold(a.len(), usize::min);
+    let a = &a[..n];
+    // Slicing everything to `n` first lets the compiler drop the bounds checks.
+    let vs: [&[[f64; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
+    for k in 0..n {
+        let ak = a[k];
+        for q in 0..R {
+            let v = &vs[q][k];
+            for t in 0..PANEL {
+                acc[q][t] += ak * v[t];
+            }
+        }
+    }
+    acc
+}
+
+/// Writes the kernel values of panel `pb` (dot products `acc` with position `i`) into the
+/// part of `out` (positions from `start`) that the panel covers.
+#[inline(always)]
+fn emit(
+    rows: &KernelRows<'_>,
+    i: usize,
+    y: Option<&[i8]>,
+    start: usize,
+    out: &mut [f32],
+    pb: usize,
+    acc: &[f64; PANEL],
+) {
+    let j0 = pb * PANEL;
+    let end = start + out.len();
+    let vals = finish_panel(rows, i, j0, acc, y);
+    let (lo, hi) = (start.max(j0), end.min(j0 + PANEL));
+    out[lo - start..hi - start].copy_from_slice(&vals[lo - j0..hi - j0]);
+}
+
+/// [`dot_panels`] on `f32` panels with `f32` sums (single-precision mode).
+#[inline(always)]
+fn dot_panels32<const R: usize>(a: &[f32], panels: [&[f32]; R]) -> [[f32; PANEL]; R] {
+    let mut acc = [[0.0f32; PANEL]; R];
+    let n = panels.iter().map(|p| p.len() / PANEL).fold(a.len(), usize::min);
+    let a = &a[..n];
+    // Slicing everything to `n` first lets the compiler drop the bounds checks.
+    let vs: [&[[f32; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
+    for k in 0..n {
+        let ak = a[k];
+        for q in 0..R {
+            let v = &vs[q][k];
+            for t in 0..PANEL {
+                acc[q][t] += ak * v[t];
+            }
+        }
+    }
+    acc
+}
+
+/// Kernel values of positions `j0..j0+PANEL` from their dot products with position `i`,
+/// signed by `y`, as `f32` (branch-free, so that `exp` vectorises).
+#[inline(always)]
+fn finish_panel(rows: &KernelRows<'_>, i: usize, j0: usize, acc: &[f64; PANEL], y: Option<&[i8]>) -> [f32; PANEL] {
+    let k = rows.kernel;
+    let mut sg = [1.0f64; PANEL];
+    if let Some(y) = y {
+        for t in 0..PANEL {
+            sg[t] = f64::from(y[i]) * f64::from(y.get(j0 + t).copied().unwrap_or(1));
+        }
+    }
+    let mut vals = [0.0f32; PANEL];
+    match k.kind {
+        KernelType::Rbf => {
+            let sqp = &rows.sq_pad[j0..j0 + PANEL];
+            let sqi = rows.sq[i];
+            for t in 0..PANEL {
+                vals[t] = (sg[t] * exp(-k.gamma * (sqi + sqp[t] - 2.0 * acc[t]))) as f32;
+            }
+        }
+        KernelType::Linear => {
+            for t in 0..PANEL {
+                vals[t] = (sg[t] * acc[t]) as f32;
+            }
+        }
+        KernelType::Poly => {
+            for t in 0..PANEL {
+                vals[t] = (sg[t] * powi(k.gamma * acc[t] + k.coef0, k.degree)) as f32;
+            }
+        }
+        _ => {
+            for t in 0..PANEL {
+                vals[t] = (sg[t] * (k.gamma * acc[t] + k.coef0).tanh()) as f32;
+            }
+        }
+    }
+    vals
 }
 
 struct Fill<'r, 'a, 'o> {
@@ -470,33 +614,45 @@ impl pulp::WithSimd for Fill<'_, '_, '_> {
         if rows.cols > 0
             && matches!(k.kind, KernelType::Rbf | KernelType::Linear | KernelType::Poly | KernelType::Sigmoid)
         {
-            let len = rows.perm.len();
+            let cols = rows.cols;
             let a = rows.dense_row(i);
-            const B: usize = 128;
-            let mut acc = [0.0f64; B];
-            for (ob, j0) in out.chunks_mut(B).zip((start..).step_by(B)) {
-                let n = ob.len();
-                let acc = &mut acc[..n];
-                acc.fill(0.0);
-                // Each dot product sums its features in index order (LIBSVM's rounding);
-                // zero features add exact zeros and are skipped.
-                for (kk, &ak) in a.iter().enumerate() {
-                    if ak != 0.0 {
-                        let col = &rows.dense[kk * len + j0..kk * len + j0 + n];
-                        for (s, &b) in acc.iter_mut().zip(col) {
-                            *s += ak * b;
-                        }
+            let end = start + out.len();
+            let (p0, p1) = (start / PANEL, end.div_ceil(PANEL));
+            // (A plain function, not a closure: closures are not inlined into the dispatched
+            // body and would compile without the CPU's vector extensions.)
+            if !rows.dense32.is_empty() {
+                let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+                let panel = |pb: usize| &rows.dense32[pb * PANEL * cols..(pb + 1) * PANEL * cols];
+                let mut pb = p0;
+                while pb + 4 <= p1 {
+                    let acc = dot_panels32::<4>(&a32, [panel(pb), panel(pb + 1), panel(pb + 2), panel(pb + 3)]);
+                    for (q, acc) in acc.iter().enumerate() {
+                        emit(rows, i, y, start, out, pb + q, &acc.map(f64::from));
                     }
+                    pb += 4;
                 }
-                for ((o, &d), j) in ob.iter_mut().zip(acc.iter()).zip(j0..) {
-                    let v = match k.kind {
-                        KernelType::Rbf => exp(-k.gamma * (rows.sq[i] + rows.sq[j] - 2.0 * d)),
-                        KernelType::Linear => d,
-                        KernelType::Poly => powi(k.gamma * d + k.coef0, k.degree),
-                        _ => (k.gamma * d + k.coef0).tanh(),
-                    };
-                    *o = (sign(j) * v) as f32;
+                while pb < p1 {
+                    let acc = dot_panels32::<1>(&a32, [panel(pb)]);
+                    emit(rows, i, y, start, out, pb, &acc[0].map(f64::from));
+                    pb += 1;
                 }
+                return;
+            }
+            let panel = |pb: usize| &rows.dense[pb * PANEL * cols..(pb + 1) * PANEL * cols];
+            // Two panels at a time: eight independent AVX2 accumulators hide the add
+            // latency. Each dot product still sums its features in index order.
+            let mut pb = p0;
+            while pb + 2 <= p1 {
+                let acc = dot_panels::<2>(&a, [panel(pb), panel(pb + 1)]);
+                for (q, acc) in acc.iter().enumerate() {
+                    emit(rows, i, y, start, out, pb + q, acc);
+                }
+                pb += 2;
+            }
+            while pb < p1 {
+                let acc = dot_panels::<1>(&a, [panel(pb)]);
+                emit(rows, i, y, start, out, pb, &acc[0]);
+                pb += 1;
             }
         } else {
             for (o, j) in out.iter_mut().zip(start..) {

@@ -157,7 +157,7 @@ pub(crate) fn train_one(
 ) -> OneSolution {
     let l = idx.len();
     let bytes = cache_bytes(params, cache_share);
-    let rows = KernelRows::new(x, idx.to_vec(), kernel);
+    let rows = KernelRows::with_precision(x, idx.to_vec(), kernel, params.single_precision);
     let opts = |nu: bool| SolveOptions { eps: params.eps, shrinking: params.shrinking, nu, max_iter: params.max_iter };
     let ysign: Vec<i8> = y.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
     let (alpha, sol, ub_p, ub_n, info_extra) = match params.svm_type {

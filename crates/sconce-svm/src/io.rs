@@ -305,14 +305,15 @@ pub fn parse_model(text: &str, source: &str) -> Result<SvmModel> {
             "coef0" => coef0 = nums(line, rest, 1, "coef0")?[0],
             "nr_class" => {
                 let k = ints(line, rest, 1, "nr_class")?[0];
-                if !(2..=1_000_000).contains(&k) {
-                    return Err(parse_err(source, line, format!("nr_class {k} must be ≥ 2")));
+                // The rho line holds k(k−1)/2 numbers: a k that the file cannot hold is corrupt.
+                if !(2..=1 << 20).contains(&k) || (k as usize) * (k as usize - 1) / 2 > text.len() {
+                    return Err(parse_err(source, line, format!("nr_class {k}: must be ≥ 2 and fit the file")));
                 }
                 nr_class = Some(k as usize);
             }
             "total_sv" => {
                 let t = ints(line, rest, 1, "total_sv")?[0];
-                if !(0..=1 << 40).contains(&t) {
+                if t < 0 || t as usize > text.len() {
                     return Err(parse_err(source, line, format!("total_sv {t} is out of range")));
                 }
                 total_sv = Some(t as usize);
@@ -351,7 +352,7 @@ pub fn parse_model(text: &str, source: &str) -> Result<SvmModel> {
     let total = total_sv.ok_or_else(|| Error::parse(source, None, "missing total_sv"))?;
     let rho = rho.ok_or_else(|| Error::parse(source, None, "missing rho"))?;
     let m = nr_class - 1;
-    let mut sv_coef = vec![Vec::with_capacity(total); m];
+    let mut sv_coef = vec![Vec::new(); m];
     let mut indptr = vec![0usize];
     let (mut indices, mut values) = (Vec::new(), Vec::new());
     let mut read = 0;

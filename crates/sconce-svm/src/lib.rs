@@ -41,6 +41,7 @@ mod io;
 mod kernel;
 mod model;
 mod params;
+mod predict;
 pub mod prob;
 mod solver;
 mod tensor;

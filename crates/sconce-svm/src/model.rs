@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 use sconce_core::{Error, Result, SeededRng};
 
-use crate::features::{Features, Row};
+use crate::features::Features;
 use crate::kernel::{Kernel, KernelRows, KernelType};
 use crate::params::{SvmParams, SvmType};
 use crate::prob;
@@ -297,8 +297,13 @@ impl SubModel {
 
 /// Checks the data against the parameters before training.
 fn check_data(params: &SvmParams, x: &Features, y: &[f64]) -> Result<()> {
-    if x.rows() != y.len() {
-        return Err(Error::shape("SVM training targets", format!("{} targets (one per sample)", x.rows()), &[y.len()]));
+    let ignored = params.svm_type == SvmType::OneClass && y.is_empty();
+    if x.rows() != y.len() && !ignored {
+        return Err(Error::shape(
+            "SVM training targets",
+            format!("{} targets (one per sample; one-class also accepts none)", x.rows()),
+            &[y.len()],
+        ));
     }
     if x.rows() == 0 {
         return Err(Error::data(
@@ -338,7 +343,7 @@ fn check_data(params: &SvmParams, x: &Features, y: &[f64]) -> Result<()> {
 
 impl SvmParams {
     /// Trains on features `x` and targets `y` (integer class labels for C-SVC/ν-SVC, real
-    /// values for the regressions, ignored for one-class).
+    /// values for the regressions; ignored for one-class, which also accepts `&[]`).
     ///
     /// # Errors
     /// [`Error::Config`] for invalid parameters (an infeasible ν included); [`Error::Data`] /
@@ -349,6 +354,13 @@ impl SvmParams {
         let kernel = Kernel { kind: self.kernel, degree: self.degree, gamma: self.gamma.resolve(x), coef0: self.coef0 };
         let n_features = x.max_index();
         let all: Vec<usize> = (0..x.rows()).collect();
+        let ones;
+        let y = if y.is_empty() {
+            ones = vec![1.0; x.rows()];
+            &ones[..]
+        } else {
+            y
+        };
         if !self.svm_type.is_classification() {
             let s = train_one(x, &all, y, self, kernel, 0.0, 0.0, 1);
             let sv_idx: Vec<usize> = (0..all.len()).filter(|&i| s.alpha[i].abs() > 0.0).collect();
@@ -696,29 +708,9 @@ impl SvmModel {
         Ok(())
     }
 
-    /// Kernel values between sample `r` and every support vector.
-    fn kernel_row(&self, r: Row<'_>, out: &mut [f64]) {
-        struct K<'a, 'b> {
-            k: &'a Kernel,
-            r: Row<'b>,
-            sv: &'a Features,
-            out: &'a mut [f64],
-        }
-        impl pulp::WithSimd for K<'_, '_> {
-            type Output = ();
-            #[inline(always)]
-            fn with_simd<S: pulp::Simd>(self, _simd: S) {
-                for (s, o) in self.out.iter_mut().enumerate() {
-                    *o = self.k.eval(self.r, self.sv.row(s));
-                }
-            }
-        }
-        pulp::Arch::new().dispatch(K { k: &self.kernel, r, sv: &self.sv, out });
-    }
-
-    /// Decision values and the LIBSVM prediction of one sample.
-    fn predict_row(&self, r: Row<'_>, kbuf: &mut [f64], dec: &mut [f64]) -> f64 {
-        self.kernel_row(r, kbuf);
+    /// Decision values and the LIBSVM prediction of one sample from its kernel values to
+    /// every support vector (`svm_predict_values`).
+    fn decide(&self, kbuf: &[f64], dec: &mut [f64]) -> f64 {
         if !self.svm_type.is_classification() {
             let sum: f64 = self.sv_coef[0].iter().zip(kbuf.iter()).map(|(c, k)| c * k).sum::<f64>() - self.rho[0];
             dec[0] = sum;
@@ -762,21 +754,35 @@ impl SvmModel {
         f64::from(self.labels[best])
     }
 
-    /// Runs `f(row, prediction, decision values)` over all samples in parallel.
+    /// Runs `f(prediction, decision values)` over all samples, in parallel over blocks of
+    /// samples whose kernel values to every support vector are computed together.
     fn map_rows<T: Send>(&self, x: &Features, f: impl Fn(f64, &[f64]) -> T + Sync) -> Result<Vec<T>> {
         self.check_layout()?;
         let n = x.rows();
         let m = self.n_decision();
         let l = self.sv.rows();
-        let chunk = 64;
+        let panels = crate::predict::SvPanels::new(&self.sv, x, self.kernel);
+        let chunk = 32;
         let out: Vec<Vec<T>> = (0..n.div_ceil(chunk))
             .into_par_iter()
             .map(|c| {
-                let mut kbuf = vec![0.0; l];
+                let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(n));
+                let mut kmat = vec![0.0; (r1 - r0) * l];
+                match &panels {
+                    Some(p) => p.kernel_block(x, r0..r1, &mut kmat),
+                    None => {
+                        for (r, krow) in (r0..r1).zip(kmat.chunks_mut(l.max(1))) {
+                            let row = x.row(r);
+                            for (s, k) in krow.iter_mut().enumerate() {
+                                *k = self.kernel.eval(row, self.sv.row(s));
+                            }
+                        }
+                    }
+                }
                 let mut dec = vec![0.0; m];
-                (c * chunk..((c + 1) * chunk).min(n))
+                (0..r1 - r0)
                     .map(|r| {
-                        let pred = self.predict_row(x.row(r), &mut kbuf, &mut dec);
+                        let pred = self.decide(&kmat[r * l..(r + 1) * l], &mut dec);
                         f(pred, &dec)
                     })
                     .collect()

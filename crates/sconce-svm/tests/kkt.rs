@@ -81,13 +81,8 @@ fn c_svc_solutions_satisfy_kkt() -> Result<()> {
         ensure!(sum.abs() <= 1e-9 * total.max(1.0), "case {case}: yᵀα = {sum}");
         let bound = |i: usize| if y[i] > 0.0 { c } else { c * w_neg };
         let alpha: Vec<f64> = (0..n).map(|i| a[i] * y[i]).collect();
-        for i in 0..n {
-            ensure!(
-                alpha[i] >= 0.0 && alpha[i] <= bound(i) * (1.0 + 1e-12),
-                "case {case}: α[{i}] = {} ∉ [0, {}]",
-                alpha[i],
-                bound(i)
-            );
+        for (i, &al) in alpha.iter().enumerate() {
+            ensure!(al >= 0.0 && al <= bound(i) * (1.0 + 1e-12), "case {case}: α[{i}] = {al} ∉ [0, {}]", bound(i));
         }
         // −y_i G_i with G_i = y_i g_i − 1.
         let score = |i: usize| -(g[i]) + y[i];

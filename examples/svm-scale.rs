@@ -77,7 +77,12 @@ fn parse_restore(text: &str, max_index: usize) -> Result<Factors> {
 fn scale(text: &str, source: &str, o: &Opts, restore: Option<&str>) -> Result<(String, Option<String>, Vec<String>)> {
     let d = parse_libsvm(text, source, true)?;
     let n = d.y.len();
-    let max_index = d.x.max_index() as usize;
+    // As LIBSVM: the largest index of the data or of the restored factors.
+    let restored = match restore {
+        Some(rt) => Some(parse_restore(rt, d.x.max_index() as usize)?),
+        None => None,
+    };
+    let max_index = (d.x.max_index() as usize).max(restored.as_ref().map_or(0, |r| r.min.len() - 1));
     let mut warnings = Vec::new();
     let (mut fmin, mut fmax) = (vec![f64::MAX; max_index + 1], vec![-f64::MAX; max_index + 1]);
     for r in 0..n {
@@ -101,8 +106,7 @@ fn scale(text: &str, source: &str, o: &Opts, restore: Option<&str>) -> Result<(S
     let ymax = d.y.iter().copied().fold(-f64::MAX, f64::max);
     let mut f =
         Factors { lower: o.lower, upper: o.upper, y: o.y.map(|(a, b)| (a, b, ymin, ymax)), min: fmin, max: fmax };
-    if let Some(rt) = restore {
-        let r = parse_restore(rt, max_index)?;
+    if let Some(r) = restored {
         if r.y.is_some() {
             f.y = r.y;
         }
@@ -115,7 +119,8 @@ fn scale(text: &str, source: &str, o: &Opts, restore: Option<&str>) -> Result<(S
             let (rmin, rmax) = (r.min.get(i).copied().unwrap_or(0.0), r.max.get(i).copied().unwrap_or(0.0));
             if rmin == 0.0 && rmax == 0.0 && f.min[i] != f.max[i] && i <= max_index {
                 warnings.push(format!(
-                    "WARNING: feature index {i} appeared in file {source} was not seen in the scaling factor file. The feature is scaled to 0."
+                    "WARNING: feature index {i} appeared in file {source} was not seen in the scaling factor file {}. The feature is scaled to 0.",
+                    o.restore.as_deref().unwrap_or("")
                 ));
             }
             f.min[i] = rmin;

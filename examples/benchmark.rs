@@ -6,11 +6,14 @@
 //! cargo run --release --example benchmark -- --model resnet50 --batch-size 8 --img-size 224 --bench train [--json]
 //! ```
 //! Options: `--model NAME` (see `sconce_backbones::MODEL_NAMES`), `--batch-size N`,
-//! `--img-size N`, `--bench inference|train`, `--steps N` (timed), `--warmup N`,
+//! `--img-size N`, `--bench inference|train|load`, `--steps N` (timed), `--warmup N`,
+//! `--weights FILE` (for `load`: the safetensors file to load; default a file of this model
+//! written to a temporary folder first),
 //! `--num-classes N` (default 1000, 1 for U-Nets), `--unet-base N` (classic U-Net width, 64),
 //! `--json` (one JSON object), `--smoke`.
 //! `scripts/bench_backbones.py` measures timm/smp with the same options for the comparison in
-//! `docs/benchmarks.md`.
+//! `docs/benchmarks.md`; `scripts/bench_load.py` compares `--bench load` (a fresh model plus a
+//! strict mmap load of a cached file) with timm's `create_model(pretrained=True)` on that file.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
         "warmup",
         "num-classes",
         "unet-base",
+        "weights",
         "json",
         "smoke",
     ])?;
@@ -60,9 +64,18 @@ fn main() -> Result<()> {
         bail!("--steps and --batch-size must be > 0");
     }
 
+    let unet_base: usize = args.get("unet-base", 64)?;
+    if benches.iter().any(|b| b == "load") {
+        return bench_load(
+            &args,
+            &model_name,
+            ModelOptions { num_classes, unet_base, ..Default::default() },
+            steps,
+            smoke,
+        );
+    }
     let store = ParamStore::new();
     let vb = store.builder(0, DType::F32, &Device::Cpu);
-    let unet_base: usize = args.get("unet-base", 64)?;
     let model = create_model(&model_name, &vb, &ModelOptions { num_classes, unet_base, ..Default::default() })?;
     let mut rng = SeededRng::new(1);
     let x = random(&[batch, 3, img, img], &mut rng)?;
@@ -126,5 +139,50 @@ fn main() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Median time to build a model and strictly load a safetensors file into it (mmap).
+fn bench_load(args: &common::Args, name: &str, opts: ModelOptions, steps: usize, smoke: bool) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("sconce-bench-load-{}", std::process::id()));
+    let file = match args.opt("weights") {
+        Some(f) => std::path::PathBuf::from(f),
+        None => {
+            std::fs::create_dir_all(&tmp)?;
+            let store = ParamStore::new();
+            create_model(name, &store.builder(0, DType::F32, &Device::Cpu), &opts)?;
+            let f = tmp.join("model.safetensors");
+            store.save_safetensors(&f)?;
+            f
+        }
+    };
+    let load = || -> Result<ParamStore> {
+        let store = ParamStore::new();
+        let model = create_model(name, &store.builder(0, DType::F32, &Device::Cpu).skip_init(), &opts)?;
+        store.load_safetensors(&file, &sconce::layers::LoadOptions::strict())?;
+        drop(model);
+        Ok(store)
+    };
+    load()?; // warm the page cache, as a cached hub file is
+    let mut times = Vec::new();
+    for _ in 0..steps.max(if smoke { 1 } else { 5 }) {
+        let t = Instant::now();
+        let s = load()?;
+        times.push(t.elapsed().as_secs_f64());
+        drop(s);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    if args.flag("json") {
+        println!("{}", serde_json::json!({"model": name, "bench": "load", "load_ms": median * 1e3, "file": file}));
+    } else {
+        println!(
+            "{name} load: build + strict mmap load of {} in {:.1} ms (median of {})",
+            file.display(),
+            median * 1e3,
+            times.len()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

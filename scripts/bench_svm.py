@@ -3,7 +3,7 @@ against scikit-learn's SVC and OpenCV's ml::SVM (LIBSVM's algorithm, eps=1e-3).
 
 Problem: C-SVC, RBF, C=1, gamma='scale', tol 1e-3, 200 MB cache, on
 make_classification(n_samples=N, n_features=50, random_state=0). Reports fit and
-decision-function wall/CPU seconds, support vectors, the dual objective (scikit-learn's
+decision-function wall/CPU seconds (median of --repeats runs), support vectors, the dual objective (scikit-learn's
 computed from its dual coefficients) and the ratios reference/sconce.
 
 Run (after `cargo build --release --example svm-train --example svm-predict`):
@@ -26,10 +26,19 @@ from sklearn.svm import SVC
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+REPEATS = 3
+
+
 def timed(fn):
-    c0, w0 = time.process_time(), time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - w0, time.process_time() - c0
+    """Median wall (and its CPU) over REPEATS runs; returns the last result."""
+    runs = []
+    for _ in range(REPEATS):
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = fn()
+        runs.append((time.perf_counter() - w0, time.process_time() - c0))
+    runs.sort()
+    w, c = runs[len(runs) // 2]
+    return out, w, c
 
 
 def run_child(cmd):
@@ -43,13 +52,18 @@ def run_child(cmd):
     return p.stdout, float(inner.group(2)) if inner else wall, wall, cpu
 
 
+def median_child(cmd):
+    runs = sorted((run_child(cmd) for _ in range(REPEATS)), key=lambda r: r[1])
+    return runs[len(runs) // 2]
+
+
 def sconce(bindir, data, flags, tmp):
     model = os.path.join(tmp, "m.model")
-    out, fit_s, proc_wall, cpu = run_child([os.path.join(bindir, "svm-train"), *flags, "-g", "scale", "-m", "200", data, model])
+    out, fit_s, proc_wall, cpu = median_child([os.path.join(bindir, "svm-train"), *flags, "-g", "scale", "-m", "200", data, model])
     obj = float(re.search(r"obj = (\S+),", out).group(1))
     nsv = int(re.search(r"Total nSV = (\d+)", out).group(1))
     iters = int(re.search(r"#iter = (\d+)", out).group(1))
-    pout, pred_s, _, pcpu = run_child([os.path.join(bindir, "svm-predict"), data, model, os.path.join(tmp, "p.out")])
+    pout, pred_s, _, pcpu = median_child([os.path.join(bindir, "svm-predict"), data, model, os.path.join(tmp, "p.out")])
     acc = re.search(r"Accuracy = (\S+)%", pout).group(1)
     return {"fit_s": fit_s, "fit_process_wall_s": proc_wall, "fit_cpu_s": cpu, "obj": obj, "nsv": nsv, "iters": iters,
             "predict_s": pred_s, "predict_cpu_s": pcpu, "train_acc": float(acc) / 100}
@@ -60,7 +74,10 @@ def main():
     ap.add_argument("--sizes", default="5000,20000")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/examples"))
     ap.add_argument("--json")
+    ap.add_argument("--repeats", type=int, default=3, help="median of this many runs per measurement")
     args = ap.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(s) for s in args.sizes.split(",")]:

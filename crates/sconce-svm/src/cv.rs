@@ -85,25 +85,27 @@ pub fn cross_validation(params: &SvmParams, x: &Features, y: &[f64], folds: usiz
     let parts: Vec<Vec<(usize, f64)>> = (0..folds)
         .into_par_iter()
         .map(|f| -> Result<Vec<(usize, f64)>> {
-            let (begin, end) = (fold_start[f], fold_start[f + 1]);
-            if begin == end {
-                return Ok(Vec::new());
-            }
-            let train: Vec<usize> = perm[..begin].iter().chain(&perm[end..]).copied().collect();
-            let test: Vec<usize> = perm[begin..end].to_vec();
-            let ty: Vec<f64> = train.iter().map(|&i| y[i]).collect();
-            let mut p = params.clone();
-            // The training set's gamma is resolved on the fold, as LIBSVM resolves it once on
-            // the whole file: use the whole set's value so that every fold sees the same γ.
-            p.gamma = Gamma::Value(params.gamma.resolve(x));
-            let model = p.train(&x.select(&train), &ty)?;
-            let tx = x.select(&test);
-            let pred = if params.probability && params.svm_type.is_classification() {
-                model.predict_probability(&tx)?.0
-            } else {
-                model.predict(&tx)?
-            };
-            Ok(test.into_iter().zip(pred).collect())
+            crate::kernel::without_helpers(|| -> Result<Vec<(usize, f64)>> {
+                let (begin, end) = (fold_start[f], fold_start[f + 1]);
+                if begin == end {
+                    return Ok(Vec::new());
+                }
+                let train: Vec<usize> = perm[..begin].iter().chain(&perm[end..]).copied().collect();
+                let test: Vec<usize> = perm[begin..end].to_vec();
+                let ty: Vec<f64> = train.iter().map(|&i| y[i]).collect();
+                let mut p = params.clone();
+                // The training set's gamma is resolved on the fold, as LIBSVM resolves it once on
+                // the whole file: use the whole set's value so that every fold sees the same γ.
+                p.gamma = Gamma::Value(params.gamma.resolve(x));
+                let model = p.train(&x.select(&train), &ty)?;
+                let tx = x.select(&test);
+                let pred = if params.probability && params.svm_type.is_classification() {
+                    model.predict_probability(&tx)?.0
+                } else {
+                    model.predict(&tx)?
+                };
+                Ok(test.into_iter().zip(pred).collect())
+            })
         })
         .collect::<Result<_>>()?;
     let mut target = vec![0.0; l];

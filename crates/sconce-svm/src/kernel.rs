@@ -1,6 +1,9 @@
 //! Kernel functions (LIBSVM's five plus OpenCV's chi-squared and histogram intersection), the
 //! `gamma` defaults, and the vectorised, multi-threaded kernel-column fill the solver uses.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
 use crate::features::{Features, Row};
 
 /// The kernel family. Numbers follow LIBSVM's `-t` (0–4) and extend it with 5 and 6.
@@ -319,29 +322,6 @@ impl Kernel {
     }
 }
 
-/// The training samples in the solver's current order (LIBSVM swaps rows when it shrinks),
-/// with the squared norms the RBF kernel needs. Dense data is copied in position order into
-/// panels of 16 samples stored feature-major (`[panel][feature][16]`, GEMM's packing) and
-/// swapped physically: a kernel column then streams through memory once and vectorises across
-/// the 16 samples of a panel, while each dot product still sums its features in index order —
-/// the same rounding as LIBSVM's sparse `dot`. Sparse rows are permuted by index.
-pub(crate) struct KernelRows<'a> {
-    x: &'a Features,
-    kernel: Kernel,
-    /// Position → sample index in `x`.
-    perm: Vec<usize>,
-    /// `‖x‖²` per position (RBF only).
-    sq: Vec<f64>,
-    /// `sq` padded with zeros to whole panels (the vectorised fill reads whole panels).
-    sq_pad: Vec<f64>,
-    /// Dense values in panels: position `p`, feature `k` at `(p/16)·cols·16 + k·16 + p%16`.
-    dense: Vec<f64>,
-    /// The same panels rounded to `f32` (single-precision mode; then `dense` is empty).
-    dense32: Vec<f32>,
-    /// Dense column count (0: use the sparse rows).
-    cols: usize,
-}
-
 /// Samples per panel of the dense training copy.
 const PANEL: usize = 16;
 
@@ -362,63 +342,32 @@ pub(crate) fn prefer_dense(x: &Features) -> Option<usize> {
     }
 }
 
-impl<'a> KernelRows<'a> {
-    /// The kernel over samples `idx` of `x` (in that order). With `single` set, dense features are kept as `f32` panels (half the memory traffic
-    /// per kernel column, OpenCV's precision): kernel values then differ from LIBSVM's in
-    /// the last bits of `f32`, so the SMO path — not the optimum — may differ.
-    pub(crate) fn with_precision(x: &'a Features, idx: Vec<usize>, kernel: Kernel, single: bool) -> Self {
-        let cols = if kernel.kind == KernelType::Precomputed { None } else { prefer_dense(x) };
-        let (dense, cols) = match cols {
-            Some(cols) => {
-                let mut d = vec![0.0; idx.len().div_ceil(PANEL) * PANEL * cols];
-                for (p, &i) in idx.iter().enumerate() {
-                    for (k, val) in x.row(i).entries() {
-                        if k >= 1 && (k as usize) <= cols {
-                            d[panel_at(p, k as usize - 1, cols)] = if single { f64::from(val as f32) } else { val };
-                        }
-                    }
-                }
-                (d, cols)
-            }
-            None => (Vec::new(), 0),
-        };
-        let (dense, dense32) = if single && cols > 0 {
-            (Vec::new(), dense.iter().map(|&v| v as f32).collect())
+/// Dense training samples in solver order, packed in panels of 16 samples stored
+/// feature-major (`[panel][feature][16]`, GEMM's packing), swapped physically when SMO shrinks.
+/// A kernel column then streams through memory once and vectorises across the 16 samples of
+/// a panel, while each dot product still sums its features in index order — the same rounding
+/// as LIBSVM's sparse `dot`.
+struct Panels {
+    kernel: Kernel,
+    cols: usize,
+    /// `f64` values (empty in single-precision mode).
+    dense: Vec<f64>,
+    /// `f32` values (single-precision mode only).
+    dense32: Vec<f32>,
+    /// `‖x‖²` per position (RBF), padded with zeros to whole panels.
+    sq: Vec<f64>,
+}
+
+impl Panels {
+    fn row(&self, p: usize) -> Vec<f64> {
+        if self.dense32.is_empty() {
+            (0..self.cols).map(|k| self.dense[panel_at(p, k, self.cols)]).collect()
         } else {
-            (dense, Vec::new())
-        };
-        let mut me = Self { x, kernel, perm: idx, sq: Vec::new(), sq_pad: Vec::new(), dense, dense32, cols };
-        if kernel.kind == KernelType::Rbf {
-            me.sq = (0..me.perm.len())
-                .map(|p| {
-                    if me.cols > 0 {
-                        let r = me.dense_row(p);
-                        dot_dense(&r, &r)
-                    } else {
-                        let r = me.x.row(me.perm[p]);
-                        dot(r, r)
-                    }
-                })
-                .collect();
+            (0..self.cols).map(|k| f64::from(self.dense32[panel_at(p, k, self.cols)])).collect()
         }
-        me.sq_pad = me.sq.clone();
-        me.sq_pad.resize(me.sq.len().div_ceil(PANEL) * PANEL, 0.0);
-        me
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.perm.len()
-    }
-
-    pub(crate) fn swap(&mut self, i: usize, j: usize) {
-        if i == j {
-            return;
-        }
-        self.perm.swap(i, j);
-        if !self.sq.is_empty() {
-            self.sq.swap(i, j);
-            self.sq_pad.swap(i, j);
-        }
+    fn swap(&mut self, i: usize, j: usize) {
         for k in 0..self.cols {
             let (a, b) = (panel_at(i, k, self.cols), panel_at(j, k, self.cols));
             if self.dense32.is_empty() {
@@ -427,71 +376,70 @@ impl<'a> KernelRows<'a> {
                 self.dense32.swap(a, b);
             }
         }
-    }
-
-    /// `K(i, i)` for position `i`.
-    pub(crate) fn diag(&self, i: usize) -> f64 {
-        self.k(i, i)
-    }
-
-    /// Dense row `p`, gathered from the panels.
-    fn dense_row(&self, p: usize) -> Vec<f64> {
-        if self.dense32.is_empty() {
-            (0..self.cols).map(|k| self.dense[panel_at(p, k, self.cols)]).collect()
-        } else {
-            (0..self.cols).map(|k| f64::from(self.dense32[panel_at(p, k, self.cols)])).collect()
+        if !self.sq.is_empty() {
+            self.sq.swap(i, j);
         }
     }
 
-    /// `K` between positions `i` and `j`, LIBSVM's training-time formula (RBF via norms).
+    /// `out[j − start] = sign(j)·K(i, j)` as `f32` for `j ∈ start..start+out.len()`, where `a`
+    /// is row `i` and `sign` is `(yᵢ, y)`.
+    fn fill(&self, i: usize, a: &[f64], start: usize, out: &mut [f32], sign: Option<(i8, &[i8])>) {
+        pulp::Arch::new().dispatch(Fill { p: self, i, a, start, out, sign });
+    }
+}
+
+/// One dense column range on the current thread.
+struct Fill<'p, 'o> {
+    p: &'p Panels,
+    i: usize,
+    a: &'o [f64],
+    start: usize,
+    out: &'o mut [f32],
+    sign: Option<(i8, &'o [i8])>,
+}
+
+impl pulp::WithSimd for Fill<'_, '_> {
+    type Output = ();
+
     #[inline(always)]
-    fn k(&self, i: usize, j: usize) -> f64 {
-        let (ra, rb);
-        let (a, b) = if self.cols > 0 {
-            (ra, rb) = (self.dense_row(i), self.dense_row(j));
-            (Row::Dense(&ra), Row::Dense(&rb))
-        } else {
-            (self.x.row(self.perm[i]), self.x.row(self.perm[j]))
-        };
-        match self.kernel.kind {
-            KernelType::Rbf => exp(-self.kernel.gamma * (self.sq[i] + self.sq[j] - 2.0 * dot(a, b))),
-            KernelType::Chi2 => {
-                // The training fill uses the vectorised exp (results are cached as f32).
-                let mut s = 0.0;
-                merge(a, b, |u, v| {
-                    let den = u + v;
-                    if den != 0.0 {
-                        let d = u - v;
-                        s += d * d / den;
-                    }
-                });
-                exp(-self.kernel.gamma * s)
-            }
-            _ => self.kernel.eval(a, b),
-        }
-    }
-
-    /// Fills `out[j - start] = sign(j) · K(i, j)` as `f32` for positions `j ∈ start..start+out.len()`,
-    /// where `sign(j) = y[i]·y[j]` when `y` is given. Large fills run on all threads.
-    pub(crate) fn fill(&self, i: usize, start: usize, out: &mut [f32], y: Option<&[i8]>) {
-        let cost = out.len() * self.cols.max(8);
-        let threads = rayon::current_num_threads();
-        if threads > 1 && cost >= 400_000 {
-            let chunk = out.len().div_ceil(threads).div_ceil(PANEL) * PANEL;
-            // Part t always goes to pool thread t (rayon::broadcast), so each core keeps
-            // re-reading the same rows from its own L2.
-            let parts: Vec<std::sync::Mutex<(usize, &mut [f32])>> =
-                out.chunks_mut(chunk).enumerate().map(|(c, p)| std::sync::Mutex::new((start + c * chunk, p))).collect();
-            rayon::broadcast(|ctx| {
-                if let Some(m) = parts.get(ctx.index())
-                    && let Ok(mut g) = m.lock()
-                {
-                    let (st, part) = &mut *g;
-                    pulp::Arch::new().dispatch(Fill { rows: self, i, start: *st, out: part, y });
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Fill { p, i, a, start, out, sign } = self;
+        let cols = p.cols;
+        let end = start + out.len();
+        let (p0, p1) = (start / PANEL, end.div_ceil(PANEL));
+        let mut pb = p0;
+        if !p.dense32.is_empty() {
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let panel = |b: usize| &p.dense32[b * PANEL * cols..(b + 1) * PANEL * cols];
+            while pb + 4 <= p1 {
+                let acc = dot_panels32::<4>(&a32, [panel(pb), panel(pb + 1), panel(pb + 2), panel(pb + 3)]);
+                for (q, acc) in acc.iter().enumerate() {
+                    emit(p, i, sign, start, out, pb + q, &acc.map(f64::from));
                 }
-            });
-        } else {
-            pulp::Arch::new().dispatch(Fill { rows: self, i, start, out, y });
+                pb += 4;
+            }
+            while pb < p1 {
+                let acc = dot_panels32::<1>(&a32, [panel(pb)]);
+                emit(p, i, sign, start, out, pb, &acc[0].map(f64::from));
+                pb += 1;
+            }
+            return;
+        }
+        let panel = |b: usize| &p.dense[b * PANEL * cols..(b + 1) * PANEL * cols];
+        // Two panels at a time: eight independent AVX2 accumulators hide the add latency.
+        // (`emit` is a function, not a closure: closures are not inlined into the dispatched
+        // body and would compile without the CPU's vector extensions.)
+        while pb + 2 <= p1 {
+            let acc = dot_panels::<2>(a, [panel(pb), panel(pb + 1)]);
+            for (q, acc) in acc.iter().enumerate() {
+                emit(p, i, sign, start, out, pb + q, acc);
+            }
+            pb += 2;
+        }
+        while pb < p1 {
+            let acc = dot_panels::<1>(a, [panel(pb)]);
+            emit(p, i, sign, start, out, pb, &acc[0]);
+            pb += 1;
         }
     }
 }
@@ -517,32 +465,12 @@ fn dot_panels<const R: usize>(a: &[f64], panels: [&[f64]; R]) -> [[f64; PANEL]; 
     acc
 }
 
-/// Writes the kernel values of panel `pb` (dot products `acc` with position `i`) into the
-/// part of `out` (positions from `start`) that the panel covers.
-#[inline(always)]
-fn emit(
-    rows: &KernelRows<'_>,
-    i: usize,
-    y: Option<&[i8]>,
-    start: usize,
-    out: &mut [f32],
-    pb: usize,
-    acc: &[f64; PANEL],
-) {
-    let j0 = pb * PANEL;
-    let end = start + out.len();
-    let vals = finish_panel(rows, i, j0, acc, y);
-    let (lo, hi) = (start.max(j0), end.min(j0 + PANEL));
-    out[lo - start..hi - start].copy_from_slice(&vals[lo - j0..hi - j0]);
-}
-
 /// [`dot_panels`] on `f32` panels with `f32` sums (single-precision mode).
 #[inline(always)]
 fn dot_panels32<const R: usize>(a: &[f32], panels: [&[f32]; R]) -> [[f32; PANEL]; R] {
     let mut acc = [[0.0f32; PANEL]; R];
     let n = panels.iter().map(|p| p.len() / PANEL).fold(a.len(), usize::min);
     let a = &a[..n];
-    // Slicing everything to `n` first lets the compiler drop the bounds checks.
     let vs: [&[[f32; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
     for k in 0..n {
         let ak = a[k];
@@ -556,22 +484,25 @@ fn dot_panels32<const R: usize>(a: &[f32], panels: [&[f32]; R]) -> [[f32; PANEL]
     acc
 }
 
-/// Kernel values of positions `j0..j0+PANEL` from their dot products with position `i`,
-/// signed by `y`, as `f32` (branch-free, so that `exp` vectorises).
+/// Writes the kernel values of panel `pb` (dot products `acc` with position `i`) into the
+/// part of `out` (positions from `start`) that the panel covers.
 #[inline(always)]
-fn finish_panel(rows: &KernelRows<'_>, i: usize, j0: usize, acc: &[f64; PANEL], y: Option<&[i8]>) -> [f32; PANEL] {
-    let k = rows.kernel;
+fn emit(p: &Panels, i: usize, sign: Option<(i8, &[i8])>, start: usize, out: &mut [f32], pb: usize, acc: &[f64; PANEL]) {
+    let j0 = pb * PANEL;
+    let end = start + out.len();
+    let k = p.kernel;
     let mut sg = [1.0f64; PANEL];
-    if let Some(y) = y {
+    if let Some((yi, y)) = sign {
         for t in 0..PANEL {
-            sg[t] = f64::from(y[i]) * f64::from(y.get(j0 + t).copied().unwrap_or(1));
+            sg[t] = f64::from(yi) * f64::from(y.get(j0 + t).copied().unwrap_or(1));
         }
     }
+    // Branch-free over the whole panel so that exp vectorises.
     let mut vals = [0.0f32; PANEL];
     match k.kind {
         KernelType::Rbf => {
-            let sqp = &rows.sq_pad[j0..j0 + PANEL];
-            let sqi = rows.sq[i];
+            let sqp = &p.sq[j0..j0 + PANEL];
+            let sqi = p.sq[i];
             for t in 0..PANEL {
                 vals[t] = (sg[t] * exp(-k.gamma * (sqi + sqp[t] - 2.0 * acc[t]))) as f32;
             }
@@ -592,71 +523,271 @@ fn finish_panel(rows: &KernelRows<'_>, i: usize, j0: usize, acc: &[f64; PANEL], 
             }
         }
     }
-    vals
+    let (lo, hi) = (start.max(j0), end.min(j0 + PANEL));
+    out[lo - start..hi - start].copy_from_slice(&vals[lo - j0..hi - j0]);
 }
 
-struct Fill<'r, 'a, 'o> {
-    rows: &'r KernelRows<'a>,
-    i: usize,
-    start: usize,
-    out: &'o mut [f32],
-    y: Option<&'o [i8]>,
+/// A second thread that computes the upper half of every large kernel column.
+///
+/// It stays alive for one solve, spinning briefly between columns (a rayon task per column
+/// pays a futex wake-up each time), and always takes the same half of the samples, so each
+/// core keeps re-reading the rows that sit in its own L2.
+struct Helper {
+    chan: Arc<Channel>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
-impl pulp::WithSimd for Fill<'_, '_, '_> {
-    type Output = ();
+#[derive(Default)]
+struct Channel {
+    /// Job number posted by the solver thread.
+    posted: AtomicU64,
+    /// Job number finished by the helper.
+    done: AtomicU64,
+    stop: AtomicBool,
+    /// `(i, start, end)` of the posted job.
+    job: Mutex<(usize, usize, usize)>,
+    /// Unsigned `f32` kernel values of the helper's range.
+    out: Mutex<Vec<f32>>,
+}
 
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Fill { rows, i, start, out, y } = self;
-        let sign = |j: usize| y.map_or(1.0, |y| f64::from(y[i]) * f64::from(y[j]));
-        let k = rows.kernel;
-        if rows.cols > 0
-            && matches!(k.kind, KernelType::Rbf | KernelType::Linear | KernelType::Poly | KernelType::Sigmoid)
-        {
-            let cols = rows.cols;
-            let a = rows.dense_row(i);
-            let end = start + out.len();
-            let (p0, p1) = (start / PANEL, end.div_ceil(PANEL));
-            // (A plain function, not a closure: closures are not inlined into the dispatched
-            // body and would compile without the CPU's vector extensions.)
-            if !rows.dense32.is_empty() {
-                let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-                let panel = |pb: usize| &rows.dense32[pb * PANEL * cols..(pb + 1) * PANEL * cols];
-                let mut pb = p0;
-                while pb + 4 <= p1 {
-                    let acc = dot_panels32::<4>(&a32, [panel(pb), panel(pb + 1), panel(pb + 2), panel(pb + 3)]);
-                    for (q, acc) in acc.iter().enumerate() {
-                        emit(rows, i, y, start, out, pb + q, &acc.map(f64::from));
-                    }
-                    pb += 4;
-                }
-                while pb < p1 {
-                    let acc = dot_panels32::<1>(&a32, [panel(pb)]);
-                    emit(rows, i, y, start, out, pb, &acc[0].map(f64::from));
-                    pb += 1;
-                }
+impl Helper {
+    fn spawn(panels: Arc<RwLock<Panels>>) -> Option<Self> {
+        let chan = Arc::new(Channel::default());
+        let c = Arc::clone(&chan);
+        let handle = std::thread::Builder::new()
+            .name("sconce-svm-columns".into())
+            .spawn(move || helper_loop(&c, &panels))
+            .ok()?;
+        Some(Self { chan, handle: Some(handle) })
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.chan.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn helper_loop(c: &Channel, panels: &RwLock<Panels>) {
+    let mut seen = 0u64;
+    let mut idle = 0u32;
+    loop {
+        let posted = c.posted.load(Ordering::Acquire);
+        if posted == seen {
+            if c.stop.load(Ordering::Acquire) {
                 return;
             }
-            let panel = |pb: usize| &rows.dense[pb * PANEL * cols..(pb + 1) * PANEL * cols];
-            // Two panels at a time: eight independent AVX2 accumulators hide the add
-            // latency. Each dot product still sums its features in index order.
-            let mut pb = p0;
-            while pb + 2 <= p1 {
-                let acc = dot_panels::<2>(&a, [panel(pb), panel(pb + 1)]);
-                for (q, acc) in acc.iter().enumerate() {
-                    emit(rows, i, y, start, out, pb + q, acc);
+            idle = idle.saturating_add(1);
+            if idle < 50_000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            continue;
+        }
+        idle = 0;
+        seen = posted;
+        let (i, start, end) = c.job.lock().map(|g| *g).unwrap_or((0, 0, 0));
+        if let (Ok(p), Ok(mut out)) = (panels.read(), c.out.lock()) {
+            out.clear();
+            out.resize(end - start, 0.0);
+            let a = p.row(i);
+            p.fill(i, &a, start, &mut out, None);
+        }
+        c.done.store(seen, Ordering::Release);
+    }
+}
+
+/// The training samples in the solver's current order (LIBSVM swaps rows when it shrinks),
+/// with the squared norms the RBF kernel needs: dense data in [`Panels`] (filled by two
+/// threads when columns are long), sparse rows permuted by index.
+pub(crate) struct KernelRows<'a> {
+    x: &'a Features,
+    kernel: Kernel,
+    /// Position → sample index in `x`.
+    perm: Vec<usize>,
+    /// `‖x‖²` per position (RBF, sparse path).
+    sq: Vec<f64>,
+    panels: Option<Arc<RwLock<Panels>>>,
+    helper: Option<Helper>,
+}
+
+/// Columns shorter than this are filled by the solver thread alone.
+const SPLIT_MIN: usize = 2048;
+
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with column helpers disabled on this thread: inside parallel loops (one-vs-one
+/// pairs, CV folds, grid points) every core is already busy, and a spinning helper per solve
+/// would oversubscribe them.
+pub(crate) fn without_helpers<T>(f: impl FnOnce() -> T) -> T {
+    let old = SERIAL.with(|c| c.replace(true));
+    let out = f();
+    SERIAL.with(|c| c.set(old));
+    out
+}
+
+impl<'a> KernelRows<'a> {
+    /// The kernel over samples `idx` of `x` (in that order). With `single` set, dense features
+    /// are kept as `f32` panels (half the memory traffic per kernel column, OpenCV's
+    /// precision): kernel values then differ from LIBSVM's in the last bits of `f32`, so the
+    /// SMO path — not the optimum — may differ.
+    pub(crate) fn with_precision(x: &'a Features, idx: Vec<usize>, kernel: Kernel, single: bool) -> Self {
+        let dense_cols = if kernel.kind == KernelType::Precomputed { None } else { prefer_dense(x) };
+        let mut me = Self { x, kernel, perm: idx, sq: Vec::new(), panels: None, helper: None };
+        if let Some(cols) = dense_cols {
+            let n = me.perm.len();
+            let mut d = vec![0.0; n.div_ceil(PANEL) * PANEL * cols];
+            for (p, &i) in me.perm.iter().enumerate() {
+                for (k, val) in x.row(i).entries() {
+                    if k >= 1 && (k as usize) <= cols {
+                        d[panel_at(p, k as usize - 1, cols)] = if single { f64::from(val as f32) } else { val };
+                    }
                 }
-                pb += 2;
             }
-            while pb < p1 {
-                let acc = dot_panels::<1>(&a, [panel(pb)]);
-                emit(rows, i, y, start, out, pb, &acc[0]);
-                pb += 1;
+            let (dense, dense32) =
+                if single { (Vec::new(), d.iter().map(|&v| v as f32).collect()) } else { (d, Vec::new()) };
+            let mut panels = Panels { kernel, cols, dense, dense32, sq: Vec::new() };
+            if kernel.kind == KernelType::Rbf {
+                let mut sq: Vec<f64> = (0..n)
+                    .map(|p| {
+                        let r = panels.row(p);
+                        dot_dense(&r, &r)
+                    })
+                    .collect();
+                sq.resize(n.div_ceil(PANEL) * PANEL, 0.0);
+                panels.sq = sq;
             }
-        } else {
+            let batched =
+                matches!(kernel.kind, KernelType::Rbf | KernelType::Linear | KernelType::Poly | KernelType::Sigmoid);
+            if batched {
+                let shared = Arc::new(RwLock::new(panels));
+                if n >= 2 * SPLIT_MIN && rayon::current_num_threads() > 1 && !SERIAL.with(std::cell::Cell::get) {
+                    me.helper = Helper::spawn(Arc::clone(&shared));
+                }
+                me.panels = Some(shared);
+            } else {
+                // Chi² / intersection on dense data: per-pair evaluation on the sparse rows.
+                me.sq = Vec::new();
+            }
+        } else if kernel.kind == KernelType::Rbf {
+            me.sq = me.perm.iter().map(|&i| dot(x.row(i), x.row(i))).collect();
+        }
+        me
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.perm.len()
+    }
+
+    pub(crate) fn swap(&mut self, i: usize, j: usize) {
+        if i == j {
+            return;
+        }
+        self.perm.swap(i, j);
+        if !self.sq.is_empty() {
+            self.sq.swap(i, j);
+        }
+        if let Some(p) = &self.panels
+            && let Ok(mut g) = p.write()
+        {
+            g.swap(i, j);
+        }
+    }
+
+    /// `K(i, i)` for position `i`.
+    pub(crate) fn diag(&self, i: usize) -> f64 {
+        match &self.panels {
+            Some(p) => {
+                let g = match p.read() {
+                    Ok(g) => g,
+                    Err(e) => e.into_inner(),
+                };
+                let r = g.row(i);
+                let d = dot_dense(&r, &r);
+                match self.kernel.kind {
+                    KernelType::Rbf => exp(-self.kernel.gamma * (g.sq[i] + g.sq[i] - 2.0 * d)),
+                    KernelType::Linear => d,
+                    KernelType::Poly => powi(self.kernel.gamma * d + self.kernel.coef0, self.kernel.degree),
+                    _ => (self.kernel.gamma * d + self.kernel.coef0).tanh(),
+                }
+            }
+            None => self.k(i, i),
+        }
+    }
+
+    /// `K` between positions `i` and `j` on the sparse path, LIBSVM's training-time formula
+    /// (RBF via norms).
+    fn k(&self, i: usize, j: usize) -> f64 {
+        let (a, b) = (self.x.row(self.perm[i]), self.x.row(self.perm[j]));
+        match self.kernel.kind {
+            KernelType::Rbf => exp(-self.kernel.gamma * (self.sq[i] + self.sq[j] - 2.0 * dot(a, b))),
+            KernelType::Chi2 => {
+                // The training fill uses the vectorised exp (results are cached as f32).
+                let mut s = 0.0;
+                merge(a, b, |u, v| {
+                    let den = u + v;
+                    if den != 0.0 {
+                        let d = u - v;
+                        s += d * d / den;
+                    }
+                });
+                exp(-self.kernel.gamma * s)
+            }
+            _ => self.kernel.eval(a, b),
+        }
+    }
+
+    /// Fills `out[j - start] = sign(j) · K(i, j)` as `f32` for positions `j ∈ start..start+out.len()`,
+    /// where `sign(j) = y[i]·y[j]` when `y` is given. Long dense columns are split with the
+    /// helper thread.
+    pub(crate) fn fill(&self, i: usize, start: usize, out: &mut [f32], y: Option<&[i8]>) {
+        let Some(panels) = &self.panels else {
             for (o, j) in out.iter_mut().zip(start..) {
-                *o = (sign(j) * rows.k(i, j)) as f32;
+                let s = y.map_or(1.0, |y| f64::from(y[i]) * f64::from(y[j]));
+                *o = (s * self.k(i, j)) as f32;
+            }
+            return;
+        };
+        let g = match panels.read() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        let a = g.row(i);
+        let sign = y.map(|y| (y[i], y));
+        let n = out.len();
+        let split = match &self.helper {
+            Some(_) if n >= 2 * SPLIT_MIN => (n / 2) / PANEL * PANEL,
+            _ => n,
+        };
+        if split == n {
+            g.fill(i, &a, start, out, sign);
+            return;
+        }
+        let Some(h) = &self.helper else { return };
+        let c = &h.chan;
+        if let Ok(mut job) = c.job.lock() {
+            *job = (i, start + split, start + n);
+        }
+        let id = c.posted.load(Ordering::Relaxed) + 1;
+        c.posted.store(id, Ordering::Release);
+        let (mine, theirs) = out.split_at_mut(split);
+        g.fill(i, &a, start, mine, sign);
+        while c.done.load(Ordering::Acquire) != id {
+            std::hint::spin_loop();
+        }
+        if let Ok(buf) = c.out.lock() {
+            // (f32)(±K) = ±(f32)K: applying the sign after the helper's cast is exact.
+            for ((o, &v), j) in theirs.iter_mut().zip(buf.iter()).zip(start + split..) {
+                *o = match y {
+                    Some(y) => f32::from(y[i] * y[j]) * v,
+                    None => v,
+                };
             }
         }
     }

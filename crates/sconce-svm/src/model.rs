@@ -455,7 +455,10 @@ impl SvmParams {
             Ok((train_one(x, &idx, &ys, self, kernel, weighted_c[i], weighted_c[j], share), probab))
         };
         let results: Vec<(OneSolution, Option<(f64, f64)>)> = if pairs.len() > 1 {
-            (0..pairs.len()).into_par_iter().map(solve_pair).collect::<Result<_>>()?
+            (0..pairs.len())
+                .into_par_iter()
+                .map(|p| crate::kernel::without_helpers(|| solve_pair(p)))
+                .collect::<Result<_>>()?
         } else {
             vec![solve_pair(0)?]
         };

@@ -61,7 +61,10 @@ impl Cache {
                 }
                 self.evict(old);
             }
-            self.data[index].resize(len, 0.0);
+            // Exact growth: a doubling reserve could hold up to twice the budget.
+            let d = &mut self.data[index];
+            d.reserve_exact(len - d.len());
+            d.resize(len, 0.0);
             self.free = self.free.saturating_sub(more);
             self.len[index] = len;
         }
@@ -139,6 +142,22 @@ mod tests {
         let mut c = Cache::new(4, 1 << 20);
         assert_eq!(c.get(2, 2), 0);
         assert_eq!(c.get(2, 4), 2);
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget() {
+        // Columns that grow step by step (partial fills after shrinking) must not over-allocate.
+        let l = 300;
+        let bytes = (40 * l + l * 8) * 4; // 40 full columns
+        let mut c = Cache::new(l, bytes);
+        let mut rng = sconce_core::SeededRng::new(5);
+        for _ in 0..5000 {
+            let i = rng.below(l as u64) as usize;
+            let len = 1 + rng.below(l as u64) as usize;
+            c.get(i, len);
+            let held: usize = c.data.iter().map(Vec::capacity).sum();
+            assert!(held <= 40 * l, "{held} floats held for a budget of {}", 40 * l);
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub(crate) struct Cache {
     next: Vec<usize>,
     /// Free space in floats.
     free: usize,
+    /// Position swaps not yet applied inside the cached columns (see [`Cache::flush`]).
+    pending: Vec<(usize, usize)>,
 }
 
 impl Cache {
@@ -19,7 +21,14 @@ impl Cache {
         // LIBSVM subtracts its per-column header (three pointers and an int) from the budget.
         let header = l * 32 / std::mem::size_of::<f32>();
         let free = floats.max(2 * l + header) - header;
-        Self { data: vec![Vec::new(); l], len: vec![0; l], prev: vec![l; l + 1], next: vec![l; l + 1], free }
+        Self {
+            data: vec![Vec::new(); l],
+            len: vec![0; l],
+            prev: vec![l; l + 1],
+            next: vec![l; l + 1],
+            free,
+            pending: Vec::new(),
+        }
     }
 
     fn unlink(&mut self, h: usize) {
@@ -47,6 +56,7 @@ impl Cache {
     /// Makes column `index` hold `len` entries; returns the position from which the caller
     /// must fill it (`>= len` when it is complete). The column becomes most recently used.
     pub(crate) fn get(&mut self, index: usize, len: usize) -> usize {
+        self.flush();
         if self.len[index] > 0 {
             self.unlink(index);
         }
@@ -74,6 +84,7 @@ impl Cache {
 
     /// The cached entries of column `index`.
     pub(crate) fn column(&self, index: usize) -> &[f32] {
+        debug_assert!(self.pending.is_empty(), "flush the cache before reading columns");
         &self.data[index][..self.len[index]]
     }
 
@@ -84,6 +95,12 @@ impl Cache {
     }
 
     /// Swaps the roles of positions `i` and `j` in every cached column (LIBSVM's `swap_index`).
+    ///
+    /// The column heads move at once; the entries inside the cached columns are swapped by
+    /// [`Cache::flush`], which replays all pending swaps column by column — one pass per
+    /// column in cache-friendly order instead of touching every column for every swap (what
+    /// LIBSVM does). The result, including which columns are dropped and the LRU order, is the
+    /// same.
     pub(crate) fn swap_index(&mut self, i: usize, j: usize) {
         if i == j {
             return;
@@ -102,16 +119,28 @@ impl Cache {
         if self.len[j] > 0 {
             self.push_back(j);
         }
-        let (lo, hi) = if i < j { (i, j) } else { (j, i) };
+        self.pending.push(if i < j { (i, j) } else { (j, i) });
+    }
+
+    /// Applies the pending [`Cache::swap_index`] swaps to the cached columns.
+    pub(crate) fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
         let s = self.len.len();
         let mut h = self.next[s];
         while h != s {
             let nxt = self.next[h];
-            if self.len[h] > lo {
-                if self.len[h] > hi {
-                    self.data[h].swap(lo, hi);
-                } else {
-                    self.evict(h);
+            for &(lo, hi) in &pending {
+                if self.len[h] > lo {
+                    if self.len[h] > hi {
+                        self.data[h].swap(lo, hi);
+                    } else {
+                        // LIBSVM gives up on a column that covers one position but not the other.
+                        self.evict(h);
+                        break;
+                    }
                 }
             }
             h = nxt;
@@ -168,6 +197,7 @@ mod tests {
         c.get(1, 2);
         c.column_mut(1).copy_from_slice(&[10.0, 11.0]);
         c.swap_index(1, 3);
+        c.flush();
         // Column 0's entries 1 and 3 swapped; column 1 (len 2, covering 1 but not 3) dropped,
         // and column 3 is what column 1 was before the swap (also dropped, as LIBSVM does).
         assert_eq!(c.column(0), &[0.0, 3.0, 2.0, 1.0]);

@@ -613,6 +613,9 @@ pub(crate) struct KernelRows<'a> {
     sq: Vec<f64>,
     panels: Option<Arc<RwLock<Panels>>>,
     helper: Option<Helper>,
+    /// Fraction of a split column the solver thread computes, nudged after every split
+    /// column so that neither thread waits for the other.
+    share: std::cell::Cell<f64>,
 }
 
 /// Columns shorter than this are filled by the solver thread alone.
@@ -639,7 +642,8 @@ impl<'a> KernelRows<'a> {
     /// SMO path — not the optimum — may differ.
     pub(crate) fn with_precision(x: &'a Features, idx: Vec<usize>, kernel: Kernel, single: bool) -> Self {
         let dense_cols = if kernel.kind == KernelType::Precomputed { None } else { prefer_dense(x) };
-        let mut me = Self { x, kernel, perm: idx, sq: Vec::new(), panels: None, helper: None };
+        let mut me =
+            Self { x, kernel, perm: idx, sq: Vec::new(), panels: None, helper: None, share: std::cell::Cell::new(0.5) };
         if let Some(cols) = dense_cols {
             let n = me.perm.len();
             let mut d = vec![0.0; n.div_ceil(PANEL) * PANEL * cols];
@@ -762,7 +766,7 @@ impl<'a> KernelRows<'a> {
         let sign = y.map(|y| (y[i], y));
         let n = out.len();
         let split = match &self.helper {
-            Some(_) if n >= 2 * SPLIT_MIN => (n / 2) / PANEL * PANEL,
+            Some(_) if n >= 2 * SPLIT_MIN => ((n as f64 * self.share.get()) as usize) / PANEL * PANEL,
             _ => n,
         };
         if split == n {
@@ -778,9 +782,12 @@ impl<'a> KernelRows<'a> {
         c.posted.store(id, Ordering::Release);
         let (mine, theirs) = out.split_at_mut(split);
         g.fill(i, &a, start, mine, sign);
+        let waited = c.done.load(Ordering::Acquire) != id;
         while c.done.load(Ordering::Acquire) != id {
             std::hint::spin_loop();
         }
+        let nudge = if waited { 0.005 } else { -0.005 };
+        self.share.set((self.share.get() + nudge).clamp(0.25, 0.75));
         if let Ok(buf) = c.out.lock() {
             // (f32)(±K) = ±(f32)K: applying the sign after the helper's cast is exact.
             for ((o, &v), j) in theirs.iter_mut().zip(buf.iter()).zip(start + split..) {

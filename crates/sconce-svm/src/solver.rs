@@ -110,6 +110,11 @@ impl<'a> QMat<'a> {
         }
     }
 
+    /// Applies deferred cache swaps (after shrinking).
+    fn flush(&mut self) {
+        self.cache.flush();
+    }
+
     fn col(&self, c: Col) -> &[f32] {
         match (c, &self.kind) {
             (Col::Cached(i), _) => self.cache.column(i),
@@ -152,6 +157,7 @@ pub(crate) struct Solution {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Status {
     Lower,
     Upper,
@@ -181,6 +187,9 @@ struct State {
     g_bar: Vec<f64>,
     unshrink: bool,
     nu: bool,
+    /// Reused buffers of the vectorised working-set selection.
+    scratch_up: Vec<f64>,
+    scratch_obj: Vec<f64>,
 }
 
 impl State {
@@ -256,10 +265,50 @@ impl State {
     }
 
     /// WSS3; `None` when optimal on the active set.
-    fn select(&self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
+    fn select(&mut self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
         if self.nu {
             return self.select_nu(q);
         }
+        self.select_vectorised(q)
+    }
+
+    /// WSS3 as [`State::select_scalar`] computes it — the same `>=` / `<=` tie rules (the
+    /// last index among equal values wins) and the same arithmetic — as branch-free passes
+    /// that vectorise: a masked maximum, then a backward search for its last occurrence.
+    fn select_vectorised(&mut self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
+        let act = self.active_size;
+        let mut up = std::mem::take(&mut self.scratch_up);
+        let mut obj = std::mem::take(&mut self.scratch_obj);
+        up.resize(act, 0.0);
+        obj.resize(act, 0.0);
+        let r = self.select_with(q, &mut up[..act], &mut obj[..act]);
+        self.scratch_up = up;
+        self.scratch_obj = obj;
+        r
+    }
+
+    fn select_with(&self, q: &mut QMat<'_>, up: &mut [f64], obj: &mut [f64]) -> Option<(usize, usize)> {
+        let act = self.active_size;
+        let (y, g, st) = (&self.y[..act], &self.g[..act], &self.status[..act]);
+        let gmax = pulp::Arch::new().dispatch(MaskedUp { y, g, st, out: up });
+        if gmax == -INF {
+            return None;
+        }
+        let i = up.iter().rposition(|&v| v == gmax)?;
+        let c = q.fetch(i, act);
+        let qi = &q.col(c)[..act];
+        let qd = &q.qd()[..act];
+        let gmax2 = pulp::Arch::new().dispatch(MaskedLow { y, g, st, qi, qd, i, gmax, out: obj });
+        let min = obj.iter().copied().fold(INF, f64::min);
+        if gmax + gmax2 < self.eps || min == INF {
+            return None;
+        }
+        let j = obj.iter().rposition(|&v| v == min)?;
+        Some((i, j))
+    }
+
+    #[allow(dead_code)]
+    fn select_scalar(&self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
         let (mut gmax, mut gmax2) = (-INF, -INF);
         let (mut gmax_idx, mut gmin_idx) = (usize::MAX, usize::MAX);
         let mut obj_diff_min = INF;
@@ -576,6 +625,8 @@ pub(crate) fn solve(
         g_bar: vec![0.0; l],
         unshrink: false,
         nu: opts.nu,
+        scratch_up: Vec::new(),
+        scratch_obj: Vec::new(),
     };
     for i in 0..l {
         s.update_status(i);
@@ -608,6 +659,7 @@ pub(crate) fn solve(
             counter = l.min(1000);
             if opts.shrinking {
                 s.do_shrinking(q);
+                q.flush();
             }
         }
         let (i, j) = match s.select(q) {
@@ -762,4 +814,69 @@ fn update_gradient(g: &mut [f64], qi: &[f32], qj: &[f32], dai: f64, daj: f64) {
         }
     }
     pulp::Arch::new().dispatch(K { g, qi, qj, dai, daj });
+}
+
+/// `out[t] = −y_t·G_t` where `t ∈ I_up`, else −∞; returns the maximum.
+struct MaskedUp<'a> {
+    y: &'a [i8],
+    g: &'a [f64],
+    st: &'a [Status],
+    out: &'a mut [f64],
+}
+
+impl pulp::WithSimd for MaskedUp<'_> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let MaskedUp { y, g, st, out } = self;
+        let mut m = [-INF; 8];
+        for (t, o) in out.iter_mut().enumerate() {
+            let pos = y[t] == 1;
+            let ok = if pos { st[t] != Status::Upper } else { st[t] != Status::Lower };
+            let v = if pos { -g[t] } else { g[t] };
+            *o = if ok { v } else { -INF };
+            m[t % 8] = m[t % 8].max(*o);
+        }
+        m.iter().copied().fold(-INF, f64::max)
+    }
+}
+
+/// For `j ∈ I_low` with `b = Gmax + y_j·G_j > 0`: `out[j] = −b²/a` with LIBSVM's
+/// `a = QD_i + QD_j − 2·y_i·y_j·Q_ij` (TAU if ≤ 0), else +∞; returns `max_{I_low} y_j·G_j`.
+struct MaskedLow<'a> {
+    y: &'a [i8],
+    g: &'a [f64],
+    st: &'a [Status],
+    qi: &'a [f32],
+    qd: &'a [f64],
+    i: usize,
+    gmax: f64,
+    out: &'a mut [f64],
+}
+
+impl pulp::WithSimd for MaskedLow<'_> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let MaskedLow { y, g, st, qi, qd, i, gmax, out } = self;
+        let (qdi, yi) = (qd[i], f64::from(y[i]));
+        let mut m = [-INF; 8];
+        for (j, o) in out.iter_mut().enumerate() {
+            let pos = y[j] == 1;
+            let ok = if pos { st[j] != Status::Lower } else { st[j] != Status::Upper };
+            let yg = if pos { g[j] } else { -g[j] };
+            m[j % 8] = m[j % 8].max(if ok { yg } else { -INF });
+            let grad_diff = gmax + yg;
+            // (QD_i + QD_j) − 2·y_i·Q_ij for y_j = +1 and + for y_j = −1, as LIBSVM writes it.
+            let t2 = 2.0 * yi * f64::from(qi[j]);
+            let base = qdi + qd[j];
+            let quad = if pos { base - t2 } else { base + t2 };
+            let den = if quad > 0.0 { quad } else { TAU };
+            let od = -(grad_diff * grad_diff) / den;
+            *o = if ok && grad_diff > 0.0 { od } else { INF };
+        }
+        m.iter().copied().fold(-INF, f64::max)
+    }
 }

@@ -307,7 +307,9 @@ impl State {
         Some((i, j))
     }
 
-    #[allow(dead_code)]
+    /// LIBSVM's `select_working_set` loop as written in `svm.cpp`: the reference that
+    /// [`State::select_vectorised`] is tested against.
+    #[cfg(test)]
     fn select_scalar(&self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
         let (mut gmax, mut gmax2) = (-INF, -INF);
         let (mut gmax_idx, mut gmin_idx) = (usize::MAX, usize::MAX);
@@ -878,5 +880,60 @@ impl pulp::WithSimd for MaskedLow<'_> {
             *o = if ok && grad_diff > 0.0 { od } else { INF };
         }
         m.iter().copied().fold(-INF, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Features;
+    use crate::kernel::{Kernel, KernelType};
+
+    #[test]
+    fn vectorised_selection_equals_libsvms_loop() {
+        let mut rng = sconce_core::SeededRng::new(3);
+        let mut found = 0;
+        for case in 0..300 {
+            let l = 3 + rng.below(80) as usize;
+            let x: Vec<f64> = (0..l * 3).map(|_| rng.normal()).collect();
+            let f = Features::dense(l, 3, x).unwrap();
+            let k = Kernel { kind: KernelType::Rbf, degree: 3, gamma: 0.5, coef0: 0.0 };
+            let y: Vec<i8> = (0..l).map(|_| if rng.below(2) == 0 { 1 } else { -1 }).collect();
+            let mut q = QMat::svc(KernelRows::with_precision(&f, (0..l).collect(), k, false), &y, 1 << 20);
+            // Bounded and free α, gradients on a coarse grid so that ties occur.
+            let alpha: Vec<f64> = (0..l)
+                .map(|_| match rng.below(3) {
+                    0 => 0.0,
+                    1 => 1.0,
+                    _ => rng.uniform(0.01, 0.99),
+                })
+                .collect();
+            let g: Vec<f64> = (0..l).map(|_| (rng.uniform(-2.0, 2.0) * 4.0).round() / 4.0).collect();
+            let mut s = State {
+                l,
+                active_size: 1 + rng.below(l as u64) as usize,
+                y: y.clone(),
+                g,
+                status: vec![Status::Lower; l],
+                alpha,
+                eps: if case % 2 == 0 { 1e-3 } else { 0.5 },
+                cp: 1.0,
+                cn: 1.0,
+                p: vec![-1.0; l],
+                active_set: (0..l).collect(),
+                g_bar: vec![0.0; l],
+                unshrink: false,
+                nu: false,
+                scratch_up: Vec::new(),
+                scratch_obj: Vec::new(),
+            };
+            for i in 0..l {
+                s.update_status(i);
+            }
+            let want = s.select_scalar(&mut q);
+            found += usize::from(want.is_some());
+            assert_eq!(s.select_vectorised(&mut q), want, "case {case}");
+        }
+        assert!(found > 100, "only {found} cases selected a pair");
     }
 }

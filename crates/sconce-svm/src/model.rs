@@ -837,7 +837,9 @@ impl SvmModel {
                 for j in i + 1..k {
                     conf[i] += d[p];
                     conf[j] -= d[p];
-                    if d[p] > 0.0 {
+                    // scikit-learn's rule (`dec < 0` votes for j), which differs from LIBSVM's
+                    // vote only at exactly 0.
+                    if d[p] >= 0.0 {
                         votes[i] += 1.0;
                     } else {
                         votes[j] += 1.0;

@@ -252,7 +252,15 @@ def main():
 
     # 5-fold CV accuracy of LIBSVM on heart_scale (its documented 83.3333%) for the record.
     r = subprocess.run([train_bin, "-v", "5", "-q", str(OUT / "heart_scale.libsvm")], env=env, capture_output=True, text=True, check=True)
-    meta = {"libsvm": version.strip(), "heart_scale_cv5": r.stdout.strip(), "cases": out_cases}
+    # scikit-learn's decision_function shapes on iris_mm (labels already in sorted order, so
+    # scikit-learn's class order equals LIBSVM's): ovo (150×3) and ovr (150×3), γ='scale'.
+    from sklearn.svm import SVC
+
+    Xi, yi = data["iris_mm"]
+    ovo = SVC(C=1.0, gamma="scale", decision_function_shape="ovo").fit(Xi, yi).decision_function(Xi)
+    ovr = SVC(C=1.0, gamma="scale", decision_function_shape="ovr").fit(Xi, yi).decision_function(Xi)
+    sklearn_ref = {"data": "iris_mm.libsvm", "ovo": ovo.tolist(), "ovr": ovr.tolist()}
+    meta = {"sklearn_iris_decision": sklearn_ref, "libsvm": version.strip(), "heart_scale_cv5": r.stdout.strip(), "cases": out_cases}
     (OUT / "cases.json").write_text(json.dumps(meta, indent=1))
     print("wrote", OUT)
 

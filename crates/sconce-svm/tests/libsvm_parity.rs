@@ -218,3 +218,26 @@ fn our_probability_models_agree_with_libsvms_and_can_predict_consistently() -> R
     }
     Ok(())
 }
+
+#[test]
+fn decision_functions_match_scikit_learn_in_both_shapes() -> Result<()> {
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json"))?)?;
+    let r = &meta["sklearn_iris_decision"];
+    let data = read_libsvm(fixtures().join(r["data"].as_str().context("data")?), false)?;
+    let m = sconce_svm::SvmParams::c_svc().train(&data.x, &data.y)?;
+    let rows = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.as_array().into_iter().flatten().filter_map(Value::as_f64))
+            .collect()
+    };
+    for (name, ours) in [("ovo", m.decision_values(&data.x)?), ("ovr", m.decision_function_ovr(&data.x)?)] {
+        let theirs = rows(&r[name]);
+        ensure!(ours.len() == theirs.len(), "{name}: {} values vs {}", ours.len(), theirs.len());
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        // scikit-learn is LIBSVM 3.10 on dense data: same solution; rho agrees to ~eps.
+        ensure!(worst < 1e-6, "{name}: max |Δ| = {worst}");
+    }
+    Ok(())
+}

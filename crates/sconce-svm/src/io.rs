@@ -265,7 +265,10 @@ pub fn parse_model(text: &str, source: &str) -> Result<SvmModel> {
             return Err(parse_err(source, line, format!("{what} needs {n} values, found {}", toks.len())));
         }
         toks.iter()
-            .map(|t| t.parse::<f64>().map_err(|_| parse_err(source, line, format!("{what}: `{t}` is not a number"))))
+            .map(|t| match t.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(parse_err(source, line, format!("{what}: `{t}` is not a finite number"))),
+            })
             .collect()
     };
     let ints = |line: usize, toks: &[&str], n: usize, what: &str| -> Result<Vec<i64>> {
@@ -474,6 +477,10 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
         }
         assert!(parse_libsvm("1 0:1 1:2\n", "t", true).is_ok());
+        let model =
+            "svm_type c_svc\nkernel_type rbf\ngamma nan\nnr_class 2\ntotal_sv 0\nrho 0\nlabel 1 -1\nnr_sv 0 0\nSV\n";
+        let e = parse_model(model, "m").unwrap_err().to_string();
+        assert!(e.contains("gamma") && e.contains("finite"), "{e}");
         let d = parse_libsvm("2 1:1.5\t3:-2\r\n-1\n", "t", false).unwrap();
         assert_eq!(d.y, vec![2.0, -1.0]);
         assert_eq!(d.x.row(1).entries(), vec![]);

@@ -410,6 +410,15 @@ impl SvmParams {
                 ),
             ));
         }
+        if k * (k - 1) / 2 > 10_000_000 {
+            return Err(Error::data(
+                "labels",
+                format!(
+                    "{k} distinct labels would need {} one-vs-one classifiers; real-valued targets belong to epsilon_svr / nu_svr",
+                    k * (k - 1) / 2
+                ),
+            ));
+        }
         if self.svm_type == SvmType::NuSvc {
             for i in 0..k {
                 for j in i + 1..k {
@@ -937,5 +946,10 @@ mod tests {
         assert!(e.is_err());
         let e = SvmParams::epsilon_svr().train(&x, &[1.0, f64::NAN, 1.0]).unwrap_err().to_string();
         assert!(e.contains("row 2"), "{e}");
+        // Real-valued targets passed to a classifier: refused before any pair is trained.
+        let many = Features::dense(5000, 1, (0..5000).map(f64::from).collect()).unwrap();
+        let labels: Vec<f64> = (0..5000).map(f64::from).collect();
+        let e = SvmParams::c_svc().train(&many, &labels).unwrap_err().to_string();
+        assert!(e.contains("epsilon_svr"), "{e}");
     }
 }

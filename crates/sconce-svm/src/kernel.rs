@@ -783,8 +783,15 @@ impl<'a> KernelRows<'a> {
         let (mine, theirs) = out.split_at_mut(split);
         g.fill(i, &a, start, mine, sign);
         let waited = c.done.load(Ordering::Acquire) != id;
+        let mut spins = 0u32;
         while c.done.load(Ordering::Acquire) != id {
-            std::hint::spin_loop();
+            // Yield now and then: with fewer free cores than threads the helper needs this one.
+            spins = spins.wrapping_add(1);
+            if spins % 4096 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         let nudge = if waited { 0.005 } else { -0.005 };
         self.share.set((self.share.get() + nudge).clamp(0.25, 0.75));

@@ -267,7 +267,7 @@ impl State {
     /// WSS3; `None` when optimal on the active set.
     fn select(&mut self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
         if self.nu {
-            return self.select_nu(q);
+            return self.select_nu_vectorised(q);
         }
         self.select_vectorised(q)
     }
@@ -372,6 +372,47 @@ impl State {
         Some((gmax_idx, gmin_idx))
     }
 
+    /// `Solver_NU::select_working_set` as masked vector passes (see [`State::select_vectorised`]).
+    fn select_nu_vectorised(&mut self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
+        let act = self.active_size;
+        let mut up = std::mem::take(&mut self.scratch_up);
+        let mut obj = std::mem::take(&mut self.scratch_obj);
+        up.resize(2 * act, 0.0);
+        obj.resize(act, 0.0);
+        let r = self.select_nu_with(q, &mut up[..2 * act], &mut obj[..act]);
+        self.scratch_up = up;
+        self.scratch_obj = obj;
+        r
+    }
+
+    fn select_nu_with(&self, q: &mut QMat<'_>, up: &mut [f64], obj: &mut [f64]) -> Option<(usize, usize)> {
+        let act = self.active_size;
+        let (y, g, st) = (&self.y[..act], &self.g[..act], &self.status[..act]);
+        let (upp, upn) = up.split_at_mut(act);
+        let (gmaxp, gmaxn) = pulp::Arch::new().dispatch(MaskedUpNu { y, g, st, outp: upp, outn: upn });
+        let ip = if gmaxp == -INF { None } else { upp.iter().rposition(|&v| v == gmaxp) };
+        let inn = if gmaxn == -INF { None } else { upn.iter().rposition(|&v| v == gmaxn) };
+        // Both columns stay valid: the cache keeps the two most recent columns and SVR's two
+        // buffers alternate.
+        let cip = ip.map(|t| q.fetch(t, act));
+        let cin = inn.map(|t| q.fetch(t, act));
+        let zeros = vec![0f32; act];
+        let qip: &[f32] = cip.map_or(&zeros[..], |c| &q.col(c)[..act]);
+        let qin: &[f32] = cin.map_or(&zeros[..], |c| &q.col(c)[..act]);
+        let qd = &q.qd()[..act];
+        let (qdp, qdn) = (ip.map_or(0.0, |t| qd[t]), inn.map_or(0.0, |t| qd[t]));
+        let (gmaxp2, gmaxn2) =
+            pulp::Arch::new().dispatch(MaskedLowNu { y, g, st, qip, qin, qd, qdp, qdn, gmaxp, gmaxn, out: obj });
+        let min = obj.iter().copied().fold(INF, f64::min);
+        if f64::max(gmaxp + gmaxp2, gmaxn + gmaxn2) < self.eps || min == INF {
+            return None;
+        }
+        let j = obj.iter().rposition(|&v| v == min)?;
+        let i = if y[j] == 1 { ip } else { inn }?;
+        Some((i, j))
+    }
+
+    #[cfg(test)]
     fn select_nu(&self, q: &mut QMat<'_>) -> Option<(usize, usize)> {
         let (mut gmaxp, mut gmaxp2, mut gmaxp_idx) = (-INF, -INF, usize::MAX);
         let (mut gmaxn, mut gmaxn2, mut gmaxn_idx) = (-INF, -INF, usize::MAX);
@@ -818,6 +859,74 @@ fn update_gradient(g: &mut [f64], qi: &[f32], qj: &[f32], dai: f64, daj: f64) {
     pulp::Arch::new().dispatch(K { g, qi, qj, dai, daj });
 }
 
+/// ν-solver pass 1: `−G_t` for `y_t = +1, α_t < C` and `G_t` for `y_t = −1, α_t > 0` (else −∞),
+/// in two arrays; returns both maxima.
+struct MaskedUpNu<'a> {
+    y: &'a [i8],
+    g: &'a [f64],
+    st: &'a [Status],
+    outp: &'a mut [f64],
+    outn: &'a mut [f64],
+}
+
+impl pulp::WithSimd for MaskedUpNu<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
+        let MaskedUpNu { y, g, st, outp, outn } = self;
+        let (mut mp, mut mn) = ([-INF; 8], [-INF; 8]);
+        for t in 0..outp.len() {
+            let pos = y[t] == 1;
+            let vp = if pos && st[t] != Status::Upper { -g[t] } else { -INF };
+            let vn = if !pos && st[t] != Status::Lower { g[t] } else { -INF };
+            outp[t] = vp;
+            outn[t] = vn;
+            mp[t % 8] = mp[t % 8].max(vp);
+            mn[t % 8] = mn[t % 8].max(vn);
+        }
+        (mp.iter().copied().fold(-INF, f64::max), mn.iter().copied().fold(-INF, f64::max))
+    }
+}
+
+/// ν-solver pass 2: LIBSVM's `obj_diff` per candidate `j` against the same-class `i` (+∞ when
+/// not a candidate); returns `(Gmaxp2, Gmaxn2)`.
+struct MaskedLowNu<'a> {
+    y: &'a [i8],
+    g: &'a [f64],
+    st: &'a [Status],
+    qip: &'a [f32],
+    qin: &'a [f32],
+    qd: &'a [f64],
+    qdp: f64,
+    qdn: f64,
+    gmaxp: f64,
+    gmaxn: f64,
+    out: &'a mut [f64],
+}
+
+impl pulp::WithSimd for MaskedLowNu<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
+        let MaskedLowNu { y, g, st, qip, qin, qd, qdp, qdn, gmaxp, gmaxn, out } = self;
+        let (mut mp, mut mn) = ([-INF; 8], [-INF; 8]);
+        for j in 0..out.len() {
+            let pos = y[j] == 1;
+            let ok = if pos { st[j] != Status::Lower } else { st[j] != Status::Upper };
+            mp[j % 8] = mp[j % 8].max(if pos && ok { g[j] } else { -INF });
+            mn[j % 8] = mn[j % 8].max(if !pos && ok { -g[j] } else { -INF });
+            let grad_diff = if pos { gmaxp + g[j] } else { gmaxn - g[j] };
+            let quad = if pos { qdp + qd[j] - 2.0 * f64::from(qip[j]) } else { qdn + qd[j] - 2.0 * f64::from(qin[j]) };
+            let den = if quad > 0.0 { quad } else { TAU };
+            let od = -(grad_diff * grad_diff) / den;
+            out[j] = if ok && grad_diff > 0.0 { od } else { INF };
+        }
+        (mp.iter().copied().fold(-INF, f64::max), mn.iter().copied().fold(-INF, f64::max))
+    }
+}
+
 /// `out[t] = −y_t·G_t` where `t ∈ I_up`, else −∞; returns the maximum.
 struct MaskedUp<'a> {
     y: &'a [i8],
@@ -892,7 +1001,7 @@ mod tests {
     #[test]
     fn vectorised_selection_equals_libsvms_loop() {
         let mut rng = sconce_core::SeededRng::new(3);
-        let mut found = 0;
+        let (mut found, mut found_nu) = (0, 0);
         for case in 0..300 {
             let l = 3 + rng.below(80) as usize;
             let x: Vec<f64> = (0..l * 3).map(|_| rng.normal()).collect();
@@ -933,7 +1042,10 @@ mod tests {
             let want = s.select_scalar(&mut q);
             found += usize::from(want.is_some());
             assert_eq!(s.select_vectorised(&mut q), want, "case {case}");
+            let want_nu = s.select_nu(&mut q);
+            found_nu += usize::from(want_nu.is_some());
+            assert_eq!(s.select_nu_vectorised(&mut q), want_nu, "nu case {case}");
         }
-        assert!(found > 100, "only {found} cases selected a pair");
+        assert!(found > 100 && found_nu > 100, "only {found} / {found_nu} cases selected a pair");
     }
 }

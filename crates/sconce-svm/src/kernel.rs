@@ -787,7 +787,7 @@ impl<'a> KernelRows<'a> {
         while c.done.load(Ordering::Acquire) != id {
             // Yield now and then: with fewer free cores than threads the helper needs this one.
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

@@ -412,14 +412,14 @@ impl pulp::WithSimd for Fill<'_, '_> {
             let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
             let panel = |b: usize| &p.dense32[b * PANEL * cols..(b + 1) * PANEL * cols];
             while pb + 4 <= p1 {
-                let acc = dot_panels32::<4>(&a32, [panel(pb), panel(pb + 1), panel(pb + 2), panel(pb + 3)]);
+                let acc = dot_panels::<f32, 4>(&a32, [panel(pb), panel(pb + 1), panel(pb + 2), panel(pb + 3)]);
                 for (q, acc) in acc.iter().enumerate() {
                     emit(p, i, sign, start, out, pb + q, &acc.map(f64::from));
                 }
                 pb += 4;
             }
             while pb < p1 {
-                let acc = dot_panels32::<1>(&a32, [panel(pb)]);
+                let acc = dot_panels::<f32, 1>(&a32, [panel(pb)]);
                 emit(p, i, sign, start, out, pb, &acc[0].map(f64::from));
                 pb += 1;
             }
@@ -430,14 +430,14 @@ impl pulp::WithSimd for Fill<'_, '_> {
         // (`emit` is a function, not a closure: closures are not inlined into the dispatched
         // body and would compile without the CPU's vector extensions.)
         while pb + 2 <= p1 {
-            let acc = dot_panels::<2>(a, [panel(pb), panel(pb + 1)]);
+            let acc = dot_panels::<f64, 2>(a, [panel(pb), panel(pb + 1)]);
             for (q, acc) in acc.iter().enumerate() {
                 emit(p, i, sign, start, out, pb + q, acc);
             }
             pb += 2;
         }
         while pb < p1 {
-            let acc = dot_panels::<1>(a, [panel(pb)]);
+            let acc = dot_panels::<f64, 1>(a, [panel(pb)]);
             emit(p, i, sign, start, out, pb, &acc[0]);
             pb += 1;
         }
@@ -445,33 +445,17 @@ impl pulp::WithSimd for Fill<'_, '_> {
 }
 
 /// Dot products of one sample `a` with the 16 samples of each of `R` panels, features
-/// summed in index order.
+/// summed in index order (`f64` panels, or `f32` ones in single-precision mode).
 #[inline(always)]
-fn dot_panels<const R: usize>(a: &[f64], panels: [&[f64]; R]) -> [[f64; PANEL]; R] {
-    let mut acc = [[0.0f64; PANEL]; R];
+fn dot_panels<T, const R: usize>(a: &[T], panels: [&[T]; R]) -> [[T; PANEL]; R]
+where
+    T: Copy + Default + std::ops::Mul<Output = T> + std::ops::AddAssign,
+{
+    let mut acc = [[T::default(); PANEL]; R];
     let n = panels.iter().map(|p| p.len() / PANEL).fold(a.len(), usize::min);
     let a = &a[..n];
     // Slicing everything to `n` first lets the compiler drop the bounds checks.
-    let vs: [&[[f64; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
-    for k in 0..n {
-        let ak = a[k];
-        for q in 0..R {
-            let v = &vs[q][k];
-            for t in 0..PANEL {
-                acc[q][t] += ak * v[t];
-            }
-        }
-    }
-    acc
-}
-
-/// [`dot_panels`] on `f32` panels with `f32` sums (single-precision mode).
-#[inline(always)]
-fn dot_panels32<const R: usize>(a: &[f32], panels: [&[f32]; R]) -> [[f32; PANEL]; R] {
-    let mut acc = [[0.0f32; PANEL]; R];
-    let n = panels.iter().map(|p| p.len() / PANEL).fold(a.len(), usize::min);
-    let a = &a[..n];
-    let vs: [&[[f32; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
+    let vs: [&[[T; PANEL]]; R] = panels.map(|p| &p.as_chunks::<PANEL>().0[..n]);
     for k in 0..n {
         let ak = a[k];
         for q in 0..R {

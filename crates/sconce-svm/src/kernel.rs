@@ -250,6 +250,20 @@ fn sparse_view<'a>(r: &Row<'a>) -> (std::borrow::Cow<'a, [u32]>, &'a [f64]) {
     }
 }
 
+/// `Σ (u−v)²/(u+v)` over the features of either row, terms with `u+v = 0` skipped (OpenCV's chi²).
+#[inline(always)]
+fn chi2_sum(a: Row<'_>, b: Row<'_>) -> f64 {
+    let mut s = 0.0;
+    merge(a, b, |u, v| {
+        let den = u + v;
+        if den != 0.0 {
+            let d = u - v;
+            s += d * d / den;
+        }
+    });
+    s
+}
+
 /// `u·v` of two rows in any representation (LIBSVM's sparse `dot`).
 #[inline(always)]
 pub(crate) fn dot(a: Row<'_>, b: Row<'_>) -> f64 {
@@ -302,17 +316,7 @@ impl Kernel {
                 (-self.gamma * s).exp()
             }
             KernelType::Precomputed => a.get(b.get(0) as u32),
-            KernelType::Chi2 => {
-                let mut s = 0.0;
-                merge(a, b, |u, v| {
-                    let den = u + v;
-                    if den != 0.0 {
-                        let d = u - v;
-                        s += d * d / den;
-                    }
-                });
-                (-self.gamma * s).exp()
-            }
+            KernelType::Chi2 => (-self.gamma * chi2_sum(a, b)).exp(),
             KernelType::Intersection => {
                 let mut s = 0.0;
                 merge(a, b, |u, v| s += u.min(v));
@@ -715,18 +719,8 @@ impl<'a> KernelRows<'a> {
         let (a, b) = (self.x.row(self.perm[i]), self.x.row(self.perm[j]));
         match self.kernel.kind {
             KernelType::Rbf => exp(-self.kernel.gamma * (self.sq[i] + self.sq[j] - 2.0 * dot(a, b))),
-            KernelType::Chi2 => {
-                // The training fill uses the vectorised exp (results are cached as f32).
-                let mut s = 0.0;
-                merge(a, b, |u, v| {
-                    let den = u + v;
-                    if den != 0.0 {
-                        let d = u - v;
-                        s += d * d / den;
-                    }
-                });
-                exp(-self.kernel.gamma * s)
-            }
+            // The training fill uses the vectorised exp (results are cached as f32).
+            KernelType::Chi2 => exp(-self.kernel.gamma * chi2_sum(a, b)),
             _ => self.kernel.eval(a, b),
         }
     }

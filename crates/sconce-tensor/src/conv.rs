@@ -1,5 +1,6 @@
 //! 2-D convolution forward and backward (input, weight and bias gradients) on the CPU:
-//! im2col + `gemm`, parallel over the batch, for any H×W, stride, padding, dilation and groups.
+//! im2col + `gemm`, parallel over the batch, for any H×W, stride, padding, dilation and groups
+//! (stride-1 `f32` convolutions skip im2col on AVX-512 CPUs: see `shift`).
 //!
 //! candle 0.11.1 computes the input gradient with a naive transposed-convolution loop (slow)
 //! and gets its shape wrong for stride > 1 on non-square inputs; here the input gradient is
@@ -12,6 +13,8 @@ use sconce_core::{Error, Result};
 
 use crate::kernel::{Real, contiguous_slice, cpu, float_dtype};
 use crate::matmul::{Op, gemm};
+
+mod shift;
 
 /// Stride, padding, dilation and groups of a 2-D convolution (`torch.nn.Conv2d`'s arguments).
 ///
@@ -253,6 +256,12 @@ impl Geom {
 
     /// [`Self::forward`] into a caller's buffer of `N·O·OH·OW` elements.
     fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
+        if let Some(sp) = self.shift_plan()
+            && let (Some(x), Some(wt)) = (T::as_f32(x), T::as_f32(wt))
+            && let Some(out) = T::as_f32_mut(out)
+        {
+            return self.forward_shifted(x, wt, out, &sp);
+        }
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
         if out.len() != self.n * self.o * p {
@@ -384,6 +393,12 @@ impl Geom {
     /// `dW = Σ_n dY_n · cols_nᵀ` into `dw` (`O·C/g·kh·kw`): one partial sum per chunk of
     /// images, added up at the end.
     pub(crate) fn weight_grad_into<T: Real>(&self, x: &[T], dy: &[T], dw: &mut [T]) -> candle_core::Result<()> {
+        if let Some(sp) = self.shift_plan()
+            && let (Some(x), Some(dy)) = (T::as_f32(x), T::as_f32(dy))
+            && let Some(dw) = T::as_f32_mut(dw)
+        {
+            return self.weight_grad_shifted(x, dy, dw, &sp);
+        }
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
         let pointwise = self.pointwise();

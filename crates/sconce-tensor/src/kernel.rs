@@ -12,6 +12,10 @@ pub(crate) trait Real: WithDType + Float + std::ops::AddAssign + std::iter::Sum 
     /// are then allocated once per thread instead of once per call: in this VM a first touch
     /// of fresh memory costs ~3.5 µs per 4 KiB page, which dominated small-channel convolutions.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+    /// The slice as `f32`, when `Self` is `f32` (for the `f32`-only AVX-512 kernels).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    /// The mutable slice as `f32`, when `Self` is `f32`.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 thread_local! {
@@ -44,11 +48,23 @@ impl Real for f32 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         scratch(&SCRATCH_F32, len, f)
     }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Real for f64 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         scratch(&SCRATCH_F64, len, f)
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 

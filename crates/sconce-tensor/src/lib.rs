@@ -22,6 +22,7 @@ mod matmul;
 mod pool;
 mod resize;
 mod separable;
+mod sgemm;
 mod stable;
 
 pub use batch_norm::{BatchStats, batch_norm_eval, batch_norm_train, update_running_stats};

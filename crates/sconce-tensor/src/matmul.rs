@@ -1,8 +1,10 @@
-//! The one place sconce calls the `gemm` crate: a bounds-checked, row-major matrix product
-//! `dst (+)= op(lhs) · op(rhs)`. The `unsafe` call is justified by the length checks before it.
+//! The one place sconce calls a matrix product: a bounds-checked, row-major
+//! `dst (+)= op(lhs) · op(rhs)`, on our AVX-512 kernel for `f32` when the CPU has it, else the
+//! `gemm` crate. The `unsafe` call is justified by the length checks before it.
 #![allow(unsafe_code)]
 
 use crate::kernel::Real;
+use crate::sgemm::{Strided, sgemm};
 
 /// How a row-major operand is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,21 @@ pub(crate) fn gemm<T: Real>(
             dst[..m * n].iter_mut().for_each(|v| *v = T::zero());
         }
         return Ok(());
+    }
+    if crate::sgemm::available()
+        && let (Some(l), Some(r)) = (T::as_f32(lhs), T::as_f32(rhs))
+    {
+        let a = match lhs_op {
+            Op::N => Strided { data: l, rs: k, cs: 1 },
+            Op::T => Strided { data: l, rs: 1, cs: m },
+        };
+        let b = match rhs_op {
+            Op::N => Strided { data: r, rs: n, cs: 1 },
+            Op::T => Strided { data: r, rs: 1, cs: k },
+        };
+        if let Some(c) = T::as_f32_mut(dst) {
+            return sgemm(m, n, k, c, n, accumulate, &a, &b, threads);
+        }
     }
     // Strides in elements: (column stride, row stride) of each operand as seen by the product.
     let (lhs_cs, lhs_rs) = match lhs_op {

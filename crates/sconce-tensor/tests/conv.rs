@@ -198,3 +198,47 @@ fn zero_sized_inputs_are_errors() -> Result<()> {
     assert!(sconce_tensor::global_avg_pool2d(&Tensor::zeros((2, 3, 0, 0), DType::F32, &dev)?).is_err());
     Ok(())
 }
+
+/// `(y, dx, dw)` of `sum(conv2d(x, w) · gy)` in the dtype of `x`.
+fn conv_and_grads(x: &Tensor, w: &Tensor, gy_seed: u64, cfg: &Conv2dConfig) -> Result<[Vec<f64>; 3]> {
+    let (xv, wv) = (Var::from_tensor(x)?, Var::from_tensor(w)?);
+    let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg)?;
+    let gy = random(y.dims(), gy_seed)?.to_dtype(x.dtype())?;
+    let grads = (&y * &gy)?.sum_all()?.backward()?;
+    let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?) };
+    Ok([
+        flat(&y)?,
+        flat(grads.get(xv.as_tensor()).context("dx")?)?,
+        flat(grads.get(wv.as_tensor()).context("dw")?)?,
+    ])
+}
+
+#[test]
+fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
+    // f32 stride-1 convolutions take the AVX-512 path without im2col (padded planes read at
+    // shifted offsets, grid columns dropped); f64 always takes im2col. Same numbers expected
+    // for every padding, dilation, group count, kernel shape, batch size and non-square input.
+    let cases: &[([usize; 4], [usize; 4], Conv2dConfig)] = &[
+        ([2, 8, 9, 13], [16, 8, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 5, 11, 7], [9, 5, 3, 3], Conv2dConfig::default()),
+        ([2, 6, 12, 10], [8, 3, 3, 3], Conv2dConfig { padding: (2, 1), dilation: (2, 1), groups: 2, ..Default::default() }),
+        ([1, 16, 8, 8], [24, 16, 1, 1], Conv2dConfig::default()),
+        ([2, 4, 10, 9], [7, 4, 1, 3], Conv2dConfig { padding: (0, 1), ..Default::default() }),
+        ([2, 3, 17, 15], [8, 3, 7, 7], Conv2dConfig::default().padding(3)),
+        ([2, 3, 17, 15], [8, 3, 7, 7], Conv2dConfig::default().padding(3).stride(2)),
+        ([3, 8, 9, 11], [12, 8, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
+        ([2, 64, 6, 6], [50, 64, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let (x, w) = (random(xs, 100 + i as u64)?, random(ws, 200 + i as u64)?);
+        let want = conv_and_grads(&x, &w, 300 + i as u64, cfg)?;
+        let got = conv_and_grads(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, 300 + i as u64, cfg)?;
+        for (what, (g, e)) in ["y", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+            assert_eq!(g.len(), e.len());
+            let scale = e.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let err = g.iter().zip(e).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 2e-5 * scale, "case {i} {what}: max error {err} (scale {scale})");
+        }
+    }
+    Ok(())
+}

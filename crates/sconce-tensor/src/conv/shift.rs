@@ -1,0 +1,210 @@
+//! Stride-1 convolutions in `f32` on the AVX-512 kernel without an im2col matrix: the input is
+//! padded once per image, and tap `(i, j)` of the kernel reads the padded planes shifted by
+//! `i·dh·Wp + j·dw`. The product then runs over the `OH×Wp` grid of the padded width (the
+//! `Wp − OW` extra columns of each row are computed and dropped), so im2col's rows are
+//! windows of the padded input, packed straight into the micro-kernel's panels.
+
+use rayon::prelude::*;
+
+use super::Geom;
+use crate::sgemm::{Columns, Shifted, Strided, sgemm};
+
+/// Where the taps read: the padded plane's width and size, each tap's offset, and the grid.
+pub(super) struct ShiftPlan {
+    /// Padded row length `W + 2pw` (the grid's row stride).
+    wp: usize,
+    /// Padded plane size `Hp·Wp`.
+    plane: usize,
+    /// Offset of tap `t = i·kw + j` in a padded plane.
+    offs: Vec<usize>,
+    /// Grid columns computed per output channel: `(OH − 1)·Wp + OW`.
+    n_grid: usize,
+    /// Whether the input needs a padded copy (any padding).
+    pad: bool,
+    /// Whether the grid has extra columns to drop (`Wp ≠ OW`).
+    compact: bool,
+}
+
+impl Geom {
+    /// The plan for a stride-1 convolution when the AVX-512 kernel is available.
+    pub(super) fn shift_plan(&self) -> Option<ShiftPlan> {
+        if self.sh != 1 || self.sw != 1 || !crate::sgemm::available() {
+            return None;
+        }
+        let (hp, wp) = (self.h + 2 * self.ph, self.w + 2 * self.pw);
+        let (dh, dw, kw) = (self.dh, self.dw, self.kw);
+        let offs = (0..self.kh).flat_map(|i| (0..kw).map(move |j| i * dh * wp + j * dw)).collect();
+        Some(ShiftPlan {
+            wp,
+            plane: hp * wp,
+            offs,
+            n_grid: (self.oh - 1) * wp + self.ow,
+            pad: self.ph > 0 || self.pw > 0,
+            compact: wp != self.ow,
+        })
+    }
+
+    /// One group's channels `[C/g, H, W]` into zero-padded planes `[C/g, Hp, Wp]`.
+    fn pad_into(&self, x: &[f32], xp: &mut [f32], sp: &ShiftPlan) {
+        let (h, w, ph, pw) = (self.h, self.w, self.ph, self.pw);
+        for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(sp.plane)) {
+            let (top, rest) = pc.split_at_mut(ph * sp.wp);
+            top.fill(0.0);
+            let (body, bottom) = rest.split_at_mut(h * sp.wp);
+            bottom.fill(0.0);
+            for (src, dst) in xc.chunks_exact(w).zip(body.chunks_exact_mut(sp.wp)) {
+                dst[..pw].fill(0.0);
+                dst[pw..pw + w].copy_from_slice(src);
+                dst[pw + w..].fill(0.0);
+            }
+        }
+    }
+
+    /// The input planes the taps read: a padded copy in `xp`, or `x` itself without padding.
+    fn source<'a>(&self, x: &'a [f32], xp: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
+        if sp.pad {
+            self.pad_into(x, xp, sp);
+            xp
+        } else {
+            x
+        }
+    }
+
+    /// Forward pass (`out`: `N·O·OH·OW`), images in parallel.
+    pub(super) fn forward_shifted(
+        &self,
+        x: &[f32],
+        wt: &[f32],
+        out: &mut [f32],
+        sp: &ShiftPlan,
+    ) -> candle_core::Result<()> {
+        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let hw = self.h * self.w;
+        if out.len() != self.n * self.o * p || x.len() != self.n * self.image_len() || wt.len() != self.weight_len() {
+            candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
+        }
+        let xp_len = if sp.pad { cg * sp.plane } else { 0 };
+        let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
+        let (_, gemm_threads) = self.plan();
+        let image = |scratch: &mut [f32], y: &mut [f32], x: &[f32]| -> candle_core::Result<()> {
+            let (xp, grid) = scratch.split_at_mut(xp_len);
+            for gi in 0..self.g {
+                let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                let a = Strided { data: &wt[gi * og * k..(gi + 1) * og * k], rs: k, cs: 1 };
+                let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
+                let yg = &mut y[gi * og * p..(gi + 1) * og * p];
+                if sp.compact {
+                    sgemm(og, sp.n_grid, k, grid, sp.n_grid, false, &a, &b, gemm_threads)?;
+                    for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
+                        for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
+                            row.copy_from_slice(&grid[o * sp.n_grid + oy * sp.wp..][..self.ow]);
+                        }
+                    }
+                } else {
+                    sgemm(og, p, k, yg, p, false, &a, &b, gemm_threads)?;
+                }
+            }
+            Ok(())
+        };
+        let scratch_len = xp_len + grid_len;
+        let (out_len, img_len) = (self.o * p, self.image_len());
+        if gemm_threads > 1 {
+            <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| {
+                out.chunks_mut(out_len).zip(x.chunks(img_len)).try_for_each(|(y, x)| image(s, y, x))
+            })
+        } else {
+            out.par_chunks_mut(out_len).zip(x.par_chunks(img_len)).try_for_each(|(y, x)| {
+                <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, y, x))
+            })
+        }
+    }
+
+    /// Weight gradient `dW = Σ_n dY_n · colsᵀ` (`dw` zeroed, `O·C/g·kh·kw`): `dY` laid out on
+    /// the grid (zeros in the extra columns) times the transposed windows of the padded input.
+    pub(super) fn weight_grad_shifted(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        sp: &ShiftPlan,
+    ) -> candle_core::Result<()> {
+        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let hw = self.h * self.w;
+        let (img_len, out_len) = (self.image_len(), self.o * p);
+        if x.len() != self.n * img_len || dy.len() != self.n * out_len || dw.len() != self.weight_len() {
+            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        let taps = sp.offs.len();
+        let boff: Vec<usize> = (0..k).map(|r| (r / taps) * sp.plane + sp.offs[r % taps]).collect();
+        let xp_len = if sp.pad { cg * sp.plane } else { 0 };
+        let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
+        let (chunks, _) = self.plan();
+        let per_chunk = self.n.div_ceil(chunks).max(1);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(per_chunk * img_len)
+            .zip(dy.par_chunks(per_chunk * out_len))
+            .map(|(x, dy)| -> candle_core::Result<Vec<f32>> {
+                let mut part = vec![0f32; self.weight_len()];
+                <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| -> candle_core::Result<()> {
+                    let (xp, grid) = scratch.split_at_mut(xp_len);
+                    for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
+                        for gi in 0..self.g {
+                            let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                            let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
+                            let a_data: &[f32] = if sp.compact {
+                                for (o, dyo) in dyg.chunks_exact(p).enumerate() {
+                                    let go = &mut grid[o * sp.n_grid..(o + 1) * sp.n_grid];
+                                    for (oy, row) in dyo.chunks_exact(self.ow).enumerate() {
+                                        let start = oy * sp.wp;
+                                        go[start..start + self.ow].copy_from_slice(row);
+                                        let end = (start + sp.wp).min(sp.n_grid);
+                                        go[start + self.ow..end].fill(0.0);
+                                    }
+                                }
+                                grid
+                            } else {
+                                dyg
+                            };
+                            let a = Strided { data: a_data, rs: sp.n_grid, cs: 1 };
+                            let b = Columns { data: src, offs: &boff };
+                            let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
+                            sgemm(og, k, sp.n_grid, dwg, k, true, &a, &b, 1)?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                Ok(part)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        for part in partials {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod perf_tmp {
+    use super::super::{Conv2dConfig, Geom};
+    #[test]
+    fn perf_tmp() {
+        for &(c, o, h, kk) in &[(64usize, 64usize, 56usize, 1usize), (64, 64, 56, 3), (256, 64, 56, 1), (128, 128, 28, 3)] {
+            let cfg = Conv2dConfig::default().padding(kk / 2);
+            let g = Geom::new(&[8, c, h, h], &[o, c, kk, kk], &cfg).unwrap();
+            let x = vec![0.5f32; 8 * c * h * h];
+            let w = vec![0.25f32; o * c * kk * kk];
+            let dy = vec![0.1f32; 8 * o * h * h];
+            let mut y = vec![0f32; 8 * o * h * h];
+            let mut dx = vec![0f32; x.len()];
+            let mut dw = vec![0f32; w.len()];
+            let time = |f: &mut dyn FnMut()| { f(); let t = std::time::Instant::now(); for _ in 0..10 { f(); } t.elapsed().as_secs_f64() * 100.0 };
+            let tf = time(&mut || g.forward_into(&x, &w, &mut y).unwrap());
+            let ti = time(&mut || g.input_grad_into(&w, &dy, &mut dx).unwrap());
+            let tw = time(&mut || { dw.fill(0.0); g.weight_grad_into(&x, &dy, &mut dw).unwrap() });
+            let gf = 2.0 * (8 * o * c * kk * kk * h * h) as f64 / 1e6;
+            println!("{kk}x{kk} c{c} o{o} h{h}: fwd {tf:.2} ms ({:.0} GF/s), dx {ti:.2} ms ({:.0}), dw {tw:.2} ms ({:.0})", gf / tf, gf / ti, gf / tw);
+        }
+    }
+}

@@ -1,10 +1,13 @@
 //! 2-D convolution forward and backward (input, weight and bias gradients) on the CPU:
 //! im2col + `gemm`, parallel over the batch, for any H×W, stride, padding, dilation and groups
-//! (stride-1 `f32` convolutions skip im2col on AVX-512 CPUs: see `shift`).
+//! (`f32` convolutions skip im2col on AVX-512 CPUs: see `shift`).
 //!
 //! candle 0.11.1 computes the input gradient with a naive transposed-convolution loop (slow)
 //! and gets its shape wrong for stride > 1 on non-square inputs; here the input gradient is
 //! `col2im(Wᵀ · dY)` and the weight gradient `dY · colsᵀ`, both through the same gemm.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -249,7 +252,20 @@ impl Geom {
 
     /// Forward: `y[n, o, p] = Σ_k W[o, k] · cols_n[k, p]` per group.
     pub(crate) fn forward<T: Real>(&self, x: &[T], wt: &[T]) -> candle_core::Result<Vec<T>> {
-        let mut out = vec![T::zero(); self.n * self.o * self.p()];
+        let len = self.n * self.o * self.p();
+        if let Some(sp) = self.shift_plan()
+            && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(wt))
+        {
+            // The AVX-512 path writes every output element: no zeroing pass over the output.
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            self.forward_shifted(xf, wf, &mut out.spare_capacity_mut()[..len], &sp)?;
+            // SAFETY: `forward_shifted` wrote all `len` elements (or returned an error above).
+            unsafe { out.set_len(len) };
+            if let Some(out) = T::from_f32_vec(out) {
+                return Ok(out);
+            }
+        }
+        let mut out = vec![T::zero(); len];
         self.forward_into(x, wt, &mut out)?;
         Ok(out)
     }
@@ -260,6 +276,9 @@ impl Geom {
             && let (Some(x), Some(wt)) = (T::as_f32(x), T::as_f32(wt))
             && let Some(out) = T::as_f32_mut(out)
         {
+            // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `forward_shifted` only ever
+            // writes initialised values through it.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<MaybeUninit<f32>>(), out.len()) };
             return self.forward_shifted(x, wt, out, &sp);
         }
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());

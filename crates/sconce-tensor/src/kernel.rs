@@ -16,6 +16,8 @@ pub(crate) trait Real: WithDType + Float + std::ops::AddAssign + std::iter::Sum 
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     /// The mutable slice as `f32`, when `Self` is `f32`.
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+    /// An `f32` vector as `Vec<Self>`, when `Self` is `f32`.
+    fn from_f32_vec(v: Vec<f32>) -> Option<Vec<Self>>;
 }
 
 thread_local! {
@@ -54,6 +56,9 @@ impl Real for f32 {
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
         Some(s)
     }
+    fn from_f32_vec(v: Vec<f32>) -> Option<Vec<Self>> {
+        Some(v)
+    }
 }
 
 impl Real for f64 {
@@ -64,6 +69,9 @@ impl Real for f64 {
         None
     }
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+    fn from_f32_vec(_: Vec<f32>) -> Option<Vec<Self>> {
         None
     }
 }

@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -79,9 +80,8 @@ impl PackB for Strided<'_> {
             let j = j0 + jp * NR;
             let w = NR.min(j0 + nc - j);
             if self.cs == 1 {
-                for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-                    copy_row(row, &self.data[(k0 + p) * self.rs + j..], w);
-                }
+                // SAFETY: packers only run inside `sgemm`, which checked `available()`.
+                unsafe { copy_rows(panel, w, |p| &self.data[(k0 + p) * self.rs + j..]) };
             } else if self.rs == 1 {
                 pack_transposed(self.data, |jj| jj * self.cs, k0, kc, j, w, panel);
             } else {
@@ -232,10 +232,13 @@ impl PackB for Shifted<'_> {
         for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
             let j = j0 + jp * NR;
             let w = NR.min(j0 + nc - j);
-            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-                let r = k0 + p;
-                copy_row(row, &self.data[(r / taps) * self.plane + self.offs[r % taps] + j..], w);
-            }
+            // SAFETY: packers only run inside `sgemm`, which checked `available()`.
+            unsafe {
+                copy_rows(panel, w, |p| {
+                    let r = k0 + p;
+                    &self.data[(r / taps) * self.plane + self.offs[r % taps] + j..]
+                })
+            };
         }
     }
 }
@@ -251,6 +254,18 @@ fn copy_row(row: &mut [f32], src: &[f32], w: usize) {
     }
     row[..w].copy_from_slice(&src[..w]);
     row[w..].fill(0.0);
+}
+
+/// Fills each `NR`-wide row `p` of `panel` from `src(p)` ([`copy_row`]), compiled for AVX-512
+/// so that full rows are three register moves rather than a `memcpy` call.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn copy_rows<'a>(panel: &mut [f32], w: usize, src: impl Fn(usize) -> &'a [f32]) {
+    for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+        copy_row(row, src(p), w);
+    }
 }
 
 thread_local! {
@@ -332,6 +347,25 @@ fn pack_a(m: usize, k: usize, a: &Strided<'_>, dst: &mut [f32]) {
     }
 }
 
+/// The product's output: initialised floats, or memory the product overwrites completely
+/// (only without `accumulate`), so a fresh output needs no zeroing pass.
+pub(crate) enum Out<'a> {
+    Init(&'a mut [f32]),
+    Uninit(&'a mut [MaybeUninit<f32>]),
+}
+
+impl<'a> From<&'a mut [f32]> for Out<'a> {
+    fn from(c: &'a mut [f32]) -> Self {
+        Out::Init(c)
+    }
+}
+
+impl<'a> From<&'a mut [MaybeUninit<f32>]> for Out<'a> {
+    fn from(c: &'a mut [MaybeUninit<f32>]) -> Self {
+        Out::Uninit(c)
+    }
+}
+
 /// A `*mut f32` that rayon tasks may share: each task writes a disjoint set of columns.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -347,11 +381,11 @@ unsafe impl Sync for SharedOut {}
 /// When an operand is shorter than its shape needs (an internal bug; never UB), or when the
 /// CPU lacks AVX-512 (callers check [`available`] first).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm<B: PackB + ?Sized>(
+pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [f32],
+    c: impl Into<Out<'c>>,
     ldc: usize,
     accumulate: bool,
     a: &Strided<'_>,
@@ -364,19 +398,29 @@ pub(crate) fn sgemm<B: PackB + ?Sized>(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    if ldc < n || c.len() < (m - 1) * ldc + n {
-        candle_core::bail!("sgemm: output of {} (row stride {ldc}) for {m}x{n}", c.len());
+    let (c_ptr, c_len, init) = match c.into() {
+        Out::Init(c) => (c.as_mut_ptr(), c.len(), true),
+        Out::Uninit(c) => (c.as_mut_ptr().cast::<f32>(), c.len(), false),
+    };
+    if accumulate && !init {
+        candle_core::bail!("sgemm: cannot accumulate into uninitialised memory");
+    }
+    if ldc < n || c_len < (m - 1) * ldc + n {
+        candle_core::bail!("sgemm: output of {c_len} (row stride {ldc}) for {m}x{n}");
     }
     if k == 0 {
         if !accumulate {
-            c.chunks_mut(ldc).take(m).for_each(|r| r[..n].fill(0.0));
+            for i in 0..m {
+                // SAFETY: row `i < m` has `n ≤ ldc` elements inside the `c_len` checked above.
+                unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc), 0, n) };
+            }
         }
         return Ok(());
     }
     a.check_dims(m, k, "left operand")?;
     b.check(k, n)?;
     let mp = m.div_ceil(MR) * MR;
-    let out = SharedOut(c.as_mut_ptr());
+    let out = SharedOut(c_ptr);
     with_buf(&APACK, mp * k, |apack| {
         pack_a(m, k, a, apack);
         let apack = &*apack;
@@ -463,14 +507,22 @@ unsafe fn tile(
     cols: usize,
     overwrite: bool,
 ) {
-    if rows == MR && cols == NR {
-        // SAFETY: forwarded contract.
-        unsafe { kernel(kc, a, b, c, ldc, overwrite) };
+    // Only as many 16-lane vectors as the tile's columns need: the narrow last panel of a
+    // product (n = 64 gives panels of 48 and 16) then costs a third of a full one.
+    let nv = cols.div_ceil(16);
+    let run: unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool) = match nv {
+        1 => kernel::<1>,
+        2 => kernel::<2>,
+        _ => kernel::<NV>,
+    };
+    if rows == MR && cols == nv * 16 {
+        // SAFETY: forwarded contract; the kernel writes `MR` rows of `16·nv = cols` floats.
+        unsafe { run(kc, a, b, c, ldc, overwrite) };
         return;
     }
     let mut buf = [0f32; MR * NR];
     // SAFETY: `buf` is a full MR×NR tile with row stride NR.
-    unsafe { kernel(kc, a, b, buf.as_mut_ptr(), NR, true) };
+    unsafe { run(kc, a, b, buf.as_mut_ptr(), NR, true) };
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: `i < rows`, `j < cols`: inside the caller's tile.
@@ -482,21 +534,22 @@ unsafe fn tile(
     }
 }
 
-/// The micro-kernel: `C[MR×NR] (+)= Σ_p a[p][0..MR] ⊗ b[p][0..NR]`.
+/// The micro-kernel: `C[MR×16·V] (+)= Σ_p a[p][0..MR] ⊗ b[p][0..16·V]` (B panels keep their
+/// row stride `NR`; `V ≤ NV`).
 ///
 /// # Safety
-/// `a` holds `kc·MR` and `b` `kc·NR` readable floats, `c` is valid for `MR` rows of `NR` floats
-/// with row stride `ldc`, and the CPU has AVX-512F.
+/// `a` holds `kc·MR` and `b` `kc·NR` readable floats, `c` is valid for `MR` rows of `16·V`
+/// floats with row stride `ldc`, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers every pointer offset below.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
-            let mut bv = [_mm512_setzero_ps(); NV];
+            let mut bv = [_mm512_setzero_ps(); V];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = _mm512_loadu_ps(b.add(16 * v));
             }
@@ -524,7 +577,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usiz
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_kc: usize, _a: *const f32, _b: *const f32, _c: *mut f32, _ldc: usize, _overwrite: bool) {}
+unsafe fn kernel<const V: usize>(_kc: usize, _a: *const f32, _b: *const f32, _c: *mut f32, _ldc: usize, _overwrite: bool) {}
 
 #[cfg(test)]
 mod tests {
@@ -571,8 +624,8 @@ mod tests {
                     for threads in [1, 2] {
                         let ldc = n + 3;
                         let mut c = vec![1.0f32; m * ldc];
-                        sgemm(m, n, k, &mut c, ldc, false, &a, &b, threads)?;
-                        sgemm(m, n, k, &mut c, ldc, true, &a, &b, threads)?;
+                        sgemm(m, n, k, &mut c[..], ldc, false, &a, &b, threads)?;
+                        sgemm(m, n, k, &mut c[..], ldc, true, &a, &b, threads)?;
                         for i in 0..m {
                             for j in 0..n {
                                 let (got, w) = (f64::from(c[i * ldc + j]), 2.0 * want[i * n + j]);
@@ -606,7 +659,7 @@ mod tests {
             }
             let want = naive(m, n, k, &a, &Strided { data: &dense, rs: n, cs: 1 });
             let mut c = vec![0f32; m * n];
-            sgemm(m, n, k, &mut c, n, false, &a, &Columns { data: &data, offs: &offs }, 1)?;
+            sgemm(m, n, k, &mut c[..], n, false, &a, &Columns { data: &data, offs: &offs }, 1)?;
             for (i, (&g, &w)) in c.iter().zip(&want).enumerate() {
                 assert!((f64::from(g) - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} at {i}: {g} vs {w}");
             }
@@ -614,7 +667,7 @@ mod tests {
         let data = vec![0f32; 10];
         let mut c = vec![0f32; 1];
         let a = Strided { data: &data, rs: 10, cs: 1 };
-        assert!(sgemm(1, 1, 10, &mut c, 1, false, &a, &Columns { data: &data, offs: &[1] }, 1).is_err());
+        assert!(sgemm(1, 1, 10, &mut c[..], 1, false, &a, &Columns { data: &data, offs: &[1] }, 1).is_err());
         Ok(())
     }
 
@@ -637,11 +690,11 @@ mod tests {
         }
         let want = naive(m, n, k, &a, &Strided { data: &dense, rs: n, cs: 1 });
         let mut c = vec![0f32; m * n];
-        sgemm(m, n, k, &mut c, n, false, &a, &Shifted { data: &data, plane: 50, offs: &offs }, 1)?;
+        sgemm(m, n, k, &mut c[..], n, false, &a, &Shifted { data: &data, plane: 50, offs: &offs }, 1)?;
         assert!(c.iter().zip(&want).all(|(&g, &w)| (f64::from(g) - w).abs() < 1e-5));
         // A window past the end is refused, not read.
         let short = Shifted { data: &data[..140], plane: 50, offs: &offs };
-        assert!(sgemm(m, n, k, &mut c, n, false, &a, &short, 1).is_err());
+        assert!(sgemm(m, n, k, &mut c[..], n, false, &a, &short, 1).is_err());
         Ok(())
     }
 }
@@ -656,10 +709,10 @@ mod perf_tmp {
             let a = if ta { Strided { data: &a_data, rs: 1, cs: m } } else { Strided { data: &a_data, rs: k, cs: 1 } };
             let b = if tb { Strided { data: &b_data, rs: 1, cs: k } } else { Strided { data: &b_data, rs: n, cs: 1 } };
             let mut c = vec![0f32; m * n];
-            sgemm(m, n, k, &mut c, n, false, &a, &b, 1).unwrap();
+            sgemm(m, n, k, &mut c[..], n, false, &a, &b, 1).unwrap();
             let t = std::time::Instant::now();
             let it = 20;
-            for _ in 0..it { sgemm(m, n, k, &mut c, n, false, &a, &b, 1).unwrap(); }
+            for _ in 0..it { sgemm(m, n, k, &mut c[..], n, false, &a, &b, 1).unwrap(); }
             let s = t.elapsed().as_secs_f64() / it as f64;
             let mut c2 = vec![0f32; m * n];
             let t = std::time::Instant::now();

@@ -215,7 +215,7 @@ fn conv_and_grads(x: &Tensor, w: &Tensor, gy_seed: u64, cfg: &Conv2dConfig) -> R
 
 #[test]
 fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
-    // f32 stride-1 convolutions take the AVX-512 path without im2col (padded planes read at
+    // f32 convolutions take the AVX-512 path without im2col (padded phase planes read at
     // shifted offsets, grid columns dropped); f64 always takes im2col. Same numbers expected
     // for every padding, dilation, group count, kernel shape, batch size and non-square input.
     let cases: &[([usize; 4], [usize; 4], Conv2dConfig)] = &[
@@ -228,6 +228,11 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
         ([2, 3, 17, 15], [8, 3, 7, 7], Conv2dConfig::default().padding(3).stride(2)),
         ([3, 8, 9, 11], [12, 8, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
         ([2, 64, 6, 6], [50, 64, 3, 3], Conv2dConfig::default().padding(1)),
+        ([2, 16, 14, 13], [32, 16, 1, 1], Conv2dConfig::default().stride(2)),
+        ([2, 5, 13, 12], [6, 5, 3, 3], Conv2dConfig::default().stride(2)),
+        ([2, 4, 11, 10], [6, 4, 3, 2], Conv2dConfig { stride: (2, 1), padding: (1, 0), ..Default::default() }),
+        ([1, 3, 16, 17], [4, 3, 5, 5], Conv2dConfig { stride: (3, 3), padding: (2, 1), ..Default::default() }),
+        ([2, 6, 9, 9], [4, 3, 3, 3], Conv2dConfig { stride: (2, 2), padding: (1, 1), groups: 2, ..Default::default() }),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let (x, w) = (random(xs, 100 + i as u64)?, random(ws, 200 + i as u64)?);

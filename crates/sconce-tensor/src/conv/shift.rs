@@ -1,61 +1,92 @@
-//! Stride-1 convolutions in `f32` on the AVX-512 kernel without an im2col matrix: the input is
-//! padded once per image, and tap `(i, j)` of the kernel reads the padded planes shifted by
-//! `i·dh·Wp + j·dw`. The product then runs over the `OH×Wp` grid of the padded width (the
-//! `Wp − OW` extra columns of each row are computed and dropped), so im2col's rows are
-//! windows of the padded input, packed straight into the micro-kernel's panels.
+//! Convolutions in `f32` on the AVX-512 kernel without an im2col matrix: the input is padded
+//! once per image (and split into `s×s` phases for stride `s`), and tap `(i, j)` of the kernel
+//! reads those planes shifted by a constant offset. The product then runs over a grid as wide
+//! as a padded phase row (the few extra columns of each row are computed and dropped), so
+//! im2col's rows are windows of the padded input, packed straight into the micro-kernel's panels.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::Geom;
 use crate::sgemm::{Columns, Shifted, Strided, sgemm};
 
-/// Where the taps read: the padded plane's width and size, each tap's offset, and the grid.
+/// Where the taps read: the phase planes of the padded input, each tap's offset, the grid.
 pub(super) struct ShiftPlan {
-    /// Padded row length `W + 2pw` (the grid's row stride).
-    wp: usize,
-    /// Padded plane size `Hp·Wp`.
+    /// Row length of a phase plane, `⌈Wp / sw⌉` (the grid's row stride).
+    wq: usize,
+    /// Rows of a phase plane, `⌈Hp / sh⌉`.
+    hq: usize,
+    /// The phases `(py, px)` some tap reads (`(0, 0)` alone for stride 1).
+    phases: Vec<(usize, usize)>,
+    /// Values per channel: all its phase planes.
     plane: usize,
-    /// Offset of tap `t = i·kw + j` in a padded plane.
+    /// Offset of tap `t = i·kw + j` in a channel's planes.
     offs: Vec<usize>,
-    /// Grid columns computed per output channel: `(OH − 1)·Wp + OW`.
+    /// Grid columns computed per output channel: `(OH − 1)·wq + OW`.
     n_grid: usize,
-    /// Whether the input needs a padded copy (any padding).
+    /// Whether the input needs a copy (any padding or stride).
     pad: bool,
-    /// Whether the grid has extra columns to drop (`Wp ≠ OW`).
+    /// Whether the grid has extra columns to drop (`wq ≠ OW`).
     compact: bool,
 }
 
 impl Geom {
-    /// The plan for a stride-1 convolution when the AVX-512 kernel is available.
+    /// The plan when the AVX-512 kernel is available: any stride-1 convolution, and strided
+    /// ones without dilation. A stride `s` splits the padded input into `s×s` phases
+    /// (`x[s·i + py][s·j + px]`); tap `(i, j)` then reads phase `(i mod s, j mod s)` shifted by
+    /// `(i / s, j / s)`, a stride-1 window again.
     pub(super) fn shift_plan(&self) -> Option<ShiftPlan> {
-        if self.sh != 1 || self.sw != 1 || !crate::sgemm::available() {
+        let (sh, sw) = (self.sh, self.sw);
+        if !crate::sgemm::available() || ((sh > 1 || sw > 1) && (self.dh != 1 || self.dw != 1)) {
             return None;
         }
         let (hp, wp) = (self.h + 2 * self.ph, self.w + 2 * self.pw);
+        let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+        let (py_n, px_n) = (sh.min(self.kh), sw.min(self.kw));
+        let phases: Vec<(usize, usize)> = (0..py_n).flat_map(|py| (0..px_n).map(move |px| (py, px))).collect();
         let (dh, dw, kw) = (self.dh, self.dw, self.kw);
-        let offs = (0..self.kh).flat_map(|i| (0..kw).map(move |j| i * dh * wp + j * dw)).collect();
+        let offs = (0..self.kh)
+            .flat_map(|i| {
+                (0..kw).map(move |j| ((i % sh) * px_n + j % sw) * hq * wq + (i / sh) * dh * wq + (j / sw) * dw)
+            })
+            .collect();
         Some(ShiftPlan {
-            wp,
-            plane: hp * wp,
+            wq,
+            hq,
+            plane: phases.len() * hq * wq,
+            phases,
             offs,
-            n_grid: (self.oh - 1) * wp + self.ow,
-            pad: self.ph > 0 || self.pw > 0,
-            compact: wp != self.ow,
+            n_grid: (self.oh - 1) * wq + self.ow,
+            pad: self.ph > 0 || self.pw > 0 || sh > 1 || sw > 1,
+            compact: wq != self.ow,
         })
     }
 
-    /// One group's channels `[C/g, H, W]` into zero-padded planes `[C/g, Hp, Wp]`.
+    /// One group's channels `[C/g, H, W]` into zero-padded phase planes `[C/g, phases, hq, wq]`.
     fn pad_into(&self, x: &[f32], xp: &mut [f32], sp: &ShiftPlan) {
-        let (h, w, ph, pw) = (self.h, self.w, self.ph, self.pw);
+        let (h, w, ph, pw, sh, sw) = (self.h, self.w, self.ph, self.pw, self.sh, self.sw);
+        let pl = sp.hq * sp.wq;
         for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(sp.plane)) {
-            let (top, rest) = pc.split_at_mut(ph * sp.wp);
-            top.fill(0.0);
-            let (body, bottom) = rest.split_at_mut(h * sp.wp);
-            bottom.fill(0.0);
-            for (src, dst) in xc.chunks_exact(w).zip(body.chunks_exact_mut(sp.wp)) {
-                dst[..pw].fill(0.0);
-                dst[pw..pw + w].copy_from_slice(src);
-                dst[pw + w..].fill(0.0);
+            for (&(py, px), plane) in sp.phases.iter().zip(pc.chunks_exact_mut(pl)) {
+                for (i, dst) in plane.chunks_exact_mut(sp.wq).enumerate() {
+                    let y = (sh * i + py) as isize - ph as isize;
+                    if y < 0 || y >= h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &xc[y as usize * w..(y as usize + 1) * w];
+                    if sw == 1 {
+                        dst[..pw].fill(0.0);
+                        dst[pw..pw + w].copy_from_slice(src);
+                        dst[pw + w..].fill(0.0);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let xx = (sw * j + px) as isize - pw as isize;
+                            *d = if xx >= 0 && xx < w as isize { src[xx as usize] } else { 0.0 };
+                        }
+                    }
+                }
             }
         }
     }
@@ -70,12 +101,13 @@ impl Geom {
         }
     }
 
-    /// Forward pass (`out`: `N·O·OH·OW`), images in parallel.
+    /// Forward pass into `out` (`N·O·OH·OW`, every element written: it may start
+    /// uninitialised), images in parallel.
     pub(super) fn forward_shifted(
         &self,
         x: &[f32],
         wt: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         sp: &ShiftPlan,
     ) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
@@ -86,7 +118,7 @@ impl Geom {
         let xp_len = if sp.pad { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
-        let image = |scratch: &mut [f32], y: &mut [f32], x: &[f32]| -> candle_core::Result<()> {
+        let image = |scratch: &mut [f32], y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
             let (xp, grid) = scratch.split_at_mut(xp_len);
             for gi in 0..self.g {
                 let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
@@ -94,10 +126,12 @@ impl Geom {
                 let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
                 let yg = &mut y[gi * og * p..(gi + 1) * og * p];
                 if sp.compact {
-                    sgemm(og, sp.n_grid, k, grid, sp.n_grid, false, &a, &b, gemm_threads)?;
+                    sgemm(og, sp.n_grid, k, &mut grid[..], sp.n_grid, false, &a, &b, gemm_threads)?;
                     for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
                         for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
-                            row.copy_from_slice(&grid[o * sp.n_grid + oy * sp.wp..][..self.ow]);
+                            for (d, &v) in row.iter_mut().zip(&grid[o * sp.n_grid + oy * sp.wq..][..self.ow]) {
+                                d.write(v);
+                            }
                         }
                     }
                 } else {
@@ -155,9 +189,9 @@ impl Geom {
                                 for (o, dyo) in dyg.chunks_exact(p).enumerate() {
                                     let go = &mut grid[o * sp.n_grid..(o + 1) * sp.n_grid];
                                     for (oy, row) in dyo.chunks_exact(self.ow).enumerate() {
-                                        let start = oy * sp.wp;
+                                        let start = oy * sp.wq;
                                         go[start..start + self.ow].copy_from_slice(row);
-                                        let end = (start + sp.wp).min(sp.n_grid);
+                                        let end = (start + sp.wq).min(sp.n_grid);
                                         go[start + self.ow..end].fill(0.0);
                                     }
                                 }
@@ -190,7 +224,7 @@ mod perf_tmp {
     use super::super::{Conv2dConfig, Geom};
     #[test]
     fn perf_tmp() {
-        for &(c, o, h, kk) in &[(64usize, 64usize, 56usize, 1usize), (64, 64, 56, 3), (256, 64, 56, 1), (128, 128, 28, 3)] {
+        for &(c, o, h, kk) in &[(64usize, 256usize, 56usize, 1usize), (64, 64, 56, 3), (256, 64, 56, 1), (128, 128, 28, 3)] {
             let cfg = Conv2dConfig::default().padding(kk / 2);
             let g = Geom::new(&[8, c, h, h], &[o, c, kk, kk], &cfg).unwrap();
             let x = vec![0.5f32; 8 * c * h * h];

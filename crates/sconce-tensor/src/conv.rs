@@ -323,8 +323,14 @@ impl Geom {
     /// runs through the fast forward path (a gemm with a short output and a long inner
     /// dimension) instead of `col2im(Wᵀ · dY)`, whose gemm writes a `K×P` matrix with `k = O/g`.
     fn input_grad_as_conv(&self) -> Option<Geom> {
+        if self.pointwise() { None } else { self.adjoint_conv() }
+    }
+
+    /// The convolution of [`Self::input_grad_as_conv`], pointwise ones included (for those the
+    /// im2col path multiplies by `Wᵀ` directly).
+    fn adjoint_conv(&self) -> Option<Geom> {
         let (eh, ew) = (self.dh * (self.kh - 1), self.dw * (self.kw - 1));
-        if self.sh != 1 || self.sw != 1 || self.pointwise() || self.ph > eh || self.pw > ew {
+        if self.sh != 1 || self.sw != 1 || self.ph > eh || self.pw > ew {
             return None;
         }
         let mut t = *self;
@@ -527,6 +533,9 @@ impl Conv2dBackward {
         let x_len = if self.transposed { g.n * g.o * g.p() } else { g.n * g.image_len() };
         let dx_len = if self.need_dx { x_len } else { 0 };
         let dw_len = if self.need_dw { g.weight_len() } else { 0 };
+        if let Some(out) = self.run_f32_fresh_dx(x, w, dy, dx_len, dw_len)? {
+            return Ok(out);
+        }
         // One allocation for both results: no reallocation of the (large) input gradient.
         let mut out = vec![T::zero(); dx_len + dw_len];
         let (dx, dw) = out.split_at_mut(dx_len);
@@ -541,6 +550,53 @@ impl Conv2dBackward {
             g.backward_into(x, w, dy, self.need_dx.then_some(dx), self.need_dw.then_some(dw))?;
         }
         Ok(out)
+    }
+
+    /// [`Self::run`] when the input gradient is a forward pass on the AVX-512 path in `f32`:
+    /// that pass writes every element, so the (large) `dx` part of the buffer is not zeroed
+    /// first. `None` when it does not apply.
+    fn run_f32_fresh_dx<T: Real>(
+        &self,
+        x: &[T],
+        w: &[T],
+        dy: &[T],
+        dx_len: usize,
+        dw_len: usize,
+    ) -> candle_core::Result<Option<Vec<T>>> {
+        let g = &self.geom;
+        let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
+            return Ok(None);
+        };
+        // The convolution whose forward pass is dx, and its kernel.
+        let (conv, kernel): (Geom, std::borrow::Cow<'_, [f32]>) = if self.transposed {
+            (*g, std::borrow::Cow::Borrowed(wf))
+        } else if let Some(t) = g.adjoint_conv() {
+            (t, std::borrow::Cow::Owned(g.flip_transpose(wf)))
+        } else {
+            return Ok(None);
+        };
+        let Some(sp) = conv.shift_plan() else { return Ok(None) };
+        if !self.need_dx {
+            return Ok(None);
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(dx_len + dw_len);
+        let (dx, dw) = out.spare_capacity_mut()[..dx_len + dw_len].split_at_mut(dx_len);
+        conv.forward_shifted(dyf, &kernel, dx, &sp)?;
+        if self.need_dw {
+            dw.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+            // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
+            let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
+            if self.transposed {
+                g.weight_grad_into(dyf, xf, dw)?;
+            } else {
+                g.weight_grad_into(xf, dyf, dw)?;
+            }
+        }
+        // SAFETY: `forward_shifted` wrote all of `dx` and the loop above all of `dw`.
+        unsafe { out.set_len(dx_len + dw_len) };
+        Ok(T::from_f32_vec(out))
     }
 
     /// Applies the kernel and splits its buffer into `(dx, dw)` shaped like `x` and `w`.

@@ -247,3 +247,36 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn f32_transposed_convolution_agrees_with_the_f64_path() -> Result<()> {
+    // Its forward pass is a convolution's input gradient, its input gradient a forward pass:
+    // both directions of the f32 AVX-512 path against f64's im2col.
+    let cases: &[([usize; 4], [usize; 4], ConvTranspose2dConfig)] = &[
+        ([2, 6, 7, 9], [6, 4, 3, 3], ConvTranspose2dConfig::default().padding(1)),
+        ([2, 6, 7, 9], [6, 4, 3, 3], ConvTranspose2dConfig::default().stride(2).padding(1).output_padding(1)),
+        ([1, 8, 5, 5], [8, 3, 1, 1], ConvTranspose2dConfig::default()),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let run = |dtype: DType| -> Result<[Vec<f64>; 3]> {
+            let x = Var::from_tensor(&random(xs, 500 + i as u64)?.to_dtype(dtype)?)?;
+            let w = Var::from_tensor(&random(ws, 600 + i as u64)?.to_dtype(dtype)?)?;
+            let y = conv_transpose2d(x.as_tensor(), w.as_tensor(), None, cfg)?;
+            let gy = random(y.dims(), 700 + i as u64)?.to_dtype(dtype)?;
+            let grads = (&y * &gy)?.sum_all()?.backward()?;
+            let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?) };
+            Ok([
+                flat(&y)?,
+                flat(grads.get(x.as_tensor()).context("dx")?)?,
+                flat(grads.get(w.as_tensor()).context("dw")?)?,
+            ])
+        };
+        let (want, got) = (run(DType::F64)?, run(DType::F32)?);
+        for (what, (g, e)) in ["y", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+            let scale = e.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let err = g.iter().zip(e).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 2e-5 * scale, "case {i} {what}: max error {err} (scale {scale})");
+        }
+    }
+    Ok(())
+}

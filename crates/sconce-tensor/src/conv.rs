@@ -344,13 +344,19 @@ impl Geom {
     fn flip_transpose<T: Real>(&self, wt: &[T]) -> Vec<T> {
         let (og, cg, kk) = (self.og(), self.cg(), self.kh * self.kw);
         let mut out = vec![T::zero(); wt.len()];
+        // 16×16 tiles of (o, c): both the reads and the writes of a tile stay in cache.
+        const TILE: usize = 16;
         for gi in 0..self.g {
-            for o in 0..og {
-                for c in 0..cg {
-                    let src = &wt[((gi * og + o) * cg + c) * kk..][..kk];
-                    let dst = &mut out[((gi * cg + c) * og + o) * kk..][..kk];
-                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                        *d = *s;
+            for o0 in (0..og).step_by(TILE) {
+                for c0 in (0..cg).step_by(TILE) {
+                    for o in o0..(o0 + TILE).min(og) {
+                        for c in c0..(c0 + TILE).min(cg) {
+                            let src = &wt[((gi * og + o) * cg + c) * kk..][..kk];
+                            let dst = &mut out[((gi * cg + c) * og + o) * kk..][..kk];
+                            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                                *d = *s;
+                            }
+                        }
                     }
                 }
             }

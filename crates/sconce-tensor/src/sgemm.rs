@@ -392,13 +392,73 @@ pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
+    let Some(out) = prepare(m, n, k, c.into(), ldc, accumulate)? else { return Ok(()) };
+    a.check_dims(m, k, "left operand")?;
+    b.check(k, n)?;
+    with_buf(&APACK, m.div_ceil(MR) * MR * k, |apack| {
+        pack_a(m, k, a, apack);
+        product(m, n, k, out, ldc, accumulate, apack, b, threads);
+    });
+    Ok(())
+}
+
+/// A left operand packed once for several products (a convolution's weights, shared by every
+/// image of the batch).
+pub(crate) struct PackedA {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    /// Packs the `m×k` operand `a`.
+    ///
+    /// # Errors
+    /// When `a` is shorter than `m×k` needs.
+    pub(crate) fn new(m: usize, k: usize, a: &Strided<'_>) -> candle_core::Result<Self> {
+        a.check_dims(m, k, "left operand")?;
+        let mut data = vec![0f32; m.div_ceil(MR) * MR * k];
+        pack_a(m, k, a, &mut data);
+        Ok(PackedA { data, m, k })
+    }
+}
+
+/// [`sgemm`] with a left operand packed beforehand.
+///
+/// # Errors
+/// As [`sgemm`].
+pub(crate) fn sgemm_packed<'c, B: PackB + ?Sized>(
+    n: usize,
+    c: impl Into<Out<'c>>,
+    ldc: usize,
+    accumulate: bool,
+    a: &PackedA,
+    b: &B,
+    threads: usize,
+) -> candle_core::Result<()> {
+    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate)? else { return Ok(()) };
+    b.check(a.k, n)?;
+    product(a.m, n, a.k, out, ldc, accumulate, &a.data, b, threads);
+    Ok(())
+}
+
+/// Checks the output and handles the empty cases (zeros for `k = 0`); `Some(output)` when there
+/// is a product to compute.
+fn prepare(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out<'_>,
+    ldc: usize,
+    accumulate: bool,
+) -> candle_core::Result<Option<SharedOut>> {
     if !available() {
         candle_core::bail!("sgemm: this CPU has no AVX-512F");
     }
     if m == 0 || n == 0 {
-        return Ok(());
+        return Ok(None);
     }
-    let (c_ptr, c_len, init) = match c.into() {
+    let (c_ptr, c_len, init) = match c {
         Out::Init(c) => (c.as_mut_ptr(), c.len(), true),
         Out::Uninit(c) => (c.as_mut_ptr().cast::<f32>(), c.len(), false),
     };
@@ -415,31 +475,39 @@ pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
                 unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc), 0, n) };
             }
         }
-        return Ok(());
+        return Ok(None);
     }
-    a.check_dims(m, k, "left operand")?;
-    b.check(k, n)?;
-    let mp = m.div_ceil(MR) * MR;
-    let out = SharedOut(c_ptr);
-    with_buf(&APACK, mp * k, |apack| {
-        pack_a(m, k, a, apack);
-        let apack = &*apack;
-        let tasks = if threads > 1 { threads.min(n.div_ceil(2 * NR)) } else { 1 };
-        if tasks <= 1 {
-            // SAFETY: the checks above bound every index `run` writes by `(m−1)·ldc + n`.
-            unsafe { run(m, k, 0, n, out, ldc, accumulate, apack, b) };
-        } else {
-            let per = n.div_ceil(tasks).div_ceil(NR) * NR;
-            (0..tasks).into_par_iter().for_each(|t| {
-                let (lo, hi) = (t * per, ((t + 1) * per).min(n));
-                if lo < hi {
-                    // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)`.
-                    unsafe { run(m, k, lo, hi, out, ldc, accumulate, apack, b) };
-                }
-            });
-        }
-    });
-    Ok(())
+    Ok(Some(SharedOut(c_ptr)))
+}
+
+/// The product proper, columns split over `threads` rayon tasks.
+#[allow(clippy::too_many_arguments)]
+fn product<B: PackB + ?Sized>(
+    m: usize,
+    n: usize,
+    k: usize,
+    out: SharedOut,
+    ldc: usize,
+    accumulate: bool,
+    apack: &[f32],
+    b: &B,
+    threads: usize,
+) {
+    let tasks = if threads > 1 { threads.min(n.div_ceil(2 * NR)) } else { 1 };
+    if tasks <= 1 {
+        // SAFETY: `prepare` bounded every index `run` writes by `(m−1)·ldc + n`, `b.check`
+        // passed, and `apack` is `pack_a`'s output for `m×k`.
+        unsafe { run(m, k, 0, n, out, ldc, accumulate, apack, b) };
+    } else {
+        let per = n.div_ceil(tasks).div_ceil(NR) * NR;
+        (0..tasks).into_par_iter().for_each(|t| {
+            let (lo, hi) = (t * per, ((t + 1) * per).min(n));
+            if lo < hi {
+                // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)`.
+                unsafe { run(m, k, lo, hi, out, ldc, accumulate, apack, b) };
+            }
+        });
+    }
 }
 
 /// Columns `[j_lo, j_hi)` of the product into `c`.

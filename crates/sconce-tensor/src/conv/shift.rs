@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::Geom;
-use crate::sgemm::{Columns, Shifted, Strided, sgemm};
+use crate::sgemm::{Columns, PackedA, Shifted, Strided, sgemm, sgemm_packed};
 
 /// Where the taps read: the phase planes of the padded input, each tap's offset, the grid.
 pub(super) struct ShiftPlan {
@@ -118,15 +118,18 @@ impl Geom {
         let xp_len = if sp.pad { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
+        // The weights are packed once per group, for every image.
+        let packed = (0..self.g)
+            .map(|gi| PackedA::new(og, k, &Strided { data: &wt[gi * og * k..(gi + 1) * og * k], rs: k, cs: 1 }))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let image = |scratch: &mut [f32], y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
             let (xp, grid) = scratch.split_at_mut(xp_len);
-            for gi in 0..self.g {
+            for (gi, a) in packed.iter().enumerate() {
                 let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                let a = Strided { data: &wt[gi * og * k..(gi + 1) * og * k], rs: k, cs: 1 };
                 let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
                 let yg = &mut y[gi * og * p..(gi + 1) * og * p];
                 if sp.compact {
-                    sgemm(og, sp.n_grid, k, &mut grid[..], sp.n_grid, false, &a, &b, gemm_threads)?;
+                    sgemm_packed(sp.n_grid, &mut grid[..], sp.n_grid, false, a, &b, gemm_threads)?;
                     for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
                         for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
                             for (d, &v) in row.iter_mut().zip(&grid[o * sp.n_grid + oy * sp.wq..][..self.ow]) {
@@ -135,7 +138,7 @@ impl Geom {
                         }
                     }
                 } else {
-                    sgemm(og, p, k, yg, p, false, &a, &b, gemm_threads)?;
+                    sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
                 }
             }
             Ok(())

@@ -54,6 +54,15 @@ fn training_gradients_match_finite_differences() -> Result<()> {
         assert!(r.max_abs_err < 1e-6, "{shape:?} dgamma: {r:?}");
         let r = check_gradient(|t| Ok(batch_norm_train(&x, &g, t, 1e-5)?.0), &b, 1e-6, 3)?;
         assert!(r.max_abs_err < 1e-6, "{shape:?} dbeta: {r:?}");
+        // Evaluation mode (the fused per-channel scale-shift op) is differentiable too.
+        let rm = random(&[c], seed + 30, 0.5)?;
+        let rv = (random(&[c], seed + 40, 0.0)?.sqr()? + 0.5)?;
+        let r = check_gradient(|t| batch_norm_eval(t, &rm, &rv, &g, &b, 1e-5), &x, 1e-6, 4)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} eval dx: {r:?}");
+        let r = check_gradient(|t| batch_norm_eval(&x, &rm, &rv, t, &b, 1e-5), &g, 1e-6, 5)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} eval dgamma: {r:?}");
+        let r = check_gradient(|t| batch_norm_eval(&x, &rm, &rv, &g, t, 1e-5), &b, 1e-6, 6)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} eval dbeta: {r:?}");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!
 //! The training op keeps only the per-channel mean and variance for its backward pass — not the normalised activation — so it stores `2·C` numbers beyond its input,
 //! where candle-nn's composed version keeps several full-size intermediates.
+#![allow(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
 
@@ -335,14 +336,20 @@ struct ScaleShift {
 
 impl ScaleShift {
     fn run<T: Real>(&self, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
-        let hw = self.d.hw;
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (yp, xp))| {
-            let (s, b) = (scale[i % self.d.c], shift[i % self.d.c]);
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = v * s + b;
+        let (hw, c) = (self.d.hw, self.d.c);
+        // Whole images per task (a channel plane can be 49 values), written without a zeroing
+        // pass: every element of the spare capacity is written before `set_len`.
+        let mut y: Vec<T> = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(yi, xi)| {
+            for (ch, (yp, xp)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).enumerate() {
+                let (s, b) = (scale[ch], shift[ch]);
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    o.write(v * s + b);
+                }
             }
         });
+        // SAFETY: the loop above wrote all `x.len()` elements (`x` splits into whole images).
+        unsafe { y.set_len(x.len()) };
         y
     }
 }

@@ -132,7 +132,15 @@ impl PackB for Columns<'_> {
 
 /// One `kc×NR` panel from columns stored contiguously: `panel[p][c] = data[col(j + c) + k0 + p]`
 /// for `c < w`, zero for `c ≥ w`; 16×16 blocks go through registers.
-fn pack_transposed(data: &[f32], col: impl Fn(usize) -> usize, k0: usize, kc: usize, j: usize, w: usize, panel: &mut [f32]) {
+fn pack_transposed(
+    data: &[f32],
+    col: impl Fn(usize) -> usize,
+    k0: usize,
+    kc: usize,
+    j: usize,
+    w: usize,
+    panel: &mut [f32],
+) {
     for g in 0..NV {
         let c0 = g * 16;
         let cw = 16.min(w.saturating_sub(c0));
@@ -216,7 +224,7 @@ impl PackB for Shifted<'_> {
         if k == 0 || n == 0 {
             return Ok(());
         }
-        if taps == 0 || k % taps != 0 {
+        if taps == 0 || !k.is_multiple_of(taps) {
             candle_core::bail!("sgemm: {k} rows are not a multiple of {taps} taps");
         }
         let max_off = self.offs.iter().copied().max().unwrap_or(0);
@@ -645,7 +653,15 @@ unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mu
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const V: usize>(_kc: usize, _a: *const f32, _b: *const f32, _c: *mut f32, _ldc: usize, _overwrite: bool) {}
+unsafe fn kernel<const V: usize>(
+    _kc: usize,
+    _a: *const f32,
+    _b: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _overwrite: bool,
+) {
+}
 
 #[cfg(test)]
 mod tests {
@@ -686,8 +702,16 @@ mod tests {
             let b_data = lcg(n as u64 * 3 + 1, k * n);
             for a_t in [false, true] {
                 for b_t in [false, true] {
-                    let a = if a_t { Strided { data: &a_data, rs: 1, cs: m } } else { Strided { data: &a_data, rs: k, cs: 1 } };
-                    let b = if b_t { Strided { data: &b_data, rs: 1, cs: k } } else { Strided { data: &b_data, rs: n, cs: 1 } };
+                    let a = if a_t {
+                        Strided { data: &a_data, rs: 1, cs: m }
+                    } else {
+                        Strided { data: &a_data, rs: k, cs: 1 }
+                    };
+                    let b = if b_t {
+                        Strided { data: &b_data, rs: 1, cs: k }
+                    } else {
+                        Strided { data: &b_data, rs: n, cs: 1 }
+                    };
                     let want = naive(m, n, k, &a, &b);
                     for threads in [1, 2] {
                         let ldc = n + 3;
@@ -697,9 +721,15 @@ mod tests {
                         for i in 0..m {
                             for j in 0..n {
                                 let (got, w) = (f64::from(c[i * ldc + j]), 2.0 * want[i * n + j]);
-                                assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k} {a_t} {b_t} ({i},{j}): {got} vs {w}");
+                                assert!(
+                                    (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                    "{m}x{n}x{k} {a_t} {b_t} ({i},{j}): {got} vs {w}"
+                                );
                             }
-                            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 1.0), "padding columns untouched");
+                            assert!(
+                                c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 1.0),
+                                "padding columns untouched"
+                            );
                         }
                     }
                 }
@@ -733,7 +763,7 @@ mod tests {
             }
         }
         let data = vec![0f32; 10];
-        let mut c = vec![0f32; 1];
+        let mut c = [0f32; 1];
         let a = Strided { data: &data, rs: 10, cs: 1 };
         assert!(sgemm(1, 1, 10, &mut c[..], 1, false, &a, &Columns { data: &data, offs: &[1] }, 1).is_err());
         Ok(())
@@ -764,30 +794,5 @@ mod tests {
         let short = Shifted { data: &data[..140], plane: 50, offs: &offs };
         assert!(sgemm(m, n, k, &mut c[..], n, false, &a, &short, 1).is_err());
         Ok(())
-    }
-}
-#[cfg(test)]
-mod perf_tmp {
-    use super::*;
-    #[test]
-    fn perf_tmp() {
-        for &(m, n, k, ta, tb) in &[(64usize, 3136usize, 576usize, false, false), (64, 3136, 64, false, false), (256, 3136, 64, false, false), (64, 576, 3136, false, true), (576, 3136, 64, true, false)] {
-            let a_data = vec![0.5f32; m * k];
-            let b_data = vec![0.25f32; k * n];
-            let a = if ta { Strided { data: &a_data, rs: 1, cs: m } } else { Strided { data: &a_data, rs: k, cs: 1 } };
-            let b = if tb { Strided { data: &b_data, rs: 1, cs: k } } else { Strided { data: &b_data, rs: n, cs: 1 } };
-            let mut c = vec![0f32; m * n];
-            sgemm(m, n, k, &mut c[..], n, false, &a, &b, 1).unwrap();
-            let t = std::time::Instant::now();
-            let it = 20;
-            for _ in 0..it { sgemm(m, n, k, &mut c[..], n, false, &a, &b, 1).unwrap(); }
-            let s = t.elapsed().as_secs_f64() / it as f64;
-            let mut c2 = vec![0f32; m * n];
-            let t = std::time::Instant::now();
-            for _ in 0..it { unsafe { gemm::gemm(m, n, k, c2.as_mut_ptr(), 1, n as isize, false, a_data.as_ptr(), a.cs as isize, a.rs as isize, b_data.as_ptr(), b.cs as isize, b.rs as isize, 1.0, 1.0, false, false, false, gemm::Parallelism::None) } }
-            let s2 = t.elapsed().as_secs_f64() / it as f64;
-            let f = 2.0 * (m * n * k) as f64;
-            println!("{m}x{n}x{k} ta={ta} tb={tb}: ours {:.1} GFLOP/s ({:.2} ms), gemm crate {:.1}", f / s / 1e9, s * 1e3, f / s2 / 1e9);
-        }
     }
 }

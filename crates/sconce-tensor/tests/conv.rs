@@ -206,11 +206,7 @@ fn conv_and_grads(x: &Tensor, w: &Tensor, gy_seed: u64, cfg: &Conv2dConfig) -> R
     let gy = random(y.dims(), gy_seed)?.to_dtype(x.dtype())?;
     let grads = (&y * &gy)?.sum_all()?.backward()?;
     let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?) };
-    Ok([
-        flat(&y)?,
-        flat(grads.get(xv.as_tensor()).context("dx")?)?,
-        flat(grads.get(wv.as_tensor()).context("dw")?)?,
-    ])
+    Ok([flat(&y)?, flat(grads.get(xv.as_tensor()).context("dx")?)?, flat(grads.get(wv.as_tensor()).context("dw")?)?])
 }
 
 #[test]
@@ -221,7 +217,11 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
     let cases: &[([usize; 4], [usize; 4], Conv2dConfig)] = &[
         ([2, 8, 9, 13], [16, 8, 3, 3], Conv2dConfig::default().padding(1)),
         ([3, 5, 11, 7], [9, 5, 3, 3], Conv2dConfig::default()),
-        ([2, 6, 12, 10], [8, 3, 3, 3], Conv2dConfig { padding: (2, 1), dilation: (2, 1), groups: 2, ..Default::default() }),
+        (
+            [2, 6, 12, 10],
+            [8, 3, 3, 3],
+            Conv2dConfig { padding: (2, 1), dilation: (2, 1), groups: 2, ..Default::default() },
+        ),
         ([1, 16, 8, 8], [24, 16, 1, 1], Conv2dConfig::default()),
         ([2, 4, 10, 9], [7, 4, 1, 3], Conv2dConfig { padding: (0, 1), ..Default::default() }),
         ([2, 3, 17, 15], [8, 3, 7, 7], Conv2dConfig::default().padding(3)),

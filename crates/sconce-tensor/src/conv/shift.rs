@@ -150,9 +150,9 @@ impl Geom {
                 out.chunks_mut(out_len).zip(x.chunks(img_len)).try_for_each(|(y, x)| image(s, y, x))
             })
         } else {
-            out.par_chunks_mut(out_len).zip(x.par_chunks(img_len)).try_for_each(|(y, x)| {
-                <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, y, x))
-            })
+            out.par_chunks_mut(out_len)
+                .zip(x.par_chunks(img_len))
+                .try_for_each(|(y, x)| <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, y, x)))
         }
     }
 
@@ -219,29 +219,5 @@ impl Geom {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod perf_tmp {
-    use super::super::{Conv2dConfig, Geom};
-    #[test]
-    fn perf_tmp() {
-        for &(c, o, h, kk) in &[(64usize, 256usize, 56usize, 1usize), (64, 64, 56, 3), (256, 64, 56, 1), (128, 128, 28, 3)] {
-            let cfg = Conv2dConfig::default().padding(kk / 2);
-            let g = Geom::new(&[8, c, h, h], &[o, c, kk, kk], &cfg).unwrap();
-            let x = vec![0.5f32; 8 * c * h * h];
-            let w = vec![0.25f32; o * c * kk * kk];
-            let dy = vec![0.1f32; 8 * o * h * h];
-            let mut y = vec![0f32; 8 * o * h * h];
-            let mut dx = vec![0f32; x.len()];
-            let mut dw = vec![0f32; w.len()];
-            let time = |f: &mut dyn FnMut()| { f(); let t = std::time::Instant::now(); for _ in 0..10 { f(); } t.elapsed().as_secs_f64() * 100.0 };
-            let tf = time(&mut || g.forward_into(&x, &w, &mut y).unwrap());
-            let ti = time(&mut || g.input_grad_into(&w, &dy, &mut dx).unwrap());
-            let tw = time(&mut || { dw.fill(0.0); g.weight_grad_into(&x, &dy, &mut dw).unwrap() });
-            let gf = 2.0 * (8 * o * c * kk * kk * h * h) as f64 / 1e6;
-            println!("{kk}x{kk} c{c} o{o} h{h}: fwd {tf:.2} ms ({:.0} GF/s), dx {ti:.2} ms ({:.0}), dw {tw:.2} ms ({:.0})", gf / tf, gf / ti, gf / tw);
-        }
     }
 }

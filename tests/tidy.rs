@@ -263,6 +263,45 @@ fn library_roots_deny_panicking_shortcuts() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The only files that may opt out of the workspace's `unsafe_code = "deny"`, each with why.
+const UNSAFE_ALLOWED: &[(&str, &str)] = &[
+    ("crates/sconce-tensor/src/matmul.rs", "the call into the gemm crate, after length checks"),
+    ("crates/sconce-tensor/src/sgemm.rs", "the AVX-512 micro-kernel and its packing, behind bound checks"),
+    ("crates/sconce-tensor/src/conv.rs", "outputs written into uninitialised capacity, every element"),
+    ("crates/sconce-tensor/src/batch_norm.rs", "outputs written into uninitialised capacity, every element"),
+    ("crates/sconce-layers/src/io.rs", "memory-mapping safetensors files"),
+];
+
+/// Files that allow `unsafe` code but are not in the list.
+fn unsafe_problems(files: &[(String, String)], allowed: &[(&str, &str)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, text)| text.contains(concat!("allow(", "unsafe_code)")))
+        .filter(|(path, _)| !allowed.iter().any(|(a, _)| path == a))
+        .map(|(path, _)| format!("{path}: allows unsafe code but is not in tidy's UNSAFE_ALLOWED list"))
+        .collect()
+}
+
+#[test]
+fn unsafe_code_stays_in_the_listed_files() {
+    let mut files = Vec::new();
+    for dir in ["crates", "src", "examples", "benches"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(root()).unwrap_or(f).display().to_string();
+            (rel, fs::read_to_string(f).unwrap_or_default())
+        })
+        .collect();
+    let problems = unsafe_problems(&texts, UNSAFE_ALLOWED);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The check can fail: an unlisted file that opts out is reported.
+    let rogue = vec![("crates/x/src/lib.rs".to_string(), format!("#![{}]", concat!("allow(", "unsafe_code)")))];
+    assert_eq!(unsafe_problems(&rogue, UNSAFE_ALLOWED).len(), 1);
+}
+
 // ---- The checker itself must be able to fail: synthetic manifests, never the real ones. ----
 
 fn manifest(name: &str, deps: &[&str], dev: &[&str]) -> (String, String) {

@@ -8,12 +8,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
-use crate::kernel::{Real, block_sum, block_sum2, contiguous_slice, cpu, f64_of, float_dtype};
+use crate::kernel::{Kernel3, Real, block_sum, block_sum2, cpu, cpu_fwd3, f64_of, float_dtype};
 
 /// Per-channel statistics of one training batch.
 #[derive(Debug, Clone)]
@@ -87,6 +86,13 @@ impl BnTrain {
     }
 }
 
+impl Kernel3 for BnTrain {
+    const NAME: &'static str = "batch_norm";
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], c: &[T]) -> candle_core::Result<Vec<T>> {
+        Ok(self.run(a, b, c))
+    }
+}
+
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "sconce-batch-norm"
@@ -101,30 +107,8 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let name = "batch_norm";
-        let shape = l1.shape().clone();
-        match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
-                CpuStorage::F32(self.run(
-                    contiguous_slice::<f32>(s1, l1, name)?,
-                    contiguous_slice::<f32>(s2, l2, name)?,
-                    contiguous_slice::<f32>(s3, l3, name)?,
-                )),
-                shape,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => Ok((
-                CpuStorage::F64(self.run(
-                    contiguous_slice::<f64>(s1, l1, name)?,
-                    contiguous_slice::<f64>(s2, l2, name)?,
-                    contiguous_slice::<f64>(s3, l3, name)?,
-                )),
-                shape,
-            )),
-            (a, _, _) => candle_core::bail!(
-                "{name}: input, weight and bias must share the dtype f32 or f64, got {:?}",
-                a.dtype()
-            ),
-        }
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, l1.shape().clone()))
     }
 
     fn bwd(
@@ -201,6 +185,13 @@ impl BnBackward {
     }
 }
 
+impl Kernel3 for BnBackward {
+    const NAME: &'static str = "batch_norm backward";
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], c: &[T]) -> candle_core::Result<Vec<T>> {
+        self.run(a, b, c)
+    }
+}
+
 impl CustomOp3 for BnBackward {
     fn name(&self) -> &'static str {
         "sconce-batch-norm-backward"
@@ -215,21 +206,7 @@ impl CustomOp3 for BnBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let name = "batch_norm backward";
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run(
-                contiguous_slice::<f32>(s1, l1, name)?,
-                contiguous_slice::<f32>(s2, l2, name)?,
-                contiguous_slice::<f32>(s3, l3, name)?,
-            )?),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run(
-                contiguous_slice::<f64>(s1, l1, name)?,
-                contiguous_slice::<f64>(s2, l2, name)?,
-                contiguous_slice::<f64>(s3, l3, name)?,
-            )?),
-            _ => candle_core::bail!("{name}: mixed dtypes"),
-        };
-        let len = l1.shape().elem_count() + 2 * self.d.c;
+        let (out, len) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from(len)))
     }
 }
@@ -354,6 +331,13 @@ impl ScaleShift {
     }
 }
 
+impl Kernel3 for ScaleShift {
+    const NAME: &'static str = "batch_norm_eval";
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], c: &[T]) -> candle_core::Result<Vec<T>> {
+        Ok(self.run(a, b, c))
+    }
+}
+
 impl CustomOp3 for ScaleShift {
     fn name(&self) -> &'static str {
         "sconce-scale-shift"
@@ -368,27 +352,8 @@ impl CustomOp3 for ScaleShift {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let name = "batch_norm_eval";
-        let shape = l1.shape().clone();
-        match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => Ok((
-                CpuStorage::F32(self.run(
-                    contiguous_slice::<f32>(s1, l1, name)?,
-                    contiguous_slice::<f32>(s2, l2, name)?,
-                    contiguous_slice::<f32>(s3, l3, name)?,
-                )),
-                shape,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => Ok((
-                CpuStorage::F64(self.run(
-                    contiguous_slice::<f64>(s1, l1, name)?,
-                    contiguous_slice::<f64>(s2, l2, name)?,
-                    contiguous_slice::<f64>(s3, l3, name)?,
-                )),
-                shape,
-            )),
-            (a, _, _) => candle_core::bail!("{name}: input and parameters must share f32 or f64, got {:?}", a.dtype()),
-        }
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, l1.shape().clone()))
     }
 
     /// `dx = dy·scale`, `dscale = Σ dy·x`, `dshift = Σ dy` (sums over all but the channel axis).

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
-use crate::kernel::{Real, contiguous_slice, cpu, float_dtype};
+use crate::kernel::{Kernel3, Real, contiguous_slice, cpu, cpu_fwd3, float_dtype};
 use crate::matmul::{Op, gemm};
 
 mod shift;
@@ -619,6 +619,13 @@ impl Conv2dBackward {
     }
 }
 
+impl Kernel3 for Conv2dBackward {
+    const NAME: &'static str = "conv2d backward";
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], c: &[T]) -> candle_core::Result<Vec<T>> {
+        self.run(a, b, c)
+    }
+}
+
 impl CustomOp3 for Conv2dBackward {
     fn name(&self) -> &'static str {
         "sconce-conv2d-backward"
@@ -633,25 +640,7 @@ impl CustomOp3 for Conv2dBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let name = "conv2d backward";
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run(
-                contiguous_slice::<f32>(s1, l1, name)?,
-                contiguous_slice::<f32>(s2, l2, name)?,
-                contiguous_slice::<f32>(s3, l3, name)?,
-            )?),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run(
-                contiguous_slice::<f64>(s1, l1, name)?,
-                contiguous_slice::<f64>(s2, l2, name)?,
-                contiguous_slice::<f64>(s3, l3, name)?,
-            )?),
-            _ => candle_core::bail!("{name}: mixed dtypes"),
-        };
-        let len = match &out {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::F64(v) => v.len(),
-            _ => 0,
-        };
+        let (out, len) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from(len)))
     }
 }

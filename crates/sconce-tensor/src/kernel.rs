@@ -1,6 +1,7 @@
 //! Plumbing shared by the CPU kernels: the float element trait, contiguous slices out of
 //! candle's storage, and argument checks that become `sconce_core::Error`s.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
 use num_traits::Float;
 use sconce_core::Error;
@@ -92,6 +93,50 @@ pub(crate) fn contiguous_slice<'a, T: Real>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: the kernel needs a contiguous input (call .contiguous() first)"),
+    }
+}
+
+/// A kernel over three contiguous inputs of one dtype, written once for `f32` and `f64`.
+pub(crate) trait Kernel3 {
+    /// The op's name in error messages.
+    const NAME: &'static str;
+    /// The flat output for inputs `a`, `b`, `c`.
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], c: &[T]) -> candle_core::Result<Vec<T>>;
+}
+
+/// `CustomOp3::cpu_fwd`'s dtype dispatch for a [`Kernel3`]: the output storage and its length.
+pub(crate) fn cpu_fwd3<K: Kernel3>(
+    k: &K,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> candle_core::Result<(CpuStorage, usize)> {
+    let name = K::NAME;
+    match (s1, s2, s3) {
+        (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+            let v = k.kernel(
+                contiguous_slice::<f32>(s1, l1, name)?,
+                contiguous_slice::<f32>(s2, l2, name)?,
+                contiguous_slice::<f32>(s3, l3, name)?,
+            )?;
+            let len = v.len();
+            Ok((CpuStorage::F32(v), len))
+        }
+        (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+            let v = k.kernel(
+                contiguous_slice::<f64>(s1, l1, name)?,
+                contiguous_slice::<f64>(s2, l2, name)?,
+                contiguous_slice::<f64>(s3, l3, name)?,
+            )?;
+            let len = v.len();
+            Ok((CpuStorage::F64(v), len))
+        }
+        (a, b, c) => candle_core::bail!(
+            "{name}: the three inputs must share the dtype f32 or f64, got {:?}, {:?} and {:?}",
+            a.dtype(),
+            b.dtype(),
+            c.dtype()
+        ),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Categorical cross-entropy from logits over axis 1, fused: integer targets (with
 //! `ignore_index`) or probability targets, class weights and label smoothing with PyTorch's
 //! exact semantics, for `[N, C]` and `[N, C, H, W, ...]`.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
 
 use std::sync::{Arc, OnceLock};
 
@@ -459,42 +462,44 @@ impl CeOp {
         let (c, s_len) = (self.c, self.inner);
         let (w, sw) = self.class_consts();
         let sum_w: f32 = w.iter().sum();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(c * s_len).zip(x.par_chunks(c * s_len)).enumerate().for_each(|(n, (dxn, xn))| {
-            for s0 in (0..s_len).step_by(TILE) {
-                let len = TILE.min(s_len - s0);
-                let r0 = n * s_len + s0;
-                let mut lse_t = [0f32; TILE];
-                let mut g_t = [0f32; TILE];
-                for t in 0..len {
-                    lse_t[t] = lse[r0 + t] as f32;
-                    g_t[t] = (if g.len() == 1 { g[0] } else { g[r0 + t] }) as f32;
-                }
-                simd(BwdTile {
-                    x: xn,
-                    dx: dxn,
-                    s_len,
-                    s0,
-                    len,
-                    c,
-                    w: &w,
-                    sw: &sw,
-                    sum_w,
-                    one_m_eps: (1.0 - self.eps) as f32,
-                    ys: match &self.kind {
-                        Target::Index(y) => Some(&y[r0..r0 + len]),
-                        Target::Prob => None,
-                    },
-                    ignore: self.ignore,
-                    probs: match &self.kind {
-                        Target::Prob => Some(&prob[n * c * s_len..(n + 1) * c * s_len]),
-                        Target::Index(_) => None,
-                    },
-                    lse: &lse_t[..len],
-                    g: &g_t[..len],
-                });
-            }
+        // Every element of `dx` is written by the tile kernel (the target's `−a_y` included),
+        // so the 42 MiB gradient of a segmentation batch is not zeroed first.
+        let mut dx: Vec<f32> = Vec::with_capacity(x.len());
+        let spare = &mut dx.spare_capacity_mut()[..x.len()];
+        spare.par_chunks_mut(c * s_len).zip(x.par_chunks(c * s_len)).enumerate().for_each(|(n, (dxn, xn))| {
+            // One image at a time, class rows outermost: each pass streams one logit row and
+            // one gradient row (plus the per-position arrays, which stay in L2). Tiles across
+            // all classes kept 2·C streams in flight and stalled the hardware prefetcher.
+            let r0 = n * s_len;
+            let lse_t: Vec<f32> = lse[r0..r0 + s_len].iter().map(|&v| v as f32).collect();
+            let g_t: Vec<f32> = (0..s_len).map(|t| (if g.len() == 1 { g[0] } else { g[r0 + t] }) as f32).collect();
+            simd(BwdTile {
+                x: xn,
+                dx: dxn,
+                s_len,
+                s0: 0,
+                len: s_len,
+                c,
+                w: &w,
+                sw: &sw,
+                sum_w,
+                one_m_eps: (1.0 - self.eps) as f32,
+                ys: match &self.kind {
+                    Target::Index(y) => Some(&y[r0..r0 + s_len]),
+                    Target::Prob => None,
+                },
+                ignore: self.ignore,
+                probs: match &self.kind {
+                    Target::Prob => Some(&prob[n * c * s_len..(n + 1) * c * s_len]),
+                    Target::Index(_) => None,
+                },
+                lse: &lse_t,
+                g: &g_t,
+            });
         });
+        // SAFETY: the images split `dx` into whole `c·s_len` chunks, and `BwdTile` writes every
+        // position `0..s_len` of every class row of its image.
+        unsafe { dx.set_len(x.len()) };
         Ok(dx)
     }
 }
@@ -565,34 +570,51 @@ impl pulp::WithSimd for FwdTile<'_> {
             }
         }
         let sum_sw: f32 = sw.iter().sum();
-        let mut total = 0f64;
-        for t in 0..len {
-            let ln_se = fastmath::ln(se[t]);
-            lse[t] = m[t] + ln_se;
-            let value = match ys {
-                Some(ys) => {
-                    let y = ys[t];
-                    if Some(y) == ignore {
-                        0.0
-                    } else {
-                        let yu = y as usize;
-                        let xy = x[yu * s_len + s0 + t];
-                        one_m_eps * w[yu] * ((m[t] - xy) + ln_se) + (sum_sw * ln_se + amx[t])
-                    }
+        // The target's logit and weight per position first (a gather), then one vectorised pass
+        // without a running sum (a sequential f32 sum would keep the loop scalar).
+        let (mut wy_buf, mut xy_buf, mut keep_buf) = ([0f32; TILE], [0f32; TILE], [1f32; TILE]);
+        let (wy, xy, keep) = (&mut wy_buf[..len], &mut xy_buf[..len], &mut keep_buf[..len]);
+        if let Some(ys) = ys {
+            for (t, &y) in ys.iter().enumerate() {
+                if Some(y) == ignore {
+                    keep[t] = 0.0;
+                } else {
+                    let yu = y as usize;
+                    wy[t] = one_m_eps * w[yu];
+                    xy[t] = x[yu * s_len + s0 + t];
                 }
-                None => a_sum[t] * ln_se + amx[t],
-            };
-            loss[t] = value;
-            total += f64::from(value);
+            }
         }
-        total
+        let by_index = ys.is_some();
+        let per_pos = lse.iter_mut().zip(loss.iter_mut()).zip(se.iter().zip(m.iter()));
+        for (t, ((l, lo), (&sev, &mv))) in per_pos.enumerate() {
+            let ln_se = fastmath::ln(sev);
+            *l = mv + ln_se;
+            *lo = if !by_index {
+                a_sum[t] * ln_se + amx[t]
+            } else if keep[t] != 0.0 {
+                wy[t] * ((mv - xy[t]) + ln_se) + (sum_sw * ln_se + amx[t])
+            } else {
+                0.0
+            };
+        }
+        // Σ loss over sixteen lanes, folded in f64.
+        let mut lanes = [0f32; 16];
+        let mut chunks = loss.chunks_exact(16);
+        for ch in &mut chunks {
+            for (a, &v) in lanes.iter_mut().zip(ch) {
+                *a += v;
+            }
+        }
+        let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+        lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
     }
 }
 
-/// Backward over one tile: `dx_c = g·(A·p_c − a_c)`.
+/// Backward over positions `s0..s0+len` of one image: `dx_c = g·(A·p_c − a_c)`.
 struct BwdTile<'a> {
     x: &'a [f32],
-    dx: &'a mut [f32],
+    dx: &'a mut [MaybeUninit<f32>],
     s_len: usize,
     s0: usize,
     len: usize,
@@ -616,8 +638,8 @@ impl pulp::WithSimd for BwdTile<'_> {
         let Self { x, dx, s_len, s0, len, c, w, sw, sum_w, one_m_eps, ys, ignore, probs, lse, g } = self;
         let smooth = if sum_w > 0.0 { sw.iter().sum::<f32>() / sum_w } else { 0.0 };
         // Per position: the total coefficient A (and, for index targets, validity and y).
-        let mut big_a = [0f32; TILE];
-        let mut valid = [1f32; TILE];
+        let mut big_a = vec![0f32; len];
+        let mut valid = vec![1f32; len];
         match (ys, probs) {
             (Some(ys), _) => {
                 for t in 0..len {
@@ -638,6 +660,15 @@ impl pulp::WithSimd for BwdTile<'_> {
             }
             (None, None) => {}
         }
+        // The target class per position as i32 (−1 when none), so that the class test below
+        // runs sixteen lanes wide.
+        let mut y32_buf = vec![-1i32; len];
+        if let Some(ys) = ys {
+            for (o, &y) in y32_buf.iter_mut().zip(ys) {
+                *o = i32::try_from(y).unwrap_or(-1);
+            }
+        }
+        let y32 = &y32_buf[..len];
         let (big_a, valid) = (&big_a[..len], &valid[..len]);
         for ch in 0..c {
             let xr = &x[ch * s_len + s0..ch * s_len + s0 + len];
@@ -648,23 +679,18 @@ impl pulp::WithSimd for BwdTile<'_> {
                     let it = dr.iter_mut().zip(xr).zip(pr).zip(lse).zip(g).zip(big_a);
                     for (((((d, &xv), &pv), &l), &gv), &ba) in it {
                         let a = w[ch] * (one_m_eps * pv) + sw[ch];
-                        *d = gv * (ba * fastmath::exp(xv - l) - a);
+                        d.write(gv * (ba * fastmath::exp(xv - l) - a));
                     }
                 }
                 None => {
                     let swc = sw[ch];
-                    let it = dr.iter_mut().zip(xr).zip(lse).zip(g).zip(big_a).zip(valid);
-                    for (((((d, &xv), &l), &gv), &ba), &vv) in it {
-                        *d = gv * vv * (ba * fastmath::exp(xv - l) - swc);
+                    // The target class's `−(1−ε)·w_y` in the same pass (zero where ignored).
+                    let (hit, chi) = (one_m_eps * w[ch], ch as i32);
+                    let it = dr.iter_mut().zip(xr).zip(lse).zip(g).zip(big_a).zip(valid).zip(y32);
+                    for ((((((d, &xv), &l), &gv), &ba), &vv), &yt) in it {
+                        let own = if yt == chi { hit } else { 0.0 };
+                        d.write(gv * vv * (ba * fastmath::exp(xv - l) - swc - own));
                     }
-                }
-            }
-        }
-        if let Some(ys) = ys {
-            for t in 0..len {
-                if valid[t] != 0.0 {
-                    let yu = ys[t] as usize;
-                    dx[yu * s_len + s0 + t] -= g[t] * one_m_eps * w[yu];
                 }
             }
         }

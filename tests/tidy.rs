@@ -269,6 +269,7 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
     ("crates/sconce-tensor/src/sgemm.rs", "the AVX-512 micro-kernel and its packing, behind bound checks"),
     ("crates/sconce-tensor/src/conv.rs", "outputs written into uninitialised capacity, every element"),
     ("crates/sconce-tensor/src/batch_norm.rs", "outputs written into uninitialised capacity, every element"),
+    ("crates/sconce-tensor/src/separable.rs", "outputs written into uninitialised capacity, every element"),
     ("crates/sconce-layers/src/io.rs", "memory-mapping safetensors files"),
     ("crates/sconce-losses/src/ce.rs", "the logits' gradient written into uninitialised capacity, every element"),
 ];

@@ -1,6 +1,7 @@
 //! A separable linear map over the last two axes, `out[oh, ow] = s · Σ wh·ww·x[ih, iw]`, with
 //! its exact transpose as the backward pass. Average pooling (plain, padded, adaptive, global)
 //! and nearest/bilinear resizing are all instances of it.
+#![allow(unsafe_code)]
 
 use std::sync::Arc;
 
@@ -81,9 +82,9 @@ impl SeparableMap {
             candle_core::bail!("{}: input plane {ih}x{iw} does not match the map's {in_h}x{in_w}", self.name);
         }
         let planes = n * c;
-        let mut out = vec![T::zero(); planes * oh_len * ow_len];
-        if planes == 0 || out.is_empty() {
-            return Ok((out, Shape::from((n, c, oh_len, ow_len))));
+        let len = planes * oh_len * ow_len;
+        if planes == 0 || len == 0 {
+            return Ok((vec![T::zero(); len], Shape::from((n, c, oh_len, ow_len))));
         }
         let h_w: Vec<T> = self.h.weight.iter().map(|&v| T::from_f64(v)).collect();
         let w_w: Vec<T> = self.w.weight.iter().map(|&v| T::from_f64(v)).collect();
@@ -92,8 +93,61 @@ impl SeparableMap {
         let gather = h.single_tap() && w.single_tap();
         // Nearest ×2 along W with unit row weights: pair copies (forward) and pair sums (backward).
         let pairs = gather && w.doubles() && self.scale == 1.0 && self.h.weight.iter().all(|&v| v == 1.0);
+        if !self.transposed {
+            // The forward map writes every output element once: no zeroing pass over the
+            // (upsampled, often 64 MiB) output.
+            let mut out: Vec<T> = Vec::with_capacity(len);
+            let spare = &mut out.spare_capacity_mut()[..len];
+            spare.par_chunks_mut(oh_len * ow_len).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| {
+                if pairs {
+                    for oh in 0..oh_len {
+                        let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
+                        let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
+                        for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
+                            pair[0].write(v);
+                            pair[1].write(v);
+                        }
+                    }
+                } else if gather {
+                    for oh in 0..oh_len {
+                        let wh = h_w[oh] * scale;
+                        let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
+                        let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
+                        for ((d, &j), &ww) in dst.iter_mut().zip(&w.index).zip(&w_w) {
+                            d.write(wh * ww * src[j]);
+                        }
+                    }
+                } else {
+                    let mut col = vec![T::zero(); iw];
+                    for oh in 0..oh_len {
+                        // Vertical pass into one row, then the horizontal taps.
+                        col.iter_mut().for_each(|v| *v = T::zero());
+                        for k in h.offsets[oh]..h.offsets[oh + 1] {
+                            let wh = h_w[k];
+                            let src = &x[h.index[k] * iw..(h.index[k] + 1) * iw];
+                            for (cv, &s) in col.iter_mut().zip(src) {
+                                *cv += wh * s;
+                            }
+                        }
+                        let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
+                        for (ow, d) in dst.iter_mut().enumerate() {
+                            let mut acc = T::zero();
+                            for k in w.offsets[ow]..w.offsets[ow + 1] {
+                                acc += w_w[k] * col[w.index[k]];
+                            }
+                            d.write(acc * scale);
+                        }
+                    }
+                }
+            });
+            // SAFETY: every branch above writes all `oh_len·ow_len` elements of each plane
+            // (`doubles()` makes `ow_len = 2·iw` for the pair copies), and the planes tile `len`.
+            unsafe { out.set_len(len) };
+            return Ok((out, Shape::from((n, c, oh_len, ow_len))));
+        }
+        let mut out = vec![T::zero(); len];
         out.par_chunks_mut(oh_len * ow_len).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| {
-            if pairs && self.transposed {
+            if pairs {
                 for gh in 0..ih {
                     let g = &x[gh * iw..(gh + 1) * iw];
                     let dst = &mut o[h.index[gh] * ow_len..(h.index[gh] + 1) * ow_len];
@@ -101,16 +155,7 @@ impl SeparableMap {
                         *d += pair[0] + pair[1];
                     }
                 }
-            } else if pairs {
-                for oh in 0..oh_len {
-                    let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
-                    let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
-                    for (pair, &v) in dst.chunks_exact_mut(2).zip(src) {
-                        pair[0] = v;
-                        pair[1] = v;
-                    }
-                }
-            } else if gather && self.transposed {
+            } else if gather {
                 // Scatter-add each gradient row onto its source row.
                 for gh in 0..ih {
                     let wh = h_w[gh] * scale;
@@ -120,16 +165,7 @@ impl SeparableMap {
                         dst[j] += wh * ww * gv;
                     }
                 }
-            } else if gather {
-                for oh in 0..oh_len {
-                    let wh = h_w[oh] * scale;
-                    let src = &x[h.index[oh] * iw..(h.index[oh] + 1) * iw];
-                    let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
-                    for ((d, &j), &ww) in dst.iter_mut().zip(&w.index).zip(&w_w) {
-                        *d = wh * ww * src[j];
-                    }
-                }
-            } else if self.transposed {
+            } else {
                 // out[ih', iw'] += s · wh · ww · g[oh, ow] over every tap (ih', wh) of oh, (iw', ww) of ow.
                 let mut row = vec![T::zero(); ow_len];
                 for gh in 0..ih {
@@ -146,27 +182,6 @@ impl SeparableMap {
                         for (d, &r) in dst.iter_mut().zip(&row) {
                             *d += wh * r;
                         }
-                    }
-                }
-            } else {
-                let mut col = vec![T::zero(); iw];
-                for oh in 0..oh_len {
-                    // Vertical pass into one row, then the horizontal taps.
-                    col.iter_mut().for_each(|v| *v = T::zero());
-                    for k in h.offsets[oh]..h.offsets[oh + 1] {
-                        let wh = h_w[k];
-                        let src = &x[h.index[k] * iw..(h.index[k] + 1) * iw];
-                        for (cv, &s) in col.iter_mut().zip(src) {
-                            *cv += wh * s;
-                        }
-                    }
-                    let dst = &mut o[oh * ow_len..(oh + 1) * ow_len];
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        let mut acc = T::zero();
-                        for k in w.offsets[ow]..w.offsets[ow + 1] {
-                            acc += w_w[k] * col[w.index[k]];
-                        }
-                        *d = acc * scale;
                     }
                 }
             }

@@ -6,6 +6,7 @@
 //! where candle-nn's composed version keeps several full-size intermediates.
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
@@ -61,29 +62,81 @@ impl BnTrain {
         let stats: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let sum: f64 = planes.clone().map(|p| block_sum(p, |v| v)).sum();
-                let mean = sum / m;
-                // Centred in T after subtracting the f64 mean: accurate even for a large mean.
-                let mt = T::from_f64(mean);
-                let ss: f64 = planes.map(|p| block_sum(p, |v| (v - mt) * (v - mt))).sum();
-                (mean, ss / m)
+                let (sum, ss) = simd(ChannelStats { x, d: self.d, ch });
+                (sum / m, ss / m)
             })
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
         let inv: Vec<f64> = stats.iter().map(|s| 1.0 / (s.1 + self.eps).sqrt()).collect();
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (y, x))| {
-            let ch = plane % c;
-            let scale = T::from_f64(inv[ch] * f64_of(g[ch]));
-            let shift = T::from_f64(f64_of(b[ch]) - mean[ch] * inv[ch] * f64_of(g[ch]));
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = v * scale + shift;
-            }
+        let y = affine_planes(x, self.d, |ch| {
+            let scale = inv[ch] * f64_of(g[ch]);
+            (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
         });
         let _ = self.saved.set((mean, stats.iter().map(|s| s.1).collect()));
         y
     }
+}
+
+/// Runs `k` compiled for the CPU's best vector extensions (pulp's run-time dispatch); the
+/// element-wise loops below otherwise compile for baseline SSE2.
+fn simd<K: pulp::WithSimd>(k: K) -> K::Output {
+    pulp::Arch::new().dispatch(k)
+}
+
+/// `(Σx, Σ(x − mean)²)` of one channel over all images (the mean from a first pass).
+struct ChannelStats<'a, T> {
+    x: &'a [T],
+    d: Dims,
+    ch: usize,
+}
+
+impl<T: Real> pulp::WithSimd for ChannelStats<'_, T> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
+        let Dims { n, c, hw } = self.d;
+        let planes = (0..n).map(|i| &self.x[(i * c + self.ch) * hw..(i * c + self.ch + 1) * hw]);
+        let sum: f64 = planes.clone().map(|p| block_sum(p, |v| v)).sum();
+        // Centred in T after subtracting the f64 mean: accurate even for a large mean.
+        let mt = T::from_f64(sum / (n * hw) as f64);
+        let ss: f64 = planes.map(|p| block_sum(p, |v| (v - mt) * (v - mt))).sum();
+        (sum, ss)
+    }
+}
+
+/// `y = x·scale + shift` over one plane, into uninitialised memory.
+struct Affine<'a, T> {
+    y: &'a mut [MaybeUninit<T>],
+    x: &'a [T],
+    scale: T,
+    shift: T,
+}
+
+impl<T: Real> pulp::WithSimd for Affine<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let (scale, shift) = (self.scale, self.shift);
+        for (o, &v) in self.y.iter_mut().zip(self.x) {
+            o.write(v * scale + shift);
+        }
+    }
+}
+
+/// `y = x·scale_c + shift_c` per channel plane, `(scale_c, shift_c) = coef(c)`, written without
+/// a zeroing pass; whole images per task (a plane can be 49 values).
+fn affine_planes<T: Real>(x: &[T], d: Dims, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
+    let (hw, c) = (d.hw, d.c);
+    let coefs: Vec<(T, T)> = (0..c).map(coef).collect();
+    let mut y: Vec<T> = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(yi, xi)| {
+        for ((yp, xp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs) {
+            simd(Affine { y: yp, x: xp, scale, shift });
+        }
+    });
+    // SAFETY: the images split `x` into whole `c·hw` chunks and every plane of each was written.
+    unsafe { y.set_len(x.len()) };
+    y
 }
 
 impl Kernel3 for BnTrain {
@@ -149,18 +202,14 @@ impl BnBackward {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut s, mut sx) = (0.0, 0.0);
-                let mt = T::from_f64(mean[ch]);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    s += block_sum(&dy[r.clone()], |d| d);
-                    sx += block_sum2(&dy[r.clone()], &x[r], |d, v| d * (v - mt));
-                }
+                let (s, sx) = simd(GradSums { x, dy, d: self.d, ch, mean: T::from_f64(mean[ch]) });
                 (s, sx * inv[ch])
             })
             .collect();
-        let mut out = vec![T::zero(); x.len() + 2 * c];
-        let (dx, rest) = out.split_at_mut(x.len());
+        // `[dx | dγ | dβ]`, every element written below (no zeroing pass).
+        let len = x.len() + 2 * c;
+        let mut out: Vec<T> = Vec::with_capacity(len);
+        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
         dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(dy.par_chunks(hw)).enumerate().for_each(
             |(plane, ((dx, x), dy))| {
                 let ch = plane % c;
@@ -168,20 +217,72 @@ impl BnBackward {
                 let k = f64_of(g[ch]) * inv[ch];
                 // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m) = a·dy + b·(x − mean) + e, centred first
                 // so a large mean does not cost precision in f32.
-                let a = T::from_f64(k);
-                let bx = T::from_f64(-k * inv[ch] * sx / m);
-                let e = T::from_f64(-k * s / m);
-                let mt = T::from_f64(mean[ch]);
-                for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
-                    *o = a * d + bx * (v - mt) + e;
-                }
+                simd(InputGrad {
+                    dx,
+                    dy,
+                    x,
+                    a: T::from_f64(k),
+                    bx: T::from_f64(-k * inv[ch] * sx / m),
+                    e: T::from_f64(-k * s / m),
+                    mean: T::from_f64(mean[ch]),
+                });
             },
         );
         for ch in 0..c {
-            rest[ch] = T::from_f64(sums[ch].1);
-            rest[c + ch] = T::from_f64(sums[ch].0);
+            rest[ch].write(T::from_f64(sums[ch].1));
+            rest[c + ch].write(T::from_f64(sums[ch].0));
         }
+        // SAFETY: every plane of `dx` (the planes tile it) and all `2c` values of `rest` were
+        // written above.
+        unsafe { out.set_len(len) };
         Ok(out)
+    }
+}
+
+/// `(Σdy, Σdy·(x − mean))` of one channel over all images.
+struct GradSums<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    d: Dims,
+    ch: usize,
+    mean: T,
+}
+
+impl<T: Real> pulp::WithSimd for GradSums<'_, T> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
+        let Dims { n, c, hw } = self.d;
+        let (mut s, mut sx) = (0.0, 0.0);
+        let mt = self.mean;
+        for i in 0..n {
+            let r = (i * c + self.ch) * hw..(i * c + self.ch + 1) * hw;
+            s += block_sum(&self.dy[r.clone()], |d| d);
+            sx += block_sum2(&self.dy[r.clone()], &self.x[r], |d, v| d * (v - mt));
+        }
+        (s, sx)
+    }
+}
+
+/// `dx = a·dy + bx·(x − mean) + e` over one plane.
+struct InputGrad<'a, T> {
+    dx: &'a mut [MaybeUninit<T>],
+    dy: &'a [T],
+    x: &'a [T],
+    a: T,
+    bx: T,
+    e: T,
+    mean: T,
+}
+
+impl<T: Real> pulp::WithSimd for InputGrad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self { dx, dy, x, a, bx, e, mean } = self;
+        for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+            o.write(a * d + bx * (v - mean) + e);
+        }
     }
 }
 
@@ -313,21 +414,7 @@ struct ScaleShift {
 
 impl ScaleShift {
     fn run<T: Real>(&self, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
-        let (hw, c) = (self.d.hw, self.d.c);
-        // Whole images per task (a channel plane can be 49 values), written without a zeroing
-        // pass: every element of the spare capacity is written before `set_len`.
-        let mut y: Vec<T> = Vec::with_capacity(x.len());
-        y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(yi, xi)| {
-            for (ch, (yp, xp)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).enumerate() {
-                let (s, b) = (scale[ch], shift[ch]);
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    o.write(v * s + b);
-                }
-            }
-        });
-        // SAFETY: the loop above wrote all `x.len()` elements (`x` splits into whole images).
-        unsafe { y.set_len(x.len()) };
-        y
+        affine_planes(x, self.d, |ch| (scale[ch], shift[ch]))
     }
 }
 

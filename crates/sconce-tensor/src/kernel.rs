@@ -179,7 +179,7 @@ pub(crate) fn nchw(t: &Tensor, what: &str) -> sconce_core::Result<[usize; 4]> {
 
 /// `Σ f(xᵢ)` in `f64`, fast and accurate: eight independent `T` accumulators over blocks of
 /// 512 elements (so the compiler vectorises the inner loop), each block folded into `f64`.
-#[inline]
+#[inline(always)]
 pub(crate) fn block_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     let mut total = 0.0f64;
     for block in x.chunks(512) {
@@ -200,7 +200,7 @@ pub(crate) fn block_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
 }
 
 /// `Σ f(xᵢ, yᵢ)` in `f64`, as [`block_sum`] over two slices of equal length.
-#[inline]
+#[inline(always)]
 pub(crate) fn block_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> f64 {
     let mut total = 0.0f64;
     for (bx, by) in x.chunks(512).zip(y.chunks(512)) {

@@ -9,6 +9,11 @@ pub(crate) const STRIDES: [usize; 5] = [2, 4, 8, 16, 32];
 
 /// The classification output from a backbone's feature maps: global average pooling of the
 /// deepest (after a ReLU when `relu`), then the classifier if there is one.
+/// sconce-tensor's one-pass ReLU (PyTorch's gradient at 0) as a candle-result op.
+pub(crate) fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    sconce_tensor::relu(x).map_err(Error::into_candle)
+}
+
 pub(crate) fn pooled_logits(
     model: &str,
     feats: &[Tensor],
@@ -16,7 +21,7 @@ pub(crate) fn pooled_logits(
     fc: Option<&Linear>,
 ) -> candle_core::Result<Tensor> {
     let last = feats.last().ok_or_else(|| Error::config(model, "no feature maps").into_candle())?;
-    let last = if relu { last.relu()? } else { last.clone() };
+    let last = if relu { self::relu(last)? } else { last.clone() };
     let pooled = sconce_tensor::global_avg_pool2d(&last).map_err(Error::into_candle)?;
     match fc {
         Some(fc) => fc.forward(&pooled),

@@ -33,7 +33,7 @@ impl Module for Act {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match *self {
             Act::Identity => Ok(x.clone()),
-            Act::Relu => x.relu(),
+            Act::Relu => sconce_tensor::relu(x).map_err(Error::into_candle),
             Act::Relu6 => x.relu()?.minimum(6.0),
             Act::LeakyRelu(a) => {
                 let pos = x.relu()?;

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`] |
 //! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`] |
+//! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
@@ -20,6 +21,7 @@ pub mod gradcheck;
 mod kernel;
 mod matmul;
 mod pool;
+mod relu;
 mod resize;
 mod separable;
 mod sgemm;
@@ -30,5 +32,6 @@ pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };
+pub use relu::relu;
 pub use resize::{Interpolation, resize};
 pub use stable::{log_sigmoid, log_softmax, logsumexp, one_hot, sigmoid, softmax, softplus};

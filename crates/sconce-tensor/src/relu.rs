@@ -1,0 +1,160 @@
+//! ReLU as one fused op with PyTorch's gradient convention: `y = max(x, 0)`, `dx = dy·[x > 0]`.
+//!
+//! candle's own `relu` computes its backward as `zeros_like(x)`, a comparison, a dtype
+//! conversion and a product: five passes over the tensor where one suffices, on every
+//! activation of a ResNet or DenseNet. It also passes the gradient at exactly 0 (`x ≥ 0`);
+//! PyTorch, and this op, do not.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::Result;
+
+use crate::kernel::{Real, contiguous_slice, cpu, float_dtype};
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 15;
+
+/// Runs `k` compiled for the CPU's best vector extensions (pulp's run-time dispatch).
+fn simd<K: pulp::WithSimd>(k: K) -> K::Output {
+    pulp::Arch::new().dispatch(k)
+}
+
+/// `out = max(x, 0)` over one chunk.
+struct Fwd<'a, T> {
+    x: &'a [T],
+    out: &'a mut [MaybeUninit<T>],
+}
+
+impl<T: Real> pulp::WithSimd for Fwd<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let zero = T::zero();
+        for (o, &v) in self.out.iter_mut().zip(self.x) {
+            o.write(if v > zero { v } else { zero });
+        }
+    }
+}
+
+/// `out = dy·[x > 0]` over one chunk.
+struct Bwd<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    out: &'a mut [MaybeUninit<T>],
+}
+
+impl<T: Real> pulp::WithSimd for Bwd<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let zero = T::zero();
+        for ((o, &v), &d) in self.out.iter_mut().zip(self.x).zip(self.dy) {
+            o.write(if v > zero { d } else { zero });
+        }
+    }
+}
+
+/// `f(x chunk, dy chunk, out chunk)` over chunks in parallel, into a fresh vector.
+fn map_chunks<T: Real>(
+    x: &[T],
+    dy: Option<&[T]>,
+    f: impl Fn(&[T], Option<&[T]>, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(x.len());
+    let spare = &mut out.spare_capacity_mut()[..x.len()];
+    spare
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, (o, xs))| f(xs, dy.map(|d| &d[i * CHUNK..i * CHUNK + xs.len()]), o));
+    // SAFETY: `f` (both kernels above) writes every element of its chunk, and the chunks tile
+    // `0..x.len()`.
+    unsafe { out.set_len(x.len()) };
+    out
+}
+
+fn fwd<T: Real>(x: &[T]) -> Vec<T> {
+    map_chunks(x, None, |x, _, out| simd(Fwd { x, out }))
+}
+
+fn bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
+    map_chunks(x, Some(dy), |x, dy, out| simd(Bwd { x, dy: dy.unwrap_or(&[]), out }))
+}
+
+struct ReluOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "sconce-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(fwd(contiguous_slice::<f32>(s, l, "relu")?)),
+            CpuStorage::F64(_) => CpuStorage::F64(fwd(contiguous_slice::<f64>(s, l, "relu")?)),
+            other => candle_core::bail!("relu: expected f32 or f64, got {:?}", other.dtype()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &ReluGrad)?))
+    }
+}
+
+/// `(x, dy) → dy·[x > 0]`.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "sconce-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "relu backward";
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{name}: gradient {:?} for input {:?}", l2.shape(), l1.shape());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(bwd(contiguous_slice::<f32>(s1, l1, name)?, contiguous_slice::<f32>(s2, l2, name)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(bwd(contiguous_slice::<f64>(s1, l1, name)?, contiguous_slice::<f64>(s2, l2, name)?))
+            }
+            _ => candle_core::bail!("{name}: mixed dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `max(x, 0)`, differentiable with PyTorch's convention (gradient 0 at exactly 0), in one
+/// pass forward and one backward.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let x = Var::new(&[-1.0f32, 0.0, 2.0], &Device::Cpu)?;
+/// let y = sconce_tensor::relu(x.as_tensor())?;
+/// assert_eq!(y.to_vec1::<f32>()?, [0.0, 0.0, 2.0]);
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(x.as_tensor()).map(|g| g.to_vec1::<f32>()).transpose()?, Some(vec![0.0, 0.0, 1.0]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`sconce_core::Error::Config`] for a non-float dtype or a non-CPU device.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    float_dtype(x, "relu input")?;
+    cpu(x, "relu input")?;
+    Ok(x.contiguous()?.apply_op1(ReluOp)?)
+}

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
-use crate::kernel::{Kernel3, Real, contiguous_slice, cpu, cpu_fwd3, float_dtype};
+use crate::kernel::{Kernel2, Kernel3, Real, contiguous_slice, cpu, cpu_fwd2, cpu_fwd3, float_dtype};
 use crate::matmul::{Op, gemm};
 
 mod shift;
@@ -478,6 +478,13 @@ struct Conv2dOp {
     geom: Geom,
 }
 
+impl Kernel2 for Conv2dOp {
+    const NAME: &'static str = "conv2d";
+    fn kernel<T: Real>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        self.geom.forward(x, w)
+    }
+}
+
 impl CustomOp2 for Conv2dOp {
     fn name(&self) -> &'static str {
         "sconce-conv2d"
@@ -491,24 +498,7 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let shape = Shape::from((g.n, g.o, g.oh, g.ow));
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let y =
-                    g.forward(contiguous_slice::<f32>(s1, l1, "conv2d")?, contiguous_slice::<f32>(s2, l2, "conv2d")?)?;
-                Ok((CpuStorage::F32(y), shape))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let y =
-                    g.forward(contiguous_slice::<f64>(s1, l1, "conv2d")?, contiguous_slice::<f64>(s2, l2, "conv2d")?)?;
-                Ok((CpuStorage::F64(y), shape))
-            }
-            (a, b) => candle_core::bail!(
-                "conv2d: input {:?} and weight {:?} must both be f32 or both f64",
-                a.dtype(),
-                b.dtype()
-            ),
-        }
+        Ok((cpu_fwd2(self, (s1, l1), (s2, l2))?, Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
     fn bwd(

@@ -96,6 +96,36 @@ pub(crate) fn contiguous_slice<'a, T: Real>(
     }
 }
 
+/// A kernel over two contiguous inputs of one dtype, written once for `f32` and `f64`.
+pub(crate) trait Kernel2 {
+    /// The op's name in error messages.
+    const NAME: &'static str;
+    /// The flat output for inputs `a`, `b`.
+    fn kernel<T: Real>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>>;
+}
+
+/// `CustomOp2::cpu_fwd`'s dtype dispatch for a [`Kernel2`].
+pub(crate) fn cpu_fwd2<K: Kernel2>(
+    k: &K,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> candle_core::Result<CpuStorage> {
+    let name = K::NAME;
+    match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => Ok(CpuStorage::F32(
+            k.kernel(contiguous_slice::<f32>(s1, l1, name)?, contiguous_slice::<f32>(s2, l2, name)?)?,
+        )),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => Ok(CpuStorage::F64(
+            k.kernel(contiguous_slice::<f64>(s1, l1, name)?, contiguous_slice::<f64>(s2, l2, name)?)?,
+        )),
+        (a, b) => candle_core::bail!(
+            "{name}: both inputs must share the dtype f32 or f64, got {:?} and {:?}",
+            a.dtype(),
+            b.dtype()
+        ),
+    }
+}
+
 /// A kernel over three contiguous inputs of one dtype, written once for `f32` and `f64`.
 pub(crate) trait Kernel3 {
     /// The op's name in error messages.

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::Result;
 
-use crate::kernel::{Real, contiguous_slice, cpu, float_dtype};
+use crate::kernel::{Kernel2, Real, contiguous_slice, cpu, cpu_fwd2, float_dtype};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
@@ -109,6 +109,13 @@ impl CustomOp1 for ReluOp {
 /// `(x, dy) → dy·[x > 0]`.
 struct ReluGrad;
 
+impl Kernel2 for ReluGrad {
+    const NAME: &'static str = "relu backward";
+    fn kernel<T: Real>(&self, x: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        Ok(bwd(x, dy))
+    }
+}
+
 impl CustomOp2 for ReluGrad {
     fn name(&self) -> &'static str {
         "sconce-relu-backward"
@@ -121,20 +128,10 @@ impl CustomOp2 for ReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let name = "relu backward";
         if l1.shape() != l2.shape() {
-            candle_core::bail!("{name}: gradient {:?} for input {:?}", l2.shape(), l1.shape());
+            candle_core::bail!("relu backward: gradient {:?} for input {:?}", l2.shape(), l1.shape());
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(bwd(contiguous_slice::<f32>(s1, l1, name)?, contiguous_slice::<f32>(s2, l2, name)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(bwd(contiguous_slice::<f64>(s1, l1, name)?, contiguous_slice::<f64>(s2, l2, name)?))
-            }
-            _ => candle_core::bail!("{name}: mixed dtypes"),
-        };
-        Ok((out, l1.shape().clone()))
+        Ok((cpu_fwd2(self, (s1, l1), (s2, l2))?, l1.shape().clone()))
     }
 }
 

@@ -477,8 +477,6 @@ impl CeOp {
                 x: xn,
                 dx: dxn,
                 s_len,
-                s0: 0,
-                len: s_len,
                 c,
                 w: &w,
                 sw: &sw,
@@ -611,13 +609,11 @@ impl pulp::WithSimd for FwdTile<'_> {
     }
 }
 
-/// Backward over positions `s0..s0+len` of one image: `dx_c = g·(A·p_c − a_c)`.
+/// Backward over one image's `s_len` positions: `dx_c = g·(A·p_c − a_c)`.
 struct BwdTile<'a> {
     x: &'a [f32],
     dx: &'a mut [MaybeUninit<f32>],
     s_len: usize,
-    s0: usize,
-    len: usize,
     c: usize,
     w: &'a [f32],
     sw: &'a [f32],
@@ -635,14 +631,14 @@ impl pulp::WithSimd for BwdTile<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Self { x, dx, s_len, s0, len, c, w, sw, sum_w, one_m_eps, ys, ignore, probs, lse, g } = self;
+        let Self { x, dx, s_len, c, w, sw, sum_w, one_m_eps, ys, ignore, probs, lse, g } = self;
         let smooth = if sum_w > 0.0 { sw.iter().sum::<f32>() / sum_w } else { 0.0 };
         // Per position: the total coefficient A (and, for index targets, validity and y).
-        let mut big_a = vec![0f32; len];
-        let mut valid = vec![1f32; len];
+        let mut big_a = vec![0f32; s_len];
+        let mut valid = vec![1f32; s_len];
         match (ys, probs) {
             (Some(ys), _) => {
-                for t in 0..len {
+                for t in 0..s_len {
                     if Some(ys[t]) == ignore {
                         valid[t] = 0.0;
                     } else {
@@ -652,8 +648,8 @@ impl pulp::WithSimd for BwdTile<'_> {
             }
             (None, Some(p)) => {
                 for ch in 0..c {
-                    let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
-                    for t in 0..len {
+                    let pr = &p[ch * s_len..(ch + 1) * s_len];
+                    for t in 0..s_len {
                         big_a[t] += w[ch] * (one_m_eps * pr[t]) + sw[ch];
                     }
                 }
@@ -662,20 +658,20 @@ impl pulp::WithSimd for BwdTile<'_> {
         }
         // The target class per position as i32 (−1 when none), so that the class test below
         // runs sixteen lanes wide.
-        let mut y32_buf = vec![-1i32; len];
+        let mut y32_buf = vec![-1i32; s_len];
         if let Some(ys) = ys {
             for (o, &y) in y32_buf.iter_mut().zip(ys) {
                 *o = i32::try_from(y).unwrap_or(-1);
             }
         }
-        let y32 = &y32_buf[..len];
-        let (big_a, valid) = (&big_a[..len], &valid[..len]);
+        let y32 = &y32_buf[..];
+        let (big_a, valid) = (&big_a[..], &valid[..]);
         for ch in 0..c {
-            let xr = &x[ch * s_len + s0..ch * s_len + s0 + len];
-            let dr = &mut dx[ch * s_len + s0..ch * s_len + s0 + len];
+            let xr = &x[ch * s_len..(ch + 1) * s_len];
+            let dr = &mut dx[ch * s_len..(ch + 1) * s_len];
             match probs {
                 Some(p) => {
-                    let pr = &p[ch * s_len + s0..ch * s_len + s0 + len];
+                    let pr = &p[ch * s_len..(ch + 1) * s_len];
                     let it = dr.iter_mut().zip(xr).zip(pr).zip(lse).zip(g).zip(big_a);
                     for (((((d, &xv), &pv), &l), &gv), &ba) in it {
                         let a = w[ch] * (one_m_eps * pv) + sw[ch];

@@ -560,21 +560,21 @@ impl Conv2dBackward {
         dw_len: usize,
     ) -> candle_core::Result<Option<Vec<T>>> {
         let g = &self.geom;
-        let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
-            return Ok(None);
-        };
-        // The convolution whose forward pass is dx, and its kernel.
-        let (conv, kernel): (Geom, std::borrow::Cow<'_, [f32]>) = if self.transposed {
-            (*g, std::borrow::Cow::Borrowed(wf))
-        } else if let Some(t) = g.adjoint_conv() {
-            (t, std::borrow::Cow::Owned(g.flip_transpose(wf)))
-        } else {
-            return Ok(None);
-        };
-        let Some(sp) = conv.shift_plan() else { return Ok(None) };
         if !self.need_dx {
             return Ok(None);
         }
+        let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
+            return Ok(None);
+        };
+        // The convolution whose forward pass is dx; its kernel is flipped only once it is known
+        // to be used.
+        let Some(conv) = (if self.transposed { Some(*g) } else { g.adjoint_conv() }) else { return Ok(None) };
+        let Some(sp) = conv.shift_plan() else { return Ok(None) };
+        let kernel: std::borrow::Cow<'_, [f32]> = if self.transposed {
+            std::borrow::Cow::Borrowed(wf)
+        } else {
+            std::borrow::Cow::Owned(g.flip_transpose(wf))
+        };
         let mut out: Vec<f32> = Vec::with_capacity(dx_len + dw_len);
         let (dx, dw) = out.spare_capacity_mut()[..dx_len + dw_len].split_at_mut(dx_len);
         conv.forward_shifted(dyf, &kernel, dx, &sp)?;

@@ -58,31 +58,24 @@ impl<T: Real> pulp::WithSimd for Bwd<'_, T> {
     }
 }
 
-/// `f(x chunk, dy chunk, out chunk)` over chunks in parallel, into a fresh vector.
-fn map_chunks<T: Real>(
-    x: &[T],
-    dy: Option<&[T]>,
-    f: impl Fn(&[T], Option<&[T]>, &mut [MaybeUninit<T>]) + Sync,
-) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(x.len());
-    let spare = &mut out.spare_capacity_mut()[..x.len()];
-    spare
-        .par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .enumerate()
-        .for_each(|(i, (o, xs))| f(xs, dy.map(|d| &d[i * CHUNK..i * CHUNK + xs.len()]), o));
-    // SAFETY: `f` (both kernels above) writes every element of its chunk, and the chunks tile
-    // `0..x.len()`.
-    unsafe { out.set_len(x.len()) };
+/// A fresh vector of `len` elements, `f(start, chunk)` filling each chunk completely, chunks
+/// in parallel.
+fn fill<T: Real>(len: usize, f: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| f(i * CHUNK, o));
+    // SAFETY: `f` writes every element of its chunk (both callers zip the chunk with input
+    // slices of the same length), and the chunks tile `0..len`.
+    unsafe { out.set_len(len) };
     out
 }
 
 fn fwd<T: Real>(x: &[T]) -> Vec<T> {
-    map_chunks(x, None, |x, _, out| simd(Fwd { x, out }))
+    fill(x.len(), |s, out| simd(Fwd { x: &x[s..s + out.len()], out }))
 }
 
+/// `dy` has `x`'s length (checked by the op).
 fn bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
-    map_chunks(x, Some(dy), |x, dy, out| simd(Bwd { x, dy: dy.unwrap_or(&[]), out }))
+    fill(x.len(), |s, out| simd(Bwd { x: &x[s..s + out.len()], dy: &dy[s..s + out.len()], out }))
 }
 
 struct ReluOp;

@@ -6,7 +6,7 @@ use sconce_core::{Backbone, Error, FanMode, Init, Nonlinearity, Result};
 use sconce_layers::{AvgPool, BatchNorm2d, Builder, Conv2d, ConvOptions, Linear, MaxPool};
 use sconce_tensor::{AvgPool2d, MaxPool2d};
 
-use crate::common::{STRIDES, check_input, pooled_logits, relu};
+use crate::common::{STRIDES, check_input, pooled_logits};
 
 /// A DenseNet's architecture (torchvision's `DenseNet(growth_rate, block_config,
 /// num_init_features, bn_size)`).
@@ -75,8 +75,8 @@ struct DenseLayer {
 impl DenseLayer {
     fn forward(&self, inputs: &[Tensor], train: bool) -> candle_core::Result<Tensor> {
         let x = Tensor::cat(inputs, 1)?;
-        let y = self.conv1.forward(&relu(&self.norm1.forward_t(&x, train)?)?)?;
-        self.conv2.forward(&relu(&self.norm2.forward_t(&y, train)?)?)
+        let y = self.conv1.forward(&self.norm1.forward_relu_t(&x, train)?)?;
+        self.conv2.forward(&self.norm2.forward_relu_t(&y, train)?)
     }
 }
 
@@ -173,7 +173,7 @@ impl DenseNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         check_input("densenet", x, self.cfg.in_channels, 32)?;
         let mut feats = Vec::with_capacity(5);
-        let y = relu(&self.norm0.forward_t(&self.conv0.forward(x)?, train)?)?;
+        let y = self.norm0.forward_relu_t(&self.conv0.forward(x)?, train)?;
         feats.push(y.clone());
         let mut y = MaxPool(MaxPool2d::new(3).stride(2).padding(1)).forward(&y)?;
         for (b, layers) in self.blocks.iter().enumerate() {
@@ -185,7 +185,7 @@ impl DenseNet {
             y = Tensor::cat(&parts, 1)?;
             drop(parts);
             if let Some(t) = self.transitions.get(b) {
-                let skip = relu(&t.norm.forward_t(&y, train)?)?;
+                let skip = t.norm.forward_relu_t(&y, train)?;
                 feats.push(skip.clone());
                 y = AvgPool(AvgPool2d::new(2)).forward(&t.conv.forward(&skip)?)?;
             }

@@ -6,7 +6,7 @@ use sconce_core::{Backbone, Error, FanMode, Init, Nonlinearity, Result};
 use sconce_layers::{BatchNorm2d, Builder, Conv2d, ConvOptions, Linear, MaxPool};
 use sconce_tensor::MaxPool2d;
 
-use crate::common::{STRIDES, check_input, pooled_logits, relu};
+use crate::common::{STRIDES, check_input, pooled_logits};
 
 /// The residual block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,16 +138,14 @@ impl ResBlock {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward_t(&c.forward(&y)?, train)?;
-            if i != last {
-                y = relu(&y)?;
-            }
+            let z = c.forward(&y)?;
+            y = if i != last { bn.forward_relu_t(&z, train)? } else { bn.forward_t(&z, train)? };
         }
         let shortcut = match &self.downsample {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        relu(&(y + shortcut)?)
+        sconce_tensor::add_relu(&y, &shortcut).map_err(Error::into_candle)
     }
 }
 
@@ -221,7 +219,7 @@ impl ResNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         check_input("resnet", x, self.cfg.in_channels, 32)?;
         let mut feats = Vec::with_capacity(5);
-        let mut y = relu(&self.bn1.forward_t(&self.conv1.forward(x)?, train)?)?;
+        let mut y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         feats.push(y.clone());
         y = MaxPool(MaxPool2d::new(3).stride(2).padding(1)).forward(&y)?;
         for stage in &self.stages {

@@ -79,10 +79,19 @@ impl BatchNorm2d {
         self.num_batches_tracked.get().to_dtype(DType::I64).and_then(|t| t.to_scalar::<i64>()).unwrap_or(0)
     }
 
-    fn forward_impl(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// `relu(self(x))` as one fused op (one pass, one autograd node less): what ResNet,
+    /// DenseNet and U-Net blocks apply after their batch norms.
+    ///
+    /// # Errors
+    /// As the plain forward pass: shape, dtype and single-value-per-channel errors.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_impl(x, train, true).map_err(Error::into_candle)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
-            let (y, stats) =
-                sconce_tensor::batch_norm_train(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)?;
+            let bn = if relu { sconce_tensor::batch_norm_relu_train } else { sconce_tensor::batch_norm_train };
+            let (y, stats) = bn(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)?;
             let n = self.num_batches_tracked() + 1;
             let (m, v) = sconce_tensor::update_running_stats(
                 &self.running_mean.get(),
@@ -96,7 +105,8 @@ impl BatchNorm2d {
             self.num_batches_tracked.set(Tensor::new(n, x.device())?);
             Ok(y)
         } else {
-            sconce_tensor::batch_norm_eval(
+            let bn = if relu { sconce_tensor::batch_norm_relu_eval } else { sconce_tensor::batch_norm_eval };
+            bn(
                 x,
                 &self.running_mean.get(),
                 &self.running_var.get(),
@@ -110,6 +120,6 @@ impl BatchNorm2d {
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.forward_impl(x, train).map_err(Error::into_candle)
+        self.forward_impl(x, train, false).map_err(Error::into_candle)
     }
 }

@@ -119,7 +119,10 @@ impl ConvBnAct {
 
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        self.act.forward(&y)
+        let z = self.conv.forward(x)?;
+        if matches!(self.act, Act::Relu) {
+            return self.bn.forward_relu_t(&z, train);
+        }
+        self.act.forward(&self.bn.forward_t(&z, train)?)
     }
 }

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
-use crate::kernel::{Kernel3, Real, block_sum, block_sum2, cpu, cpu_fwd3, f64_of, float_dtype};
+use crate::kernel::{Kernel3, Real, block_sum, cpu, cpu_fwd3, f64_of, float_dtype};
 
 /// Per-channel statistics of one training batch.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ struct BnTrain {
     d: Dims,
     eps: f64,
     saved: Saved,
+    /// A ReLU fused after the affine map (`max(·, 0)`; backward masks `dy` by `y > 0`).
+    relu: bool,
 }
 
 impl BnTrain {
@@ -68,7 +70,7 @@ impl BnTrain {
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
         let inv: Vec<f64> = stats.iter().map(|s| 1.0 / (s.1 + self.eps).sqrt()).collect();
-        let y = affine_planes(x, self.d, |ch| {
+        let y = affine_planes(x, self.d, self.relu, |ch| {
             let scale = inv[ch] * f64_of(g[ch]);
             (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
         });
@@ -104,34 +106,40 @@ impl<T: Real> pulp::WithSimd for ChannelStats<'_, T> {
     }
 }
 
-/// `y = x·scale + shift` over one plane, into uninitialised memory.
-struct Affine<'a, T> {
+/// `y = x·scale + shift` (then `max(·, 0)` when `RELU`) over one plane, into uninitialised
+/// memory.
+struct Affine<'a, T, const RELU: bool> {
     y: &'a mut [MaybeUninit<T>],
     x: &'a [T],
     scale: T,
     shift: T,
 }
 
-impl<T: Real> pulp::WithSimd for Affine<'_, T> {
+impl<T: Real, const RELU: bool> pulp::WithSimd for Affine<'_, T, RELU> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let (scale, shift) = (self.scale, self.shift);
+        let (scale, shift, zero) = (self.scale, self.shift, T::zero());
         for (o, &v) in self.y.iter_mut().zip(self.x) {
-            o.write(v * scale + shift);
+            let a = v * scale + shift;
+            o.write(if !RELU || a > zero { a } else { zero });
         }
     }
 }
 
-/// `y = x·scale_c + shift_c` per channel plane, `(scale_c, shift_c) = coef(c)`, written without
-/// a zeroing pass; whole images per task (a plane can be 49 values).
-fn affine_planes<T: Real>(x: &[T], d: Dims, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
+/// `y = x·scale_c + shift_c` per channel plane, `(scale_c, shift_c) = coef(c)`, then a ReLU when
+/// `relu`, written without a zeroing pass; whole images per task (a plane can be 49 values).
+fn affine_planes<T: Real>(x: &[T], d: Dims, relu: bool, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
     let (hw, c) = (d.hw, d.c);
     let coefs: Vec<(T, T)> = (0..c).map(coef).collect();
     let mut y: Vec<T> = Vec::with_capacity(x.len());
     y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(yi, xi)| {
         for ((yp, xp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs) {
-            simd(Affine { y: yp, x: xp, scale, shift });
+            if relu {
+                simd(Affine::<T, true> { y: yp, x: xp, scale, shift });
+            } else {
+                simd(Affine::<T, false> { y: yp, x: xp, scale, shift });
+            }
         }
     });
     // SAFETY: the images split `x` into whole `c·hw` chunks and every plane of each was written.
@@ -169,11 +177,12 @@ impl CustomOp3 for BnTrain {
         x: &Tensor,
         g: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone() };
-        let all = x.apply_op3_no_bwd(g, &grad.contiguous()?, &op)?;
+        let gamma = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone(), gamma, relu: self.relu };
+        let all = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
         let len = x.elem_count();
         let c = self.d.c;
         let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
@@ -183,15 +192,23 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-/// `(x, γ, dy) → [dx | dγ | dβ]` using the saved mean and variance.
+/// `(x, y, dy) → [dx | dγ | dβ]` using the saved mean and variance (`y`, the forward output,
+/// masks `dy` when a ReLU was fused).
 struct BnBackward {
     d: Dims,
     eps: f64,
     saved: Saved,
+    /// γ per channel.
+    gamma: Vec<f64>,
+    relu: bool,
 }
 
 impl BnBackward {
-    fn run<T: Real>(&self, x: &[T], g: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+    fn run<T: Real>(&self, x: &[T], y: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        if self.relu { self.run_masked::<T, true>(x, y, dy) } else { self.run_masked::<T, false>(x, y, dy) }
+    }
+
+    fn run_masked<T: Real, const RELU: bool>(&self, x: &[T], y: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
         let Some((mean, var)) = self.saved.get() else {
             candle_core::bail!("batch_norm backward without a recorded forward pass")
         };
@@ -202,7 +219,7 @@ impl BnBackward {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (s, sx) = simd(GradSums { x, dy, d: self.d, ch, mean: T::from_f64(mean[ch]) });
+                let (s, sx) = simd(GradSums::<T, RELU> { x, y, dy, d: self.d, ch, mean: T::from_f64(mean[ch]) });
                 (s, sx * inv[ch])
             })
             .collect();
@@ -210,16 +227,17 @@ impl BnBackward {
         let len = x.len() + 2 * c;
         let mut out: Vec<T> = Vec::with_capacity(len);
         let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
-        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(dy.par_chunks(hw)).enumerate().for_each(
-            |(plane, ((dx, x), dy))| {
+        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(dy.par_chunks(hw)).zip(y.par_chunks(hw)).enumerate().for_each(
+            |(plane, (((dx, x), dy), y))| {
                 let ch = plane % c;
                 let (s, sx) = sums[ch];
-                let k = f64_of(g[ch]) * inv[ch];
+                let k = self.gamma[ch] * inv[ch];
                 // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m) = a·dy + b·(x − mean) + e, centred first
                 // so a large mean does not cost precision in f32.
-                simd(InputGrad {
+                simd(InputGrad::<T, RELU> {
                     dx,
                     dy,
+                    y,
                     x,
                     a: T::from_f64(k),
                     bx: T::from_f64(-k * inv[ch] * sx / m),
@@ -239,16 +257,17 @@ impl BnBackward {
     }
 }
 
-/// `(Σdy, Σdy·(x − mean))` of one channel over all images.
-struct GradSums<'a, T> {
+/// `(Σdy, Σdy·(x − mean))` of one channel over all images, `dy` masked by `y > 0` when `RELU`.
+struct GradSums<'a, T, const RELU: bool> {
     x: &'a [T],
+    y: &'a [T],
     dy: &'a [T],
     d: Dims,
     ch: usize,
     mean: T,
 }
 
-impl<T: Real> pulp::WithSimd for GradSums<'_, T> {
+impl<T: Real, const RELU: bool> pulp::WithSimd for GradSums<'_, T, RELU> {
     type Output = (f64, f64);
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
@@ -257,17 +276,56 @@ impl<T: Real> pulp::WithSimd for GradSums<'_, T> {
         let mt = self.mean;
         for i in 0..n {
             let r = (i * c + self.ch) * hw..(i * c + self.ch + 1) * hw;
-            s += block_sum(&self.dy[r.clone()], |d| d);
-            sx += block_sum2(&self.dy[r.clone()], &self.x[r], |d, v| d * (v - mt));
+            let (a, b) = masked_sums::<T, RELU>(&self.dy[r.clone()], &self.y[r.clone()], &self.x[r], mt);
+            s += a;
+            sx += b;
         }
         (s, sx)
     }
 }
 
-/// `dx = a·dy + bx·(x − mean) + e` over one plane.
-struct InputGrad<'a, T> {
+/// `dy·[y > 0]` when `RELU`, else `dy`.
+#[inline(always)]
+fn mask<T: Real, const RELU: bool>(d: T, y: T) -> T {
+    if !RELU || y > T::zero() { d } else { T::zero() }
+}
+
+/// `(Σ m·dy, Σ m·dy·(x − mt))` in one pass (`m` the ReLU mask), eight `T` lanes per sum over
+/// blocks of 512 folded into `f64`, as [`block_sum`](crate::kernel::block_sum).
+#[inline(always)]
+fn masked_sums<T: Real, const RELU: bool>(dy: &[T], y: &[T], x: &[T], mt: T) -> (f64, f64) {
+    let (mut s, mut sx) = (0.0f64, 0.0f64);
+    for ((bd, by), bx) in dy.chunks(512).zip(y.chunks(512)).zip(x.chunks(512)) {
+        let (mut acc, mut accx) = ([T::zero(); 8], [T::zero(); 8]);
+        let (mut ld, mut ly, mut lx) = (bd.chunks_exact(8), by.chunks_exact(8), bx.chunks_exact(8));
+        for ((cd, cy), cx) in (&mut ld).zip(&mut ly).zip(&mut lx) {
+            for l in 0..8 {
+                let d = mask::<T, RELU>(cd[l], cy[l]);
+                acc[l] += d;
+                accx[l] += d * (cx[l] - mt);
+            }
+        }
+        let (mut a, mut b) = (T::zero(), T::zero());
+        for ((&d, &v), &u) in ld.remainder().iter().zip(ly.remainder()).zip(lx.remainder()) {
+            let d = mask::<T, RELU>(d, v);
+            a += d;
+            b += d * (u - mt);
+        }
+        for l in 0..8 {
+            a += acc[l];
+            b += accx[l];
+        }
+        s += f64_of(a);
+        sx += f64_of(b);
+    }
+    (s, sx)
+}
+
+/// `dx = a·m·dy + bx·(x − mean) + e` over one plane (`m` the ReLU mask when `RELU`).
+struct InputGrad<'a, T, const RELU: bool> {
     dx: &'a mut [MaybeUninit<T>],
     dy: &'a [T],
+    y: &'a [T],
     x: &'a [T],
     a: T,
     bx: T,
@@ -275,13 +333,13 @@ struct InputGrad<'a, T> {
     mean: T,
 }
 
-impl<T: Real> pulp::WithSimd for InputGrad<'_, T> {
+impl<T: Real, const RELU: bool> pulp::WithSimd for InputGrad<'_, T, RELU> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Self { dx, dy, x, a, bx, e, mean } = self;
-        for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
-            o.write(a * d + bx * (v - mean) + e);
+        let Self { dx, dy, y, x, a, bx, e, mean } = self;
+        for (((o, &d), &w), &v) in dx.iter_mut().zip(dy).zip(y).zip(x) {
+            o.write(a * mask::<T, RELU>(d, w) + bx * (v - mean) + e);
         }
     }
 }
@@ -342,6 +400,31 @@ fn check_param(p: &Tensor, what: &str, c: usize, dtype: DType) -> Result<()> {
 /// [`Error::Data`] when a channel has a single value (`N·H·W == 1`: its variance is undefined,
 /// as PyTorch refuses too); [`Error::Config`] for `eps ≤ 0`, mixed or non-float dtypes.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, BatchStats)> {
+    train(x, weight, bias, eps, false)
+}
+
+/// [`batch_norm_train`] followed by a ReLU, as one op: `max(bn(x), 0)` in one pass forward
+/// and one backward, without keeping the normalised activation or adding an autograd node for
+/// it (ResNet's `relu(bn1(conv1(x)))`, DenseNet's `relu(norm(x))`, every U-Net block).
+/// The gradient is PyTorch's: 0 where the output is exactly 0.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// # fn main() -> sconce_core::Result<()> {
+/// let x = Tensor::arange(0f32, 16.0, &Device::Cpu)?.reshape((2, 2, 2, 2))?;
+/// let (gamma, beta) = (Tensor::ones(2, DType::F32, &Device::Cpu)?, Tensor::zeros(2, DType::F32, &Device::Cpu)?);
+/// let (y, _) = sconce_tensor::batch_norm_relu_train(&x, &gamma, &beta, 1e-5)?;
+/// assert!(y.min_all()?.to_scalar::<f32>()? == 0.0);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`batch_norm_train`].
+pub fn batch_norm_relu_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, BatchStats)> {
+    train(x, weight, bias, eps, true)
+}
+
+fn train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, BatchStats)> {
     let d = dims_of(x)?;
     float_dtype(x, "batch_norm input")?;
     cpu(x, "batch_norm input")?;
@@ -360,7 +443,7 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
         ));
     }
     let saved: Saved = Arc::new(OnceLock::new());
-    let op = BnTrain { d, eps, saved: saved.clone() };
+    let op = BnTrain { d, eps, saved: saved.clone(), relu };
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     let Some((mean, var)) = saved.get() else {
         return Err(Error::config("batch_norm", "the forward kernel did not record statistics"));
@@ -388,6 +471,27 @@ pub fn batch_norm_eval(
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    eval(x, [running_mean, running_var, weight, bias], eps, false)
+}
+
+/// [`batch_norm_eval`] followed by a ReLU, in one pass (differentiable as
+/// [`batch_norm_relu_train`]).
+///
+/// # Errors
+/// As [`batch_norm_eval`].
+pub fn batch_norm_relu_eval(
+    x: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    eval(x, [running_mean, running_var, weight, bias], eps, true)
+}
+
+fn eval(x: &Tensor, params: [&Tensor; 4], eps: f64, relu: bool) -> Result<Tensor> {
+    let [running_mean, running_var, weight, bias] = params;
     let d = dims_of(x)?;
     float_dtype(x, "batch_norm input")?;
     for (p, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")]
@@ -403,18 +507,19 @@ pub fn batch_norm_eval(
     }
     let scale = (weight * (running_var + eps)?.sqrt()?.recip()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
-    Ok(x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ScaleShift { d })?)
+    Ok(x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ScaleShift { d, relu })?)
 }
 
 /// `y = x·scale[c] + shift[c]` in one pass (candle's `broadcast_mul` then `broadcast_add` took
 /// two passes through its generic broadcasting path, a quarter of a ResNet50 inference step).
 struct ScaleShift {
     d: Dims,
+    relu: bool,
 }
 
 impl ScaleShift {
     fn run<T: Real>(&self, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
-        affine_planes(x, self.d, |ch| (scale[ch], shift[ch]))
+        affine_planes(x, self.d, self.relu, |ch| (scale[ch], shift[ch]))
     }
 }
 
@@ -449,9 +554,16 @@ impl CustomOp3 for ScaleShift {
         x: &Tensor,
         scale: &Tensor,
         _shift: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let masked;
+        let grad = if self.relu {
+            masked = crate::relu::relu_grad(res, grad)?;
+            &masked
+        } else {
+            grad
+        };
         let c = self.d.c;
         let bshape: &[usize] = if x.rank() == 4 { &[1, c, 1, 1] } else { &[1, c] };
         let dx = grad.broadcast_mul(&scale.reshape(bshape)?)?;

@@ -228,24 +228,3 @@ pub(crate) fn block_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     }
     total
 }
-
-/// `Σ f(xᵢ, yᵢ)` in `f64`, as [`block_sum`] over two slices of equal length.
-#[inline(always)]
-pub(crate) fn block_sum2<T: Real>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> f64 {
-    let mut total = 0.0f64;
-    for (bx, by) in x.chunks(512).zip(y.chunks(512)) {
-        let mut acc = [T::zero(); 8];
-        let (mut lx, mut ly) = (bx.chunks_exact(8), by.chunks_exact(8));
-        for (cx, cy) in (&mut lx).zip(&mut ly) {
-            for ((a, &u), &v) in acc.iter_mut().zip(cx).zip(cy) {
-                *a += f(u, v);
-            }
-        }
-        let mut s = lx.remainder().iter().zip(ly.remainder()).fold(T::zero(), |s, (&u, &v)| s + f(u, v));
-        for a in acc {
-            s += a;
-        }
-        total += f64_of(s);
-    }
-    total
-}

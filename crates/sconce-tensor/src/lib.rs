@@ -3,9 +3,9 @@
 //!
 //! | area | functions |
 //! |---|---|
-//! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`] |
+//! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], with a fused ReLU: [`batch_norm_relu_train`], [`batch_norm_relu_eval`], [`update_running_stats`] |
 //! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`] |
-//! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0) |
+//! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0), [`add_relu`] (a residual block's `relu(a + b)`) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
@@ -27,11 +27,13 @@ mod separable;
 mod sgemm;
 mod stable;
 
-pub use batch_norm::{BatchStats, batch_norm_eval, batch_norm_train, update_running_stats};
+pub use batch_norm::{
+    BatchStats, batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, update_running_stats,
+};
 pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };
-pub use relu::relu;
+pub use relu::{add_relu, relu};
 pub use resize::{Interpolation, resize};
 pub use stable::{log_sigmoid, log_softmax, logsumexp, one_hot, sigmoid, softmax, softplus};

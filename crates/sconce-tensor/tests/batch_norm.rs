@@ -1,11 +1,14 @@
 //! Batch norm: PyTorch fixtures for training (output, three gradients, running-stat update with
-//! momentum and cumulative average) and eval mode; finite differences; bad input as errors.
+//! momentum and cumulative average) and eval mode; finite differences; the fused ReLU variants
+//! against batch norm then ReLU; bad input as errors.
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
-use sconce_tensor::{batch_norm_eval, batch_norm_train, update_running_stats};
+use sconce_tensor::{
+    batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, relu, update_running_stats,
+};
 use sconce_testutil::{assert_close, check_case_multi, load, tolerance};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -67,6 +70,64 @@ fn training_gradients_match_finite_differences() -> Result<()> {
     Ok(())
 }
 
+/// Output and the gradients of `Σ f(x, γ, β)·gy` with respect to `x`, `γ`, `β`.
+fn value_and_grads(
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    inputs: [&Tensor; 4],
+) -> Result<Vec<Tensor>> {
+    let [x, g, b, gy] = inputs;
+    let vars = [Var::from_tensor(x)?, Var::from_tensor(g)?, Var::from_tensor(b)?];
+    let y = f(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor())?;
+    let grads = (&y * gy)?.sum_all()?.backward()?;
+    let mut out = vec![y];
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+    }
+    Ok(out)
+}
+
+#[test]
+fn fused_relu_equals_batch_norm_then_relu_and_matches_finite_differences() -> Result<()> {
+    for (shape, seed) in [(vec![3, 4, 7, 5], 7u64), (vec![6, 3], 8), (vec![2, 64, 9, 9], 9)] {
+        let c = shape[1];
+        // β shifted so that some channels are mostly clipped and others mostly passed.
+        let (x, g, b) = (random(&shape, seed, 1.0)?, random(&[c], seed + 1, 0.5)?, random(&[c], seed + 2, 0.3)?);
+        let gy = random(&shape, seed + 3, 0.0)?;
+        let rm = random(&[c], seed + 4, 0.5)?;
+        let rv = (random(&[c], seed + 5, 0.0)?.sqr()? + 0.5)?;
+        for dtype in [DType::F64, DType::F32] {
+            let cast = |t: &Tensor| t.to_dtype(dtype);
+            let inputs = [&cast(&x)?, &cast(&g)?, &cast(&b)?, &cast(&gy)?];
+            let (rtol, atol) = if dtype == DType::F64 { (1e-12, 1e-12) } else { (1e-5, 1e-5) };
+            let fused = value_and_grads(|x, g, b| Ok(batch_norm_relu_train(x, g, b, 1e-5)?.0), inputs)?;
+            let plain = value_and_grads(|x, g, b| Ok(relu(&batch_norm_train(x, g, b, 1e-5)?.0)?), inputs)?;
+            for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
+                assert_close(&format!("train {shape:?} {dtype:?} output/grad {i}"), f, p, rtol, atol)?;
+            }
+            let (rm, rv) = (cast(&rm)?, cast(&rv)?);
+            let fused = value_and_grads(|x, g, b| Ok(batch_norm_relu_eval(x, &rm, &rv, g, b, 1e-5)?), inputs)?;
+            let plain = value_and_grads(|x, g, b| Ok(relu(&batch_norm_eval(x, &rm, &rv, g, b, 1e-5)?)?), inputs)?;
+            for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
+                assert_close(&format!("eval {shape:?} {dtype:?} output/grad {i}"), f, p, rtol, atol)?;
+            }
+        }
+        // Some outputs clipped, some not: the mask is exercised.
+        let y = batch_norm_relu_train(&x, &g, &b, 1e-5)?.0.flatten_all()?.to_vec1::<f64>()?;
+        let zeros = y.iter().filter(|v| **v == 0.0).count();
+        assert!(zeros > y.len() / 10 && zeros < y.len() * 9 / 10, "{zeros} of {} clipped", y.len());
+        if shape.len() == 4 && shape[1] == 64 {
+            continue; // finite differences over 10 000 inputs: the small shapes suffice
+        }
+        let r = check_gradient(|t| Ok(batch_norm_relu_train(t, &g, &b, 1e-5)?.0), &x, 1e-6, 1)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} fused dx: {r:?}");
+        let r = check_gradient(|t| Ok(batch_norm_relu_train(&x, t, &b, 1e-5)?.0), &g, 1e-6, 2)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} fused dgamma: {r:?}");
+        let r = check_gradient(|t| Ok(batch_norm_relu_train(&x, &g, t, 1e-5)?.0), &b, 1e-6, 3)?;
+        assert!(r.max_abs_err < 1e-6, "{shape:?} fused dbeta: {r:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn output_is_normalised_per_channel_even_with_a_large_mean() -> Result<()> {
     // A mean of 1e4 with unit spread in f32: a one-pass E[x²] − E[x]² variance would be noise.
@@ -107,5 +168,7 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(matches!(update_running_stats(&p, &p, &stats, Some(1.5), 1), Err(Error::Config { .. })));
     assert!(matches!(update_running_stats(&p, &p, &stats, None, 0), Err(Error::Config { .. })));
     assert!(matches!(batch_norm_eval(&x, &p, &p, &p, &p, -1.0), Err(Error::Config { .. })));
+    assert!(matches!(batch_norm_relu_train(&one_value, &p, &p, 1e-5), Err(Error::Data { .. })));
+    assert!(matches!(batch_norm_relu_eval(&x.flatten_from(2)?, &p, &p, &p, &p, 1e-5), Err(Error::Shape { .. })));
     Ok(())
 }

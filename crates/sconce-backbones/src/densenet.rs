@@ -75,8 +75,8 @@ struct DenseLayer {
 impl DenseLayer {
     fn forward(&self, inputs: &[Tensor], train: bool) -> candle_core::Result<Tensor> {
         let x = Tensor::cat(inputs, 1)?;
-        let y = self.conv1.forward(&self.norm1.forward_relu_t(&x, train)?)?;
-        self.conv2.forward(&self.norm2.forward_relu_t(&y, train)?)
+        let y = self.norm2.forward_conv_t(&self.conv1, &self.norm1.forward_relu_t(&x, train)?, train, true)?;
+        self.conv2.forward(&y)
     }
 }
 
@@ -173,7 +173,7 @@ impl DenseNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         check_input("densenet", x, self.cfg.in_channels, 32)?;
         let mut feats = Vec::with_capacity(5);
-        let y = self.norm0.forward_relu_t(&self.conv0.forward(x)?, train)?;
+        let y = self.norm0.forward_conv_t(&self.conv0, x, train, true)?;
         feats.push(y.clone());
         let mut y = MaxPool(MaxPool2d::new(3).stride(2).padding(1)).forward(&y)?;
         for (b, layers) in self.blocks.iter().enumerate() {

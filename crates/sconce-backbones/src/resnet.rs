@@ -138,11 +138,10 @@ impl ResBlock {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, bn)) in self.convs.iter().enumerate() {
-            let z = c.forward(&y)?;
-            y = if i != last { bn.forward_relu_t(&z, train)? } else { bn.forward_t(&z, train)? };
+            y = bn.forward_conv_t(c, &y, train, i != last)?;
         }
         let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
+            Some((c, bn)) => bn.forward_conv_t(c, x, train, false)?,
             None => x.clone(),
         };
         sconce_tensor::add_relu(&y, &shortcut).map_err(Error::into_candle)
@@ -219,7 +218,7 @@ impl ResNet {
     fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         check_input("resnet", x, self.cfg.in_channels, 32)?;
         let mut feats = Vec::with_capacity(5);
-        let mut y = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        let mut y = self.bn1.forward_conv_t(&self.conv1, x, train, true)?;
         feats.push(y.clone());
         y = MaxPool(MaxPool2d::new(3).stride(2).padding(1)).forward(&y)?;
         for stage in &self.stages {

@@ -148,6 +148,11 @@ impl Conv2d {
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
+
+    /// Stride, padding, dilation and groups.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.cfg
+    }
 }
 
 impl Module for Conv2d {

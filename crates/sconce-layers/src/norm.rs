@@ -1,9 +1,10 @@
 //! `BatchNorm2d` with PyTorch's semantics: batch statistics and a running-stat update in
 //! training, running statistics in eval, `num_batches_tracked` saved and loaded.
 
-use candle_core::{DType, ModuleT, Tensor, Var};
+use candle_core::{DType, Module, ModuleT, Tensor, Var};
 use sconce_core::{Error, Init, Result};
 
+use crate::conv::Conv2d;
 use crate::store::{Buffer, Builder};
 
 /// `nn.BatchNorm2d(C, eps, momentum, affine=True, track_running_stats=True)`; also accepts
@@ -88,21 +89,55 @@ impl BatchNorm2d {
         self.forward_impl(x, train, true).map_err(Error::into_candle)
     }
 
+    /// `self(conv(x))`, then a ReLU when `relu`. In training, and for a convolution without
+    /// bias, the three run as one op ([`sconce_tensor::conv2d_batch_norm_train`]): same values
+    /// and gradients, without the convolution output's node in the autograd graph.
+    ///
+    /// # Errors
+    /// As [`Conv2d`]'s forward pass and this layer's.
+    pub fn forward_conv_t(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+        if !train || conv.bias().is_some() {
+            let z = conv.forward(x)?;
+            return self.forward_impl(&z, train, relu).map_err(Error::into_candle);
+        }
+        let run = || -> Result<Tensor> {
+            let w = conv.weight().as_tensor();
+            let (y, stats) = sconce_tensor::conv2d_batch_norm_train(
+                x,
+                w,
+                conv.config(),
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.eps,
+                relu,
+            )?;
+            self.record(&stats)?;
+            Ok(y)
+        };
+        run().map_err(Error::into_candle)
+    }
+
+    /// Folds a training batch's statistics into the running ones.
+    fn record(&self, stats: &sconce_tensor::BatchStats) -> Result<()> {
+        let n = self.num_batches_tracked() + 1;
+        let (m, v) = sconce_tensor::update_running_stats(
+            &self.running_mean.get(),
+            &self.running_var.get(),
+            stats,
+            self.momentum,
+            n.max(1) as u64,
+        )?;
+        self.running_mean.set(m);
+        self.running_var.set(v);
+        self.num_batches_tracked.set(Tensor::new(n, stats.mean.device())?);
+        Ok(())
+    }
+
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
             let bn = if relu { sconce_tensor::batch_norm_relu_train } else { sconce_tensor::batch_norm_train };
             let (y, stats) = bn(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)?;
-            let n = self.num_batches_tracked() + 1;
-            let (m, v) = sconce_tensor::update_running_stats(
-                &self.running_mean.get(),
-                &self.running_var.get(),
-                &stats,
-                self.momentum,
-                n.max(1) as u64,
-            )?;
-            self.running_mean.set(m);
-            self.running_var.set(v);
-            self.num_batches_tracked.set(Tensor::new(n, x.device())?);
+            self.record(&stats)?;
             Ok(y)
         } else {
             let bn = if relu { sconce_tensor::batch_norm_relu_eval } else { sconce_tensor::batch_norm_eval };

@@ -119,10 +119,9 @@ impl ConvBnAct {
 
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let z = self.conv.forward(x)?;
         if matches!(self.act, Act::Relu) {
-            return self.bn.forward_relu_t(&z, train);
+            return self.bn.forward_conv_t(&self.conv, x, train, true);
         }
-        self.act.forward(&self.bn.forward_t(&z, train)?)
+        self.act.forward(&self.bn.forward_conv_t(&self.conv, x, train, false)?)
     }
 }

@@ -27,7 +27,7 @@ pub struct BatchStats {
 }
 
 /// `(mean, biased variance)` per channel, in f64, shared between the forward and backward ops.
-type Saved = Arc<OnceLock<(Vec<f64>, Vec<f64>)>>;
+pub(crate) type Saved = Arc<OnceLock<(Vec<f64>, Vec<f64>)>>;
 
 /// Layout of a batch-norm input: `n` images, `c` channels, `hw` values per channel and image.
 #[derive(Debug, Clone, Copy)]
@@ -38,17 +38,21 @@ struct Dims {
 }
 
 fn dims_of(x: &Tensor) -> Result<Dims> {
-    if x.elem_count() == 0 {
-        return Err(Error::shape("batch_norm input", "a non-empty [N, C] or [N, C, H, W]", x.dims()));
+    dims_of_shape(x.dims())
+}
+
+fn dims_of_shape(dims: &[usize]) -> Result<Dims> {
+    if dims.iter().product::<usize>() == 0 {
+        return Err(Error::shape("batch_norm input", "a non-empty [N, C] or [N, C, H, W]", dims));
     }
-    match *x.dims() {
+    match *dims {
         [n, c] => Ok(Dims { n, c, hw: 1 }),
         [n, c, h, w] => Ok(Dims { n, c, hw: h * w }),
-        _ => Err(Error::shape("batch_norm input", "[N, C] or [N, C, H, W]", x.dims())),
+        _ => Err(Error::shape("batch_norm input", "[N, C] or [N, C, H, W]", dims)),
     }
 }
 
-struct BnTrain {
+pub(crate) struct BnTrain {
     d: Dims,
     eps: f64,
     saved: Saved,
@@ -57,7 +61,26 @@ struct BnTrain {
 }
 
 impl BnTrain {
-    fn run<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> Vec<T> {
+    /// `(dx, dγ, dβ)` for the forward input `x`, γ, the output `res` and its gradient.
+    pub(crate) fn backward(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let gamma = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone(), gamma, relu: self.relu };
+        let all = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
+        let len = x.elem_count();
+        let c = self.d.c;
+        let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dg = all.narrow(0, len, c)?;
+        let db = all.narrow(0, len + c, c)?;
+        Ok((dx, dg, db))
+    }
+
+    pub(crate) fn run<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> Vec<T> {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
         // Two passes per channel in f64: the mean, then the centred sum of squares.
@@ -180,14 +203,7 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gamma = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone(), gamma, relu: self.relu };
-        let all = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
-        let len = x.elem_count();
-        let c = self.d.c;
-        let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dg = all.narrow(0, len, c)?;
-        let db = all.narrow(0, len + c, c)?;
+        let (dx, dg, db) = self.backward(x, g, res, grad)?;
         Ok((Some(dx), Some(dg), Some(db)))
     }
 }
@@ -425,36 +441,64 @@ pub fn batch_norm_relu_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f6
 }
 
 fn train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<(Tensor, BatchStats)> {
-    let d = dims_of(x)?;
     float_dtype(x, "batch_norm input")?;
     cpu(x, "batch_norm input")?;
-    check_param(weight, "weight", d.c, x.dtype())?;
-    check_param(bias, "bias", d.c, x.dtype())?;
-    if !(eps > 0.0 && eps.is_finite()) {
-        return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
-    }
-    if d.n * d.hw <= 1 {
-        return Err(Error::data(
-            "batch_norm input",
-            format!(
-                "expected more than 1 value per channel when training, got shape {:?}; use a larger batch or eval mode",
-                x.dims()
-            ),
-        ));
-    }
-    let saved: Saved = Arc::new(OnceLock::new());
-    let op = BnTrain { d, eps, saved: saved.clone(), relu };
+    let op = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, relu)?;
+    let saved = op.saved.clone();
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
-    let Some((mean, var)) = saved.get() else {
-        return Err(Error::config("batch_norm", "the forward kernel did not record statistics"));
-    };
-    let dev = x.device();
-    let stats = BatchStats {
-        mean: Tensor::from_slice(mean, d.c, dev)?.to_dtype(x.dtype())?,
-        var: Tensor::from_slice(var, d.c, dev)?.to_dtype(x.dtype())?,
-        count: d.n * d.hw,
-    };
-    Ok((y, stats))
+    Ok((y, BnTrain::stats(&saved, x)?))
+}
+
+impl BnTrain {
+    /// The op for a training batch norm on input of shape `dims`, after checking the
+    /// parameters, `eps` and that every channel has more than one value.
+    pub(crate) fn checked(
+        dims: &[usize],
+        dtype: DType,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> Result<Self> {
+        let d = dims_of_shape(dims)?;
+        check_param(weight, "weight", d.c, dtype)?;
+        check_param(bias, "bias", d.c, dtype)?;
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
+        }
+        if d.n * d.hw <= 1 {
+            return Err(Error::data(
+                "batch_norm input",
+                format!(
+                    "expected more than 1 value per channel when training, got shape {dims:?}; use a larger batch or eval mode"
+                ),
+            ));
+        }
+        Ok(BnTrain { d, eps, saved: Arc::new(OnceLock::new()), relu })
+    }
+
+    /// The statistics the forward pass recorded in `saved` (`y` for the device and dtype).
+    pub(crate) fn stats(saved: &Saved, y: &Tensor) -> Result<BatchStats> {
+        let Some((mean, var)) = saved.get() else {
+            return Err(Error::config("batch_norm", "the forward kernel did not record statistics"));
+        };
+        let (dev, c) = (y.device(), mean.len());
+        Ok(BatchStats {
+            mean: Tensor::from_slice(mean, c, dev)?.to_dtype(y.dtype())?,
+            var: Tensor::from_slice(var, c, dev)?.to_dtype(y.dtype())?,
+            count: y.elem_count() / c.max(1),
+        })
+    }
+
+    /// The shared slot the forward pass records its statistics in.
+    pub(crate) fn saved(&self) -> Saved {
+        self.saved.clone()
+    }
+
+    /// Channels.
+    pub(crate) fn channels(&self) -> usize {
+        self.d.c
+    }
 }
 
 /// Evaluation-mode batch norm with the running statistics:

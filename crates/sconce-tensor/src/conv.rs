@@ -95,6 +95,21 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
+    /// The geometry of `conv2d(x, w)`, after checking ranks, dtypes and the device.
+    pub(crate) fn checked(x: &Tensor, w: &Tensor, cfg: &Conv2dConfig) -> Result<Self> {
+        let xd = sconce_core::check::dims::<4>(x, "conv2d input", "[N, C, H, W]")?;
+        let wd = sconce_core::check::dims::<4>(w, "conv2d weight", "[O, C/groups, kh, kw]")?;
+        float_dtype(x, "conv2d input")?;
+        cpu(x, "conv2d input")?;
+        if w.dtype() != x.dtype() {
+            return Err(Error::config(
+                "conv2d weight dtype",
+                format!("must match the input's {:?}, got {:?}", x.dtype(), w.dtype()),
+            ));
+        }
+        Self::new(&xd, &wd, cfg)
+    }
+
     pub(crate) fn new(x: &[usize; 4], wt: &[usize; 4], cfg: &Conv2dConfig) -> Result<Self> {
         let [n, c, h, w] = *x;
         let [o, cg, kh, kw] = *wt;
@@ -516,7 +531,7 @@ impl CustomOp2 for Conv2dOp {
 /// The backward kernel: `(x, w, dy) → [dx (if needed) | dw (if needed)]` as one flat buffer.
 /// With `transposed`, `geom` is the convolution whose adjoint the forward pass computed, and
 /// the roles of input and output swap: `dx = conv(dy, w)`, `dw = weight_grad(dy, x)`.
-struct Conv2dBackward {
+pub(crate) struct Conv2dBackward {
     geom: Geom,
     need_dx: bool,
     need_dw: bool,
@@ -524,6 +539,11 @@ struct Conv2dBackward {
 }
 
 impl Conv2dBackward {
+    /// The backward pass of the (not transposed) convolution `geom`.
+    pub(crate) fn new(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
+        Self { geom, need_dx, need_dw, transposed: false }
+    }
+
     fn run<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
         let g = &self.geom;
         let x_len = if self.transposed { g.n * g.o * g.p() } else { g.n * g.image_len() };
@@ -596,7 +616,12 @@ impl Conv2dBackward {
     }
 
     /// Applies the kernel and splits its buffer into `(dx, dw)` shaped like `x` and `w`.
-    fn grads(self, x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    pub(crate) fn grads(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         if !self.need_dx && !self.need_dw {
             return Ok((None, None));
         }
@@ -647,17 +672,7 @@ impl CustomOp3 for Conv2dBackward {
 /// groups that do not divide the channels, a kernel larger than the padded input, mixed or
 /// non-float dtypes, or a non-CPU device.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let xd = sconce_core::check::dims::<4>(x, "conv2d input", "[N, C, H, W]")?;
-    let wd = sconce_core::check::dims::<4>(w, "conv2d weight", "[O, C/groups, kh, kw]")?;
-    float_dtype(x, "conv2d input")?;
-    cpu(x, "conv2d input")?;
-    if w.dtype() != x.dtype() {
-        return Err(Error::config(
-            "conv2d weight dtype",
-            format!("must match the input's {:?}, got {:?}", x.dtype(), w.dtype()),
-        ));
-    }
-    let geom = Geom::new(&xd, &wd, cfg)?;
+    let geom = Geom::checked(x, w, cfg)?;
     let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { geom })?;
     match bias {
         None => Ok(y),

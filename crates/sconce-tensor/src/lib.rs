@@ -3,8 +3,8 @@
 //!
 //! | area | functions |
 //! |---|---|
-//! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], with a fused ReLU: [`batch_norm_relu_train`], [`batch_norm_relu_eval`], [`update_running_stats`] |
-//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`] |
+//! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`]; with a fused ReLU: [`batch_norm_relu_train`], [`batch_norm_relu_eval`] |
+//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`]; [`conv2d_batch_norm_train`] (conv, batch norm and ReLU as one autograd node) |
 //! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0), [`add_relu`] (a residual block's `relu(a + b)`) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
@@ -17,6 +17,7 @@
 
 mod batch_norm;
 mod conv;
+mod conv_bn;
 pub mod gradcheck;
 mod kernel;
 mod matmul;
@@ -31,6 +32,7 @@ pub use batch_norm::{
     BatchStats, batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, update_running_stats,
 };
 pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
+pub use conv_bn::conv2d_batch_norm_train;
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };

@@ -1,0 +1,115 @@
+//! Convolution followed by training-mode batch norm (and optionally a ReLU) as one autograd
+//! node: the convolution's output never becomes a graph node of its own.
+//!
+//! candle's backward pass zero-fills a fresh buffer for every node's gradient and adds the
+//! incoming gradient into it: for the output of every convolution of a ResNet, a memset and
+//! a three-stream add over the largest tensors of the step. Here the batch-norm backward hands
+//! its input gradient straight to the convolution backward, inside one op.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use sconce_core::Result;
+
+use crate::batch_norm::{BatchStats, BnTrain};
+use crate::conv::{Conv2dBackward, Conv2dConfig, Geom};
+use crate::kernel::{Kernel3, Real, cpu_fwd3};
+
+/// `(x, w, [γ | β]) → bn(conv(x, w))`, keeping the convolution's output for the backward pass.
+struct ConvBn {
+    geom: Geom,
+    bn: BnTrain,
+    /// The convolution's output, recorded by the forward pass.
+    z: Arc<OnceLock<Tensor>>,
+}
+
+impl Kernel3 for ConvBn {
+    const NAME: &'static str = "conv2d_batch_norm";
+    fn kernel<T: Real>(&self, x: &[T], w: &[T], gb: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        let z = g.forward(x, w)?;
+        let (gamma, beta) = gb.split_at(self.bn.channels());
+        let y = self.bn.run(&z, gamma, beta);
+        let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
+        if self.z.set(z).is_err() {
+            candle_core::bail!("conv2d_batch_norm: the op ran its forward pass twice");
+        }
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for ConvBn {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.z.get() else {
+            candle_core::bail!("conv2d_batch_norm backward without a recorded forward pass")
+        };
+        let c = self.bn.channels();
+        let (dz, dg, db) = self.bn.backward(z, &gb.narrow(0, 0, c)?, res, grad)?;
+        let (dx, dw) = Conv2dBackward::new(self.geom, x.track_op(), w.track_op()).grads(x, w, &dz)?;
+        Ok((dx, dw, Some(Tensor::cat(&[dg, db], 0)?)))
+    }
+}
+
+/// `conv2d(x, w)` (no bias) followed by [`batch_norm_train`](crate::batch_norm_train) — and a
+/// ReLU when `relu` ([`batch_norm_relu_train`](crate::batch_norm_relu_train)) — as one op with
+/// one backward: the same values and gradients as the three ops in a row, without the
+/// convolution output's gradient buffer. Returns the output and the batch statistics.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{Conv2dConfig, conv2d_batch_norm_train};
+/// # fn main() -> sconce_core::Result<()> {
+/// let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(4, DType::F32, &Device::Cpu)?, Tensor::zeros(4, DType::F32, &Device::Cpu)?);
+/// let (y, stats) = conv2d_batch_norm_train(&x, &w, &Conv2dConfig::default().padding(1), &g, &b, 1e-5, true)?;
+/// assert_eq!(y.dims(), &[2, 4, 8, 8]);
+/// assert_eq!(stats.count, 2 * 8 * 8);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`conv2d`](crate::conv2d) and [`batch_norm_train`](crate::batch_norm_train).
+pub fn conv2d_batch_norm_train(
+    x: &Tensor,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    let geom = Geom::checked(x, w, cfg)?;
+    let bn = BnTrain::checked(&[geom.n, geom.o, geom.oh, geom.ow], x.dtype(), weight, bias, eps, relu)?;
+    let saved = bn.saved();
+    let gb = Tensor::cat(&[weight, bias], 0)?;
+    let op = ConvBn { geom, bn, z: Arc::new(OnceLock::new()) };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
+    let stats = BnTrain::stats(&saved, &y)?;
+    Ok((y, stats))
+}

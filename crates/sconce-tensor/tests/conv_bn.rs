@@ -1,0 +1,114 @@
+//! conv2d_batch_norm_train: the fused op against conv2d → batch_norm_train (→ relu) in values,
+//! batch statistics and all four gradients, in f64 and f32, and against finite differences.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use sconce_core::{Error, SeededRng};
+use sconce_tensor::gradcheck::check_gradient;
+use sconce_tensor::{Conv2dConfig, batch_norm_train, conv2d, conv2d_batch_norm_train, relu};
+use sconce_testutil::assert_close;
+
+fn random(shape: &[usize], seed: u64, shift: f64) -> Result<Tensor> {
+    let mut rng = SeededRng::new(seed);
+    let n: usize = shape.iter().product();
+    Ok(Tensor::from_vec((0..n).map(|_| rng.normal() + shift).collect::<Vec<f64>>(), shape, &Device::Cpu)?)
+}
+
+/// Output, mean, var, then the gradients of `Σ y·gy` for x, w, γ, β.
+fn run(fused: bool, relu_after: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 5]) -> Result<Vec<Tensor>> {
+    let [x, w, g, b, gy] = inputs;
+    let vars = [Var::from_tensor(x)?, Var::from_tensor(w)?, Var::from_tensor(g)?, Var::from_tensor(b)?];
+    let [xv, wv, gv, bv] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+    let (y, stats) = if fused {
+        conv2d_batch_norm_train(xv, wv, cfg, gv, bv, 1e-5, relu_after)?
+    } else {
+        let (y, stats) = batch_norm_train(&conv2d(xv, wv, None, cfg)?, gv, bv, 1e-5)?;
+        (if relu_after { relu(&y)? } else { y }, stats)
+    };
+    let grads = (&y * gy)?.sum_all()?.backward()?;
+    let mut out = vec![y, stats.mean, stats.var];
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+    }
+    Ok(out)
+}
+
+#[test]
+fn fused_conv_batch_norm_equals_the_three_ops() -> Result<()> {
+    let cases = [
+        // (x shape, w shape, config)
+        ([2, 3, 9, 7], [5, 3, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 4, 11, 8], [6, 4, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([2, 8, 6, 6], [16, 8, 1, 1], Conv2dConfig::default()),
+        ([2, 4, 10, 10], [4, 2, 3, 3], Conv2dConfig::default().padding(2).dilation(2).groups(2)),
+        ([2, 16, 12, 12], [32, 16, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let seed = 10 * i as u64;
+        let o = ws[0];
+        let (x, w) = (random(xs, seed, 0.5)?, random(ws, seed + 1, 0.0)?);
+        let (g, b) = (random(&[o], seed + 2, 1.0)?, random(&[o], seed + 3, 0.2)?);
+        // Weights O(1/√fan_in), as PyTorch initialises them.
+        let wn = (w / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+        let gy_shape = conv2d(&x, &wn, None, cfg)?.dims().to_vec();
+        let gy = random(&gy_shape, seed + 4, 0.0)?;
+        for relu_after in [false, true] {
+            for dtype in [DType::F64, DType::F32] {
+                let c = |t: &Tensor| t.to_dtype(dtype);
+                let inputs = [&c(&x)?, &c(&wn)?, &c(&g)?, &c(&b)?, &c(&gy)?];
+                let (rtol, atol) = if dtype == DType::F64 { (1e-10, 1e-10) } else { (1e-4, 1e-4) };
+                let got = run(true, relu_after, cfg, inputs)?;
+                let want = run(false, relu_after, cfg, inputs)?;
+                for (k, name) in ["y", "mean", "var", "dx", "dw", "dgamma", "dbeta"].iter().enumerate() {
+                    assert_close(
+                        &format!("case {i} relu {relu_after} {dtype:?} {name}"),
+                        &got[k],
+                        &want[k],
+                        rtol,
+                        atol,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_gradients_match_finite_differences() -> Result<()> {
+    let cfg = Conv2dConfig::default().stride(2).padding(1);
+    let (x, w) = (random(&[2, 2, 5, 4], 1, 0.3)?, (random(&[3, 2, 3, 3], 2, 0.0)? * 0.3)?);
+    let (g, b) = (random(&[3], 3, 1.0)?, random(&[3], 4, 0.1)?);
+    for relu_after in [false, true] {
+        let f = |x: &Tensor, w: &Tensor, g: &Tensor, b: &Tensor| -> sconce_core::Result<Tensor> {
+            Ok(conv2d_batch_norm_train(x, w, &cfg, g, b, 1e-5, relu_after)?.0)
+        };
+        let r = check_gradient(|t| f(t, &w, &g, &b), &x, 1e-6, 1)?;
+        assert!(r.max_abs_err < 1e-6, "relu {relu_after} dx {r:?}");
+        let r = check_gradient(|t| f(&x, t, &g, &b), &w, 1e-6, 2)?;
+        assert!(r.max_abs_err < 1e-6, "relu {relu_after} dw {r:?}");
+        let r = check_gradient(|t| f(&x, &w, t, &b), &g, 1e-6, 3)?;
+        assert!(r.max_abs_err < 1e-6, "relu {relu_after} dgamma {r:?}");
+        let r = check_gradient(|t| f(&x, &w, &g, t), &b, 1e-6, 4)?;
+        assert!(r.max_abs_err < 1e-6, "relu {relu_after} dbeta {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?;
+    let p = Tensor::ones(4, DType::F32, &dev)?;
+    let cfg = Conv2dConfig::default();
+    // γ for the wrong channel count, a weight for other input channels, one value per channel.
+    let bad_g = Tensor::ones(3, DType::F32, &dev)?;
+    assert!(matches!(conv2d_batch_norm_train(&x, &w, &cfg, &bad_g, &p, 1e-5, true), Err(Error::Shape { .. })));
+    let bad_w = Tensor::zeros((4, 2, 3, 3), DType::F32, &dev)?;
+    assert!(matches!(conv2d_batch_norm_train(&x, &bad_w, &cfg, &p, &p, 1e-5, true), Err(Error::Shape { .. })));
+    let one = Tensor::zeros((1, 3, 3, 3), DType::F32, &dev)?;
+    assert!(matches!(conv2d_batch_norm_train(&one, &w, &cfg, &p, &p, 1e-5, false), Err(Error::Data { .. })));
+    assert!(matches!(conv2d_batch_norm_train(&x, &w, &cfg, &p, &p, 0.0, false), Err(Error::Config { .. })));
+    Ok(())
+}

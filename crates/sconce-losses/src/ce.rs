@@ -140,6 +140,10 @@ impl Loss for CrossEntropy {
                 target.dims(),
             ));
         };
+        let reduce = self.reduction != Reduction::None;
+        // A reduced f32 loss over index targets computes its gradient during the forward pass
+        // (see `CeOp::eager`), when there will be a backward pass at all.
+        let eager = reduce && logits.track_op() && logits.dtype() == DType::F32 && matches!(kind, Target::Index(_));
         let op = CeOp {
             n,
             c,
@@ -148,21 +152,15 @@ impl Loss for CrossEntropy {
             ignore: self.ignore_index,
             eps: self.label_smoothing,
             kind,
-            reduce: self.reduction != Reduction::None,
+            reduce,
+            mean: self.reduction == Reduction::Mean,
             lse: Arc::new(OnceLock::new()),
             flag: Arc::new(OnceLock::new()),
             divisor: Arc::new(OnceLock::new()),
+            eager: eager.then(|| Arc::new(OnceLock::new())),
         };
-        let (flag, divisor) = (op.flag.clone(), op.divisor.clone());
-        let out = with_flag(&flag, || logits.contiguous()?.apply_op2(&second.contiguous()?, op))?;
-        match self.reduction {
-            Reduction::None | Reduction::Sum => Ok(out),
-            Reduction::Mean => {
-                let d = divisor.get().copied().unwrap_or(1.0);
-                // All targets ignored: PyTorch returns NaN (0/0); we return 0 with no gradient.
-                Ok(if d > 0.0 { (out / d)? } else { (out * 0.0)? })
-            }
-        }
+        let flag = op.flag.clone();
+        Ok(with_flag(&flag, || logits.contiguous()?.apply_op2(&second.contiguous()?, op))?)
     }
 
     fn activation(&self) -> Activation {
@@ -201,14 +199,35 @@ struct CeOp {
     eps: f64,
     kind: Target,
     reduce: bool,
+    /// `Mean` reduction: the op divides its sum by the divisor itself (so that the gradient it
+    /// precomputes already carries the factor).
+    mean: bool,
     /// log Σ exp(x) per row/pixel, saved for the backward pass.
     lse: Arc<OnceLock<Vec<f64>>>,
     flag: Flag,
     /// The `Mean` denominator, found while validating the targets.
     divisor: Arc<OnceLock<f64>>,
+    /// The gradient of the (reduced) loss for a unit upstream gradient, written by the `f32`
+    /// forward pass while each tile of logits is in cache: the backward pass then returns it
+    /// (or scales it) instead of reading the logits again and recomputing every exponential.
+    /// `None` when not wanted (no autograd, no reduction, f64 or probability targets).
+    eager: Option<Arc<OnceLock<Tensor>>>,
 }
 
 impl CeOp {
+    /// The factor the reduced loss and its gradient carry: `1 / divisor` for `Mean` (0 when
+    /// every target is ignored: PyTorch returns NaN there, we return 0 with no gradient), 1
+    /// otherwise.
+    fn scale(&self) -> f64 {
+        if !self.mean {
+            return 1.0;
+        }
+        match self.divisor.get() {
+            Some(&d) if d > 0.0 => 1.0 / d,
+            _ => 0.0,
+        }
+    }
+
     /// Validates integer targets; returns the mean divisor `Σ w_y` over valid ones.
     fn check_indices(&self, y: &[i64]) -> candle_core::Result<f64> {
         let c = self.c as i64;
@@ -284,7 +303,7 @@ impl CeOp {
             .collect();
         let _ = self.lse.set(rows.iter().map(|r| r.0).collect());
         Ok(if self.reduce {
-            vec![T::from_f64(rows.iter().map(|r| r.1).sum())]
+            vec![T::from_f64(rows.iter().map(|r| r.1).sum::<f64>() * self.scale())]
         } else {
             rows.iter().map(|r| T::from_f64(r.1)).collect()
         })
@@ -351,6 +370,13 @@ impl CustomOp2 for CeOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        if let (Some(dx), [g0]) = (self.eager.as_ref().and_then(|e| e.get()), g.as_slice()) {
+            // `loss.backward()` on this loss directly: the precomputed gradient as it is.
+            let dx = dx.reshape(x.shape())?;
+            return Ok((Some(if *g0 == 1.0 { dx } else { (dx * *g0)? }), None));
+        }
+        let scale = self.scale();
+        let g = g.iter().map(|v| v * scale).collect();
         let op = CeGrad { op: self.clone(), g: Arc::new(g) };
         Ok((Some(x.apply_op2_no_bwd(t, &op)?), None))
     }
@@ -417,12 +443,10 @@ impl CeOp {
         // Per-position losses are written by the tile kernel itself (also when only their sum is
         // needed: one f32 per position, no second pass).
         let mut losses = vec![0f32; self.n * s_len];
-        let sums: Vec<f64> = lse
-            .par_chunks_mut(s_len)
-            .zip(losses.par_chunks_mut(s_len))
-            .zip(x.par_chunks(c * s_len))
-            .enumerate()
-            .map(|(n, ((lse, losses), xn))| {
+        let scale = self.scale();
+        let eager = self.eager.as_ref().filter(|_| matches!(self.kind, Target::Index(_)));
+        let mut dx: Vec<f32> = Vec::with_capacity(if eager.is_some() { x.len() } else { 0 });
+        let image = |n: usize, lse: &mut [f32], losses: &mut [f32], xn: &[f32], mut dxn: Option<&mut [MaybeUninit<f32>]>| {
                 let mut total = 0.0;
                 for s0 in (0..s_len).step_by(TILE) {
                     let len = TILE.min(s_len - s0);
@@ -448,13 +472,31 @@ impl CeOp {
                         probs: pn,
                         lse: &mut lse[s0..s0 + len],
                         loss: &mut losses[s0..s0 + len],
+                        dx: dxn.as_deref_mut(),
+                        scale: scale as f32,
                     });
                 }
                 total
-            })
-            .collect();
+            };
+        let per_image = lse.par_chunks_mut(s_len).zip(losses.par_chunks_mut(s_len)).zip(x.par_chunks(c * s_len));
+        let sums: Vec<f64> = if eager.is_some() {
+            let spare = &mut dx.spare_capacity_mut()[..x.len()];
+            per_image
+                .zip(spare.par_chunks_mut(c * s_len))
+                .enumerate()
+                .map(|(n, (((lse, losses), xn), dxn))| image(n, lse, losses, xn, Some(dxn)))
+                .collect()
+        } else {
+            per_image.enumerate().map(|(n, ((lse, losses), xn))| image(n, lse, losses, xn, None)).collect()
+        };
+        if let Some(slot) = eager {
+            // SAFETY: the images split `dx` into whole `c·s_len` chunks, and `FwdTile` writes
+            // every class row of every tile of its image (tiles cover `0..s_len`).
+            unsafe { dx.set_len(x.len()) };
+            let _ = slot.set(Tensor::from_vec(dx, x.len(), &candle_core::Device::Cpu)?);
+        }
         let _ = self.lse.set(lse.iter().map(|&v| f64::from(v)).collect());
-        Ok(if self.reduce { vec![sums.iter().sum::<f64>() as f32] } else { losses })
+        Ok(if self.reduce { vec![(sums.iter().sum::<f64>() * scale) as f32] } else { losses })
     }
 
     fn backward_f32(&self, x: &[f32], prob: &[f32], g: &[f64]) -> candle_core::Result<Vec<f32>> {
@@ -517,6 +559,10 @@ struct FwdTile<'a> {
     probs: Option<&'a [f32]>,
     lse: &'a mut [f32],
     loss: &'a mut [f32],
+    /// The image's gradient (`c·s_len`, index targets only): this tile's columns of every
+    /// class row are written, `scale·(A·p_c − a_c)`.
+    dx: Option<&'a mut [MaybeUninit<f32>]>,
+    scale: f32,
 }
 
 impl pulp::WithSimd for FwdTile<'_> {
@@ -524,7 +570,7 @@ impl pulp::WithSimd for FwdTile<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
-        let Self { x, s_len, s0, len, c, w, sw, one_m_eps, ys, ignore, probs, lse, loss } = self;
+        let Self { x, s_len, s0, len, c, w, sw, one_m_eps, ys, ignore, probs, lse, loss, mut dx, scale } = self;
         let row = |ch: usize| &x[ch * s_len + s0..ch * s_len + s0 + len];
         // Work arrays sliced to `len`, so the inner loops are bounds-check free and vectorise.
         let mut m_buf = [f32::NEG_INFINITY; TILE];
@@ -544,8 +590,21 @@ impl pulp::WithSimd for FwdTile<'_> {
         // coefficient never multiplies a −∞ logit.
         for ch in 0..c {
             let r = row(ch);
-            for ((se, &v), &m) in se.iter_mut().zip(r).zip(m.iter()) {
-                *se += fastmath::exp(v - m);
+            match dx.as_deref_mut() {
+                // The exponentials are kept in the gradient's rows for the pass below.
+                Some(d) => {
+                    let dr = &mut d[ch * s_len + s0..ch * s_len + s0 + len];
+                    for (((se, &v), &m), o) in se.iter_mut().zip(r).zip(m.iter()).zip(dr.iter_mut()) {
+                        let e = fastmath::exp(v - m);
+                        o.write(e);
+                        *se += e;
+                    }
+                }
+                None => {
+                    for ((se, &v), &m) in se.iter_mut().zip(r).zip(m.iter()) {
+                        *se += fastmath::exp(v - m);
+                    }
+                }
             }
             match probs {
                 Some(p) => {
@@ -595,6 +654,29 @@ impl pulp::WithSimd for FwdTile<'_> {
             } else {
                 0.0
             };
+        }
+        if let (Some(d), Some(ys)) = (dx, ys) {
+            // dx_c = scale·keep·(A·e_c/Σe − ε/C·w_c − [c = y]·(1 − ε)·w_y), A = (1 − ε)·w_y + Σ ε/C·w.
+            let (mut coef_buf, mut base_buf, mut y_buf) = ([0f32; TILE], [0f32; TILE], [-1i32; TILE]);
+            let (coef, base, y32) = (&mut coef_buf[..len], &mut base_buf[..len], &mut y_buf[..len]);
+            for t in 0..len {
+                let k = keep[t] * scale;
+                base[t] = k;
+                coef[t] = k * (wy[t] + sum_sw) / se[t];
+                if keep[t] != 0.0 {
+                    y32[t] = i32::try_from(ys[t]).unwrap_or(-1);
+                }
+            }
+            for ch in 0..c {
+                let dr = &mut d[ch * s_len + s0..ch * s_len + s0 + len];
+                let (swc, hit, chi) = (sw[ch], one_m_eps * w[ch], ch as i32);
+                for (((o, &cf), &b), &yt) in dr.iter_mut().zip(coef.iter()).zip(base.iter()).zip(y32.iter()) {
+                    // SAFETY: the exponential pass above wrote this element.
+                    let e = unsafe { o.assume_init() };
+                    let own = if yt == chi { hit } else { 0.0 };
+                    o.write(cf * e - b * (swc + own));
+                }
+            }
         }
         // Σ loss over sixteen lanes, folded in f64.
         let mut lanes = [0f32; 16];

@@ -1,8 +1,9 @@
 //! Properties every loss must have: finite values and gradients for logits of ±1e4 and targets
 //! at exactly 0 and 1 over random shapes; gradients equal to f64 finite differences; clear
-//! errors for bad input; and the classic sigmoid → log NaN reproduced in plain candle.
+//! errors for bad input; the classic sigmoid → log NaN reproduced in plain candle; and
+//! cross-entropy's precomputed f32 gradient equal to its backward kernel.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, Loss, SeededRng};
 use sconce_losses::{
@@ -203,5 +204,49 @@ fn review_edge_cases_give_errors_or_finite_values() -> Result<()> {
     assert!(matches!(RegionLoss::dice(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
     assert!(matches!(FocalLoss::new(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
     assert!(RegionLoss::dice(Mode::Binary).loss(&x, &Tensor::zeros((1, 2, 3), DType::F32, &dev)?).is_ok());
+    Ok(())
+}
+
+/// Gradient of `k·loss` with respect to the logits (`None` for no gradient).
+fn scaled_grad(loss: &dyn Loss, logits: &Tensor, target: &Tensor, k: f64) -> Result<(f64, Tensor)> {
+    let v = Var::from_tensor(logits)?;
+    let l = loss.loss(v.as_tensor(), target)?;
+    let g = (&l * k)?.backward()?;
+    let value = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok((value, g.get(v.as_tensor()).context("no gradient")?.to_dtype(DType::F64)?))
+}
+
+#[test]
+fn cross_entropy_gradient_from_the_forward_pass_equals_the_backward_kernel() -> Result<()> {
+    // f32 with autograd precomputes the gradient in its forward pass; f64 runs the separate
+    // backward kernel. Both must agree for every option, upstream scales other than 1, several
+    // tiles with a ragged tail (17×19 = 323 positions), ignored targets and all-ignored batches.
+    let mut rng = SeededRng::new(77);
+    let (n, c, h, w) = (3, 5, 17, 19);
+    let logits64 = Tensor::from_vec(
+        (0..n * c * h * w).map(|_| rng.normal() * 4.0).collect::<Vec<f64>>(),
+        (n, c, h, w),
+        &Device::Cpu,
+    )?;
+    let labels: Vec<i64> = (0..n * h * w).map(|i| if i % 7 == 3 { -100 } else { rng.below(c as u64) as i64 }).collect();
+    let labels = Tensor::from_vec(labels, (n, h, w), &Device::Cpu)?;
+    let all_ignored = Tensor::full(-100i64, (n, h, w), &Device::Cpu)?;
+    let losses = [
+        CrossEntropy::new().ignore_index(-100),
+        CrossEntropy::new().ignore_index(-100).reduction(Reduction::Sum),
+        CrossEntropy::new().ignore_index(-100).label_smoothing(0.2).class_weights(vec![0.5, 2.0, 1.0, 0.0, 3.0]),
+    ];
+    for (i, loss) in losses.iter().enumerate() {
+        for k in [1.0, 0.25] {
+            for target in [&labels, &all_ignored] {
+                let (v32, g32) = scaled_grad(loss, &logits64.to_dtype(DType::F32)?, target, k)?;
+                let (v64, g64) = scaled_grad(loss, &logits64, target, k)?;
+                assert!((v32 - v64).abs() <= 1e-5 * v64.abs().max(1.0), "loss {i}: value {v32} vs {v64}");
+                let err = (&g32 - &g64)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                let size = g64.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(err <= 1e-6 + 1e-5 * size, "loss {i}, k {k}: gradient differs by {err} (max {size})");
+            }
+        }
+    }
     Ok(())
 }

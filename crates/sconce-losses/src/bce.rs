@@ -1,10 +1,13 @@
 //! Binary cross-entropy from logits, fused: value and gradient in one pass each, finite for any
-//! finite logit, with `pos_weight` per class and Keras-style label smoothing.
+//! finite logit, with `pos_weight` per class and Keras-style label smoothing. A reduced `f32`
+//! loss under autograd writes its gradient during the forward pass (one pass in all).
+#![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Activation, Error, Loss, Result, TargetKind};
 
@@ -96,6 +99,7 @@ impl Loss for BinaryCrossEntropy {
         let target = target.to_dtype(logits.dtype())?;
         let inner: usize = logits.dims().iter().skip(2).product();
         let n = logits.elem_count();
+        let reduce = self.reduction != Reduction::None;
         let op = BceOp {
             pos_weight: Arc::new(match &self.pos_weight {
                 Some(w) if w.len() == 1 => vec![w[0]; channels],
@@ -105,16 +109,13 @@ impl Loss for BinaryCrossEntropy {
             channels,
             inner: inner.max(1),
             smoothing: self.label_smoothing,
-            reduce: self.reduction != Reduction::None,
+            reduce,
+            scale: if self.reduction == Reduction::Mean { 1.0 / n.max(1) as f64 } else { 1.0 },
             flag: Arc::new(OnceLock::new()),
+            eager: (reduce && logits.track_op() && logits.dtype() == DType::F32).then(|| Arc::new(OnceLock::new())),
         };
         let flag = op.flag.clone();
-        let out = with_flag(&flag, || logits.contiguous()?.apply_op2(&target.contiguous()?, op))?;
-        match self.reduction {
-            Reduction::None => Ok(out),
-            Reduction::Sum => Ok(out),
-            Reduction::Mean => Ok((out / n.max(1) as f64)?),
-        }
+        Ok(with_flag(&flag, || logits.contiguous()?.apply_op2(&target.contiguous()?, op))?)
     }
 
     fn activation(&self) -> Activation {
@@ -134,7 +135,12 @@ struct BceOp {
     inner: usize,
     smoothing: f64,
     reduce: bool,
+    /// The factor of the reduced loss (and its gradient): `1/n` for `Mean`, else 1.
+    scale: f64,
     flag: Flag,
+    /// The gradient of the reduced loss for a unit upstream gradient, written by the `f32`
+    /// forward pass (its exponentials are the ones the loss needs); `None` when not wanted.
+    eager: Option<Arc<OnceLock<Tensor>>>,
 }
 
 impl BceOp {
@@ -172,7 +178,7 @@ impl BceOp {
             (1.0 - z) * x + (1.0 + (self.weight(i) - 1.0) * z) * softplus_neg(x)
         };
         if self.reduce {
-            Ok(vec![T::from_f64(par_sum(x.len(), elem))])
+            Ok(vec![T::from_f64(par_sum(x.len(), elem) * self.scale)])
         } else {
             let mut out = vec![T::zero(); x.len()];
             out.par_iter_mut().enumerate().for_each(|(i, o)| *o = T::from_f64(elem(i)));
@@ -197,16 +203,32 @@ impl BceOp {
     fn forward_sum_f32(&self, x: &[f32], z: &[f32]) -> candle_core::Result<f32> {
         let (s, keep) = ((1.0 - self.smoothing) as f32, (0.5 * self.smoothing) as f32);
         let plane = self.planes();
-        let (sum, bad) = x
-            .par_chunks(plane)
-            .zip(z.par_chunks(plane))
-            .enumerate()
-            .map(|(j, (x, z))| simd(SumKernel { x, z, wm1: self.plane_weight(j) - 1.0, s, keep }))
-            .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let scale = self.scale as f32;
+        let kernel = |j: usize, x, z, o| simd(SumKernel { x, z, wm1: self.plane_weight(j) - 1.0, s, keep, o, scale });
+        let planes = x.par_chunks(plane).zip(z.par_chunks(plane));
+        let mut dx: Vec<f32> = Vec::with_capacity(if self.eager.is_some() { x.len() } else { 0 });
+        let (sum, bad) = if self.eager.is_some() {
+            let spare = &mut dx.spare_capacity_mut()[..x.len()];
+            planes
+                .zip(spare.par_chunks_mut(plane))
+                .enumerate()
+                .map(|(j, ((x, z), o))| kernel(j, x, z, Some(o)))
+                .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        } else {
+            planes
+                .enumerate()
+                .map(|(j, (x, z))| kernel(j, x, z, None))
+                .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
         if bad > 0 {
             self.check_targets(z)?;
         }
-        Ok(sum as f32)
+        if let Some(slot) = &self.eager {
+            // SAFETY: the planes tile `dx`, and `SumKernel` writes every element of its plane.
+            unsafe { dx.set_len(x.len()) };
+            let _ = slot.set(Tensor::from_vec(dx, x.len(), &candle_core::Device::Cpu)?);
+        }
+        Ok((sum * self.scale) as f32)
     }
 
     /// `scale · dℓ/dx` per element.
@@ -223,13 +245,16 @@ impl BceOp {
 }
 
 /// Σℓ over one plane of constant positive weight `wm1 + 1`, and the count of targets outside
-/// `[0, 1]`. A `WithSimd` kernel: its body is compiled for the CPU's widest vectors.
+/// `[0, 1]`; with `o`, also `scale · dℓ/dx` per element. A `WithSimd` kernel: its body is
+/// compiled for the CPU's widest vectors.
 struct SumKernel<'a> {
     x: &'a [f32],
     z: &'a [f32],
     wm1: f32,
     s: f32,
     keep: f32,
+    o: Option<&'a mut [MaybeUninit<f32>]>,
+    scale: f32,
 }
 
 impl pulp::WithSimd for SumKernel<'_> {
@@ -237,7 +262,10 @@ impl pulp::WithSimd for SumKernel<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, u32) {
-        let Self { x, z, wm1, s, keep } = self;
+        let Self { x, z, wm1, s, keep, o, scale } = self;
+        if let Some(o) = o {
+            return sum_and_grad(x, z, o, wm1, s, keep, scale);
+        }
         let elem = |xv: f32, zv: f32| {
             let zs = zv * s + keep;
             let t = fastmath::exp(-xv.abs());
@@ -263,6 +291,48 @@ impl pulp::WithSimd for SumKernel<'_> {
         }
         (total, nbad)
     }
+}
+
+/// [`SumKernel`] with the gradient: one `exp(−|x|)` per element serves both.
+#[inline(always)]
+fn sum_and_grad(
+    x: &[f32],
+    z: &[f32],
+    o: &mut [MaybeUninit<f32>],
+    wm1: f32,
+    s: f32,
+    keep: f32,
+    scale: f32,
+) -> (f64, u32) {
+    let elem = |xv: f32, zv: f32| {
+        let zs = zv * s + keep;
+        let t = fastmath::exp(-xv.abs());
+        let sp = (-xv).max(0.0) + fastmath::log1p_unit(t);
+        let num = if xv >= 0.0 { t } else { 1.0 };
+        let wz = 1.0 + wm1 * zs;
+        ((1.0 - zs) * xv + wz * sp, scale * ((1.0 - zs) - wz * (num / (1.0 + t))))
+    };
+    let mut acc = [0f32; 16];
+    let mut bad = [0u32; 16];
+    let (xc, zc, mut oc) = (x.chunks_exact(16), z.chunks_exact(16), o.chunks_exact_mut(16));
+    let (xr, zr) = (xc.remainder(), zc.remainder());
+    for ((xb, zb), ob) in xc.zip(zc).zip(&mut oc) {
+        for l in 0..16 {
+            bad[l] += u32::from(!(0.0..=1.0).contains(&zb[l]));
+            let (v, g) = elem(xb[l], zb[l]);
+            acc[l] += v;
+            ob[l].write(g);
+        }
+    }
+    let mut total: f64 = acc.iter().map(|v| f64::from(*v)).sum();
+    let mut nbad: u32 = bad.iter().sum();
+    for ((&xv, &zv), ob) in xr.iter().zip(zr).zip(oc.into_remainder()) {
+        nbad += u32::from(!(0.0..=1.0).contains(&zv));
+        let (v, g) = elem(xv, zv);
+        total += f64::from(v);
+        ob.write(g);
+    }
+    (total, nbad)
 }
 
 /// `scale · dℓ/dx` over one plane of constant positive weight.
@@ -329,9 +399,14 @@ impl CustomOp2 for BceOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // dℓ/dx = (1 − z) − (1 + (w − 1)·z)·σ(−x); targets get no gradient.
+        if let (true, Some(dx)) = (self.reduce, self.eager.as_ref().and_then(|e| e.get())) {
+            let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let dx = dx.reshape(x.shape())?;
+            return Ok((Some(if g == 1.0 { dx } else { (dx * g)? }), None));
+        }
         let op = BceGrad {
             op: self.clone(),
-            scale: if self.reduce { grad.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? } else { 1.0 },
+            scale: if self.reduce { grad.to_dtype(DType::F64)?.to_scalar::<f64>()? * self.scale } else { 1.0 },
         };
         let local = x.apply_op2_no_bwd(z, &op)?;
         Ok((Some(if self.reduce { local } else { local.mul(grad)? }), None))

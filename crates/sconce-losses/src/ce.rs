@@ -446,7 +446,8 @@ impl CeOp {
         let scale = self.scale();
         let eager = self.eager.as_ref().filter(|_| matches!(self.kind, Target::Index(_)));
         let mut dx: Vec<f32> = Vec::with_capacity(if eager.is_some() { x.len() } else { 0 });
-        let image = |n: usize, lse: &mut [f32], losses: &mut [f32], xn: &[f32], mut dxn: Option<&mut [MaybeUninit<f32>]>| {
+        let image =
+            |n: usize, lse: &mut [f32], losses: &mut [f32], xn: &[f32], mut dxn: Option<&mut [MaybeUninit<f32>]>| {
                 let mut total = 0.0;
                 for s0 in (0..s_len).step_by(TILE) {
                     let len = TILE.min(s_len - s0);

@@ -115,7 +115,7 @@ impl Loss for BinaryCrossEntropy {
             eager: (reduce && logits.track_op() && logits.dtype() == DType::F32).then(|| Arc::new(OnceLock::new())),
         };
         let flag = op.flag.clone();
-        Ok(with_flag(&flag, || logits.contiguous()?.apply_op2(&target.contiguous()?, op))?)
+        with_flag(&flag, || logits.contiguous()?.apply_op2(&target.contiguous()?, op))
     }
 
     fn activation(&self) -> Activation {

@@ -496,7 +496,10 @@ impl CeOp {
             unsafe { dx.set_len(x.len()) };
             let _ = slot.set(Tensor::from_vec(dx, x.len(), &candle_core::Device::Cpu)?);
         }
-        let _ = self.lse.set(lse.iter().map(|&v| f64::from(v)).collect());
+        if eager.is_none() {
+            // Only the separate backward kernel reads it.
+            let _ = self.lse.set(lse.iter().map(|&v| f64::from(v)).collect());
+        }
         Ok(if self.reduce { vec![(sums.iter().sum::<f64>() * scale) as f32] } else { losses })
     }
 

@@ -273,6 +273,7 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
     ("crates/sconce-tensor/src/relu.rs", "outputs written into uninitialised capacity, every element"),
     ("crates/sconce-layers/src/io.rs", "memory-mapping safetensors files"),
     ("crates/sconce-losses/src/ce.rs", "the logits' gradient written into uninitialised capacity, every element"),
+    ("crates/sconce-tensor/src/bias.rs", "the biased output written into uninitialised capacity, plane by plane"),
     ("crates/sconce-losses/src/bce.rs", "the gradient written into uninitialised capacity by the forward pass"),
 ];
 

@@ -676,15 +676,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig)
     let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { geom })?;
     match bias {
         None => Ok(y),
-        Some(b) => {
-            if b.dims() != [geom.o] {
-                return Err(Error::shape("conv2d bias", format!("[{}] (one per output channel)", geom.o), b.dims()));
-            }
-            if b.dtype() != x.dtype() {
-                return Err(Error::config("conv2d bias dtype", format!("must match the input's {:?}", x.dtype())));
-            }
-            Ok(y.broadcast_add(&b.reshape((1, geom.o, 1, 1))?)?)
-        }
+        Some(b) => crate::bias::add_channel_bias(&y, b, "conv2d"),
     }
 }
 
@@ -876,22 +868,6 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Con
     let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { geom })?;
     match bias {
         None => Ok(y),
-        Some(b) => {
-            let cout = coutg * groups;
-            if b.dims() != [cout] {
-                return Err(Error::shape(
-                    "conv_transpose2d bias",
-                    format!("[{cout}] (one per output channel)"),
-                    b.dims(),
-                ));
-            }
-            if b.dtype() != x.dtype() {
-                return Err(Error::config(
-                    "conv_transpose2d bias dtype",
-                    format!("must match the input's {:?}", x.dtype()),
-                ));
-            }
-            Ok(y.broadcast_add(&b.reshape((1, cout, 1, 1))?)?)
-        }
+        Some(b) => crate::bias::add_channel_bias(&y, b, "conv_transpose2d"),
     }
 }

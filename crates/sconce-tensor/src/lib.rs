@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod batch_norm;
+mod bias;
 mod conv;
 mod conv_bn;
 pub mod gradcheck;

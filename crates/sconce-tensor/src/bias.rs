@@ -1,0 +1,151 @@
+//! A per-channel bias added to `[N, C, ...]` activations (a convolution's bias) in one pass,
+//! with a backward pass that sums the gradient per channel over contiguous planes.
+//!
+//! candle's `broadcast_add` is correct but its bias gradient is a generic strided reduction
+//! over the batch and spatial axes: 7–8 % of a U-Net training step whose up-convolutions
+//! carry biases.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use sconce_core::{Error, Result};
+
+use crate::kernel::{Kernel2, Real, block_sum, cpu_fwd2};
+
+/// Runs `k` compiled for the CPU's best vector extensions (pulp's run-time dispatch).
+fn simd<K: pulp::WithSimd>(k: K) -> K::Output {
+    pulp::Arch::new().dispatch(k)
+}
+
+/// `out = y + b` over one plane.
+struct AddPlane<'a, T> {
+    out: &'a mut [MaybeUninit<T>],
+    y: &'a [T],
+    b: T,
+}
+
+impl<T: Real> pulp::WithSimd for AddPlane<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let b = self.b;
+        for (o, &v) in self.out.iter_mut().zip(self.y) {
+            o.write(v + b);
+        }
+    }
+}
+
+/// `Σ` of one channel's planes.
+struct ChannelSum<'a, T> {
+    dy: &'a [T],
+    c: usize,
+    plane: usize,
+    ch: usize,
+}
+
+impl<T: Real> pulp::WithSimd for ChannelSum<'_, T> {
+    type Output = f64;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> f64 {
+        let Self { dy, c, plane, ch } = self;
+        dy.chunks_exact(c * plane).map(|img| block_sum(&img[ch * plane..(ch + 1) * plane], |v| v)).sum()
+    }
+}
+
+/// `(y, b) → y + b[c]` for `y` of `n·c·plane` values.
+struct BiasAdd {
+    c: usize,
+    plane: usize,
+}
+
+impl Kernel2 for BiasAdd {
+    const NAME: &'static str = "bias_add";
+    fn kernel<T: Real>(&self, y: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+        let (c, plane) = (self.c, self.plane);
+        if b.len() != c || y.len() % (c * plane).max(1) != 0 {
+            candle_core::bail!("bias_add: {} values and {} biases for {c} channels of {plane}", y.len(), b.len());
+        }
+        let mut out: Vec<T> = Vec::with_capacity(y.len());
+        out.spare_capacity_mut()[..y.len()]
+            .par_chunks_mut(plane)
+            .zip(y.par_chunks(plane))
+            .enumerate()
+            .for_each(|(i, (o, y))| simd(AddPlane { out: o, y, b: b[i % c] }));
+        // SAFETY: the planes tile `y.len()` (checked above) and each was written.
+        unsafe { out.set_len(y.len()) };
+        Ok(out)
+    }
+}
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "sconce-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((cpu_fwd2(self, (s1, l1), (s2, l2))?, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad.contiguous()?.apply_op1_no_bwd(&ChannelSums { c: self.c, plane: self.plane })?;
+        Ok((Some(grad.clone()), Some(db.to_dtype(b.dtype())?)))
+    }
+}
+
+/// `dy → Σ over images and the plane, per channel` (`[C]`).
+struct ChannelSums {
+    c: usize,
+    plane: usize,
+}
+
+impl ChannelSums {
+    fn run<T: Real>(&self, dy: &[T]) -> Vec<T> {
+        let (c, plane) = (self.c, self.plane);
+        (0..c).into_par_iter().map(|ch| T::from_f64(simd(ChannelSum { dy, c, plane, ch }))).collect()
+    }
+}
+
+impl candle_core::CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "sconce-channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::kernel::contiguous_slice;
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(self.run(contiguous_slice::<f32>(s, l, "bias_add backward")?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.run(contiguous_slice::<f64>(s, l, "bias_add backward")?)),
+            other => candle_core::bail!("bias_add backward: expected f32 or f64, got {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from(self.c)))
+    }
+}
+
+/// `y + b` with `b` (`[C]`) broadcast over axis 1 of `y` (`[N, C, ...]`): a convolution's bias.
+/// Checks `b`'s shape and dtype against `what`.
+pub(crate) fn add_channel_bias(y: &Tensor, b: &Tensor, what: &str) -> Result<Tensor> {
+    let c = y.dims().get(1).copied().unwrap_or(0);
+    if b.dims() != [c] {
+        return Err(Error::shape(format!("{what} bias"), format!("[{c}] (one per output channel)"), b.dims()));
+    }
+    if b.dtype() != y.dtype() {
+        return Err(Error::config(format!("{what} bias dtype"), format!("must match the input's {:?}", y.dtype())));
+    }
+    let plane = y.dims().iter().skip(2).product::<usize>();
+    Ok(y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd { c, plane })?)
+}

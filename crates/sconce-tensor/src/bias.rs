@@ -65,7 +65,7 @@ impl Kernel2 for BiasAdd {
     const NAME: &'static str = "bias_add";
     fn kernel<T: Real>(&self, y: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
         let (c, plane) = (self.c, self.plane);
-        if b.len() != c || y.len() % (c * plane).max(1) != 0 {
+        if b.len() != c || plane == 0 || !y.len().is_multiple_of(c * plane) {
             candle_core::bail!("bias_add: {} values and {} biases for {c} channels of {plane}", y.len(), b.len());
         }
         let mut out: Vec<T> = Vec::with_capacity(y.len());
@@ -147,5 +147,15 @@ pub(crate) fn add_channel_bias(y: &Tensor, b: &Tensor, what: &str) -> Result<Ten
         return Err(Error::config(format!("{what} bias dtype"), format!("must match the input's {:?}", y.dtype())));
     }
     let plane = y.dims().iter().skip(2).product::<usize>();
+    if y.elem_count() == 0 {
+        return Ok((y + b
+            .reshape(
+                std::iter::once(1)
+                    .chain(std::iter::once(c))
+                    .chain(y.dims().iter().skip(2).map(|_| 1))
+                    .collect::<Vec<_>>(),
+            )?
+            .broadcast_as(y.shape())?)?);
+    }
     Ok(y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd { c, plane })?)
 }

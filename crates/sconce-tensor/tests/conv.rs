@@ -233,6 +233,11 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
         ([2, 4, 11, 10], [6, 4, 3, 2], Conv2dConfig { stride: (2, 1), padding: (1, 0), ..Default::default() }),
         ([1, 3, 16, 17], [4, 3, 5, 5], Conv2dConfig { stride: (3, 3), padding: (2, 1), ..Default::default() }),
         ([2, 6, 9, 9], [4, 3, 3, 3], Conv2dConfig { stride: (2, 2), padding: (1, 1), groups: 2, ..Default::default() }),
+        // Many output channels over a wide grid (several column blocks of the product, the
+        // last one partial) ...
+        ([1, 4, 41, 40], [256, 4, 3, 3], Conv2dConfig::default().padding(1)),
+        // ... and the same for the input gradient (its adjoint convolution has 256 outputs).
+        ([1, 256, 36, 35], [4, 256, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let (x, w) = (random(xs, 100 + i as u64)?, random(ws, 200 + i as u64)?);

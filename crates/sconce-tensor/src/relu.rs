@@ -177,7 +177,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(ReluOp)?)
 }
 
-/// `relu(a + b)` (a residual block's output, `a` and `b` of one shape)
+/// `relu(a + b)` for `a` and `b` of one shape (a residual block's output).
 struct AddRelu;
 
 impl Kernel2 for AddRelu {

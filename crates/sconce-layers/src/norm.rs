@@ -89,16 +89,31 @@ impl BatchNorm2d {
         self.forward_impl(x, train, true).map_err(Error::into_candle)
     }
 
-    /// `self(conv(x))`, then a ReLU when `relu`. In training, and for a convolution without
-    /// bias, the three run as one op ([`sconce_tensor::conv2d_batch_norm_train`]): same values
-    /// and gradients, without the convolution output's node in the autograd graph.
+    /// `self(conv(x))`, then a ReLU when `relu`. For a convolution without bias the three run as
+    /// one op — [`sconce_tensor::conv2d_batch_norm_train`] in training, without the convolution
+    /// output's node in the autograd graph; [`sconce_tensor::conv2d_batch_norm_eval`] in eval
+    /// mode, the batch norm folded into the convolution — with the same values and gradients.
     ///
     /// # Errors
     /// As [`Conv2d`]'s forward pass and this layer's.
     pub fn forward_conv_t(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
-        if !train || conv.bias().is_some() {
+        if conv.bias().is_some() {
             let z = conv.forward(x)?;
             return self.forward_impl(&z, train, relu).map_err(Error::into_candle);
+        }
+        if !train {
+            return sconce_tensor::conv2d_batch_norm_eval(
+                x,
+                conv.weight().as_tensor(),
+                conv.config(),
+                &self.running_mean.get(),
+                &self.running_var.get(),
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.eps,
+                relu,
+            )
+            .map_err(Error::into_candle);
         }
         let run = || -> Result<Tensor> {
             let w = conv.weight().as_tensor();

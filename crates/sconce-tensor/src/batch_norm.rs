@@ -535,12 +535,20 @@ pub fn batch_norm_relu_eval(
 }
 
 fn eval(x: &Tensor, params: [&Tensor; 4], eps: f64, relu: bool) -> Result<Tensor> {
-    let [running_mean, running_var, weight, bias] = params;
     let d = dims_of(x)?;
     float_dtype(x, "batch_norm input")?;
+    let (scale, shift) = eval_coefficients(d.c, x.dtype(), params, eps)?;
+    Ok(x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ScaleShift { d, relu })?)
+}
+
+/// The per-channel `(scale, shift)` of an eval-mode batch norm over `c` channels of `dtype`,
+/// after checking the parameters (`[running_mean, running_var, weight, bias]`) and `eps`.
+pub(crate) fn eval_coefficients(c: usize, dtype: DType, params: [&Tensor; 4], eps: f64) -> Result<(Tensor, Tensor)> {
+    let [running_mean, running_var, weight, bias] = params;
+    let d = Dims { n: 1, c, hw: 1 };
     for (p, what) in [(running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")]
     {
-        check_param(p, what, d.c, x.dtype())?;
+        check_param(p, what, d.c, dtype)?;
     }
     if !(eps > 0.0 && eps.is_finite()) {
         return Err(Error::config("batch_norm eps", format!("must be a positive number, got {eps}")));
@@ -551,14 +559,21 @@ fn eval(x: &Tensor, params: [&Tensor; 4], eps: f64, relu: bool) -> Result<Tensor
     }
     let scale = (weight * (running_var + eps)?.sqrt()?.recip()?)?;
     let shift = (bias - (running_mean * &scale)?)?;
-    Ok(x.contiguous()?.apply_op3(&scale.contiguous()?, &shift.contiguous()?, ScaleShift { d, relu })?)
+    Ok((scale, shift))
 }
 
 /// `y = x·scale[c] + shift[c]` in one pass (candle's `broadcast_mul` then `broadcast_add` took
 /// two passes through its generic broadcasting path, a quarter of a ResNet50 inference step).
-struct ScaleShift {
+pub(crate) struct ScaleShift {
     d: Dims,
     relu: bool,
+}
+
+impl ScaleShift {
+    /// The op for `[N, C, H, W]` input of shape `dims` (checked by the caller).
+    pub(crate) fn for_shape(dims: &[usize], relu: bool) -> Result<Self> {
+        Ok(Self { d: dims_of_shape(dims)?, relu })
+    }
 }
 
 impl ScaleShift {

@@ -19,6 +19,8 @@ use crate::matmul::{Op, gemm};
 
 mod shift;
 
+pub(crate) use shift::Epilogue;
+
 /// Stride, padding, dilation and groups of a 2-D convolution (`torch.nn.Conv2d`'s arguments).
 ///
 /// ```
@@ -267,13 +269,32 @@ impl Geom {
 
     /// Forward: `y[n, o, p] = Σ_k W[o, k] · cols_n[k, p]` per group.
     pub(crate) fn forward<T: Real>(&self, x: &[T], wt: &[T]) -> candle_core::Result<Vec<T>> {
+        self.forward_with(x, wt, None)
+    }
+
+    /// [`Self::forward`], then `y = y·scale[o] + shift[o]` (and a ReLU) per output channel when
+    /// `epi` is given: on the AVX-512 path image by image, right after each image's product,
+    /// while its output is still in cache.
+    pub(crate) fn forward_with<T: Real>(
+        &self,
+        x: &[T],
+        wt: &[T],
+        epi: Option<shift::Epilogue<'_, T>>,
+    ) -> candle_core::Result<Vec<T>> {
         let len = self.n * self.o * self.p();
         if let Some(sp) = self.shift_plan()
             && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(wt))
         {
+            let epi32 = match &epi {
+                None => None,
+                Some(e) => match (T::as_f32(e.scale), T::as_f32(e.shift)) {
+                    (Some(scale), Some(shift)) => Some(shift::Epilogue { scale, shift, relu: e.relu }),
+                    _ => candle_core::bail!("conv2d: epilogue of another dtype"),
+                },
+            };
             // The AVX-512 path writes every output element: no zeroing pass over the output.
             let mut out: Vec<f32> = Vec::with_capacity(len);
-            self.forward_shifted(xf, wf, &mut out.spare_capacity_mut()[..len], &sp)?;
+            self.forward_shifted_with(xf, wf, &mut out.spare_capacity_mut()[..len], &sp, epi32.as_ref())?;
             // SAFETY: `forward_shifted` wrote all `len` elements (or returned an error above).
             unsafe { out.set_len(len) };
             if let Some(out) = T::from_f32_vec(out) {
@@ -282,6 +303,11 @@ impl Geom {
         }
         let mut out = vec![T::zero(); len];
         self.forward_into(x, wt, &mut out)?;
+        if let Some(e) = epi {
+            for image in out.chunks_exact_mut(self.o * self.p()) {
+                e.apply(image, self.p());
+            }
+        }
         Ok(out)
     }
 
@@ -489,8 +515,8 @@ impl Geom {
 }
 
 /// The forward op: `x` `[N, C, H, W]` ⊛ `w` `[O, C/g, kh, kw]`.
-struct Conv2dOp {
-    geom: Geom,
+pub(crate) struct Conv2dOp {
+    pub(crate) geom: Geom,
 }
 
 impl Kernel2 for Conv2dOp {

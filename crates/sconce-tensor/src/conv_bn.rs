@@ -4,15 +4,17 @@
 //! candle's backward pass zero-fills a fresh buffer for every node's gradient and adds the
 //! incoming gradient into it: for the output of every convolution of a ResNet, a memset and
 //! a three-stream add over the largest tensors of the step. Here the batch-norm backward hands
-//! its input gradient straight to the convolution backward, inside one op.
+//! its input gradient straight to the convolution backward, inside one op. In eval mode the
+//! batch norm is a per-channel scale and shift applied to each image's convolution output as
+//! soon as it is computed (still in cache), with no tensor or graph node of its own.
 
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use sconce_core::Result;
 
-use crate::batch_norm::{BatchStats, BnTrain};
-use crate::conv::{Conv2dBackward, Conv2dConfig, Geom};
+use crate::batch_norm::{BatchStats, BnTrain, ScaleShift, eval_coefficients};
+use crate::conv::{Conv2dBackward, Conv2dConfig, Conv2dOp, Epilogue, Geom};
 use crate::kernel::{Kernel3, Real, cpu_fwd3};
 
 /// `(x, w, [γ | β]) → bn(conv(x, w))`, keeping the convolution's output for the backward pass.
@@ -112,4 +114,91 @@ pub fn conv2d_batch_norm_train(
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))
+}
+
+/// `(x, w, [scale | shift]) → conv(x, w)·scale + shift` (then ReLU) per output channel.
+struct ConvScaleShift {
+    geom: Geom,
+    relu: bool,
+}
+
+impl Kernel3 for ConvScaleShift {
+    const NAME: &'static str = "conv2d_batch_norm_eval";
+    fn kernel<T: Real>(&self, x: &[T], w: &[T], ss: &[T]) -> candle_core::Result<Vec<T>> {
+        let (scale, shift) = ss.split_at(self.geom.o);
+        self.geom.forward_with(x, w, Some(Epilogue { scale, shift, relu: self.relu }))
+    }
+}
+
+impl CustomOp3 for ConvScaleShift {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    /// Recomputes the convolution output `z` (only fine-tuning in eval mode needs this), then
+    /// the scale-shift backward gives `dz`, `dscale`, `dshift` and the convolution backward
+    /// `dx`, `dw`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        ss: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom;
+        let z = x.apply_op2_no_bwd(w, &Conv2dOp { geom: g })?;
+        let (scale, shift) = (ss.narrow(0, 0, g.o)?, ss.narrow(0, g.o, g.o)?);
+        let op = ScaleShift::for_shape(z.dims(), self.relu).map_err(sconce_core::Error::into_candle)?;
+        let (dz, dscale, dshift) = op.bwd(&z, &scale, &shift, res, grad)?;
+        let dz = match dz {
+            Some(dz) => dz,
+            None => candle_core::bail!("conv2d_batch_norm_eval backward: no gradient for the convolution output"),
+        };
+        let (dx, dw) = Conv2dBackward::new(g, x.track_op(), w.track_op()).grads(x, w, &dz)?;
+        let dss = match (dscale, dshift) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+            _ => None,
+        };
+        Ok((dx, dw, dss))
+    }
+}
+
+/// `conv2d(x, w)` (no bias) followed by [`batch_norm_eval`](crate::batch_norm_eval) — or
+/// [`batch_norm_relu_eval`](crate::batch_norm_relu_eval) when `relu` — with the batch norm folded
+/// into the convolution: its per-channel scale and shift are applied to each image's output
+/// right after that image's product. Same values and gradients as the ops in a row.
+///
+/// # Errors
+/// As [`conv2d`](crate::conv2d) and [`batch_norm_eval`](crate::batch_norm_eval).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_norm_eval(
+    x: &Tensor,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let geom = Geom::checked(x, w, cfg)?;
+    let (scale, shift) = eval_coefficients(geom.o, x.dtype(), [running_mean, running_var, weight, bias], eps)?;
+    let ss = Tensor::cat(&[&scale, &shift], 0)?;
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &ss, ConvScaleShift { geom, relu })?)
 }

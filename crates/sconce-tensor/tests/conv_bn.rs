@@ -1,11 +1,13 @@
-//! conv2d_batch_norm_train: the fused op against conv2d → batch_norm_train (→ relu) in values,
-//! batch statistics and all four gradients, in f64 and f32, and against finite differences.
+//! conv2d_batch_norm_train / _eval: the fused ops against conv2d → batch norm (→ relu) in
+//! values, batch statistics and all gradients, in f64 and f32, and against finite differences.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
-use sconce_tensor::{Conv2dConfig, batch_norm_train, conv2d, conv2d_batch_norm_train, relu};
+use sconce_tensor::{
+    Conv2dConfig, batch_norm_eval, batch_norm_train, conv2d, conv2d_batch_norm_eval, conv2d_batch_norm_train, relu,
+};
 use sconce_testutil::assert_close;
 
 fn random(shape: &[usize], seed: u64, shift: f64) -> Result<Tensor> {
@@ -110,5 +112,74 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     let one = Tensor::zeros((1, 3, 3, 3), DType::F32, &dev)?;
     assert!(matches!(conv2d_batch_norm_train(&one, &w, &cfg, &p, &p, 1e-5, false), Err(Error::Data { .. })));
     assert!(matches!(conv2d_batch_norm_train(&x, &w, &cfg, &p, &p, 0.0, false), Err(Error::Config { .. })));
+    Ok(())
+}
+
+#[test]
+fn eval_mode_fold_equals_conv_then_batch_norm() -> Result<()> {
+    let cases = [
+        ([2, 3, 9, 7], [5, 3, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 4, 11, 8], [6, 4, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([2, 8, 6, 6], [16, 8, 1, 1], Conv2dConfig::default()),
+        ([2, 4, 10, 10], [4, 2, 3, 3], Conv2dConfig::default().padding(2).dilation(2).groups(2)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let o = ws[0];
+        let x = random(xs, seed, 0.5)?;
+        let w = (random(ws, seed + 1, 0.0)? / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+        let (g, b) = (random(&[o], seed + 2, 1.0)?, random(&[o], seed + 3, 0.2)?);
+        let rm = random(&[o], seed + 4, 0.1)?;
+        let rv = (random(&[o], seed + 5, 0.0)?.sqr()? + 0.5)?;
+        let gy = random(conv2d(&x, &w, None, cfg)?.dims(), seed + 6, 0.0)?;
+        for relu_after in [false, true] {
+            for dtype in [DType::F64, DType::F32] {
+                let c = |t: &Tensor| t.to_dtype(dtype);
+                let (rm, rv) = (c(&rm)?, c(&rv)?);
+                let vars = |fused: bool| -> Result<Vec<Tensor>> {
+                    let vs = [
+                        Var::from_tensor(&c(&x)?)?,
+                        Var::from_tensor(&c(&w)?)?,
+                        Var::from_tensor(&c(&g)?)?,
+                        Var::from_tensor(&c(&b)?)?,
+                    ];
+                    let [xv, wv, gv, bv] = [0, 1, 2, 3].map(|k| vs[k].as_tensor());
+                    let y = if fused {
+                        conv2d_batch_norm_eval(xv, wv, cfg, &rm, &rv, gv, bv, 1e-5, relu_after)?
+                    } else {
+                        let y = batch_norm_eval(&conv2d(xv, wv, None, cfg)?, &rm, &rv, gv, bv, 1e-5)?;
+                        if relu_after { relu(&y)? } else { y }
+                    };
+                    let grads = (&y * &c(&gy)?)?.sum_all()?.backward()?;
+                    let mut out = vec![y];
+                    for v in &vs {
+                        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+                    }
+                    Ok(out)
+                };
+                let (got, want) = (vars(true)?, vars(false)?);
+                let (rtol, atol) = if dtype == DType::F64 { (1e-10, 1e-10) } else { (1e-4, 1e-4) };
+                for (k, name) in ["y", "dx", "dw", "dgamma", "dbeta"].iter().enumerate() {
+                    assert_close(
+                        &format!("eval case {i} relu {relu_after} {dtype:?} {name}"),
+                        &got[k],
+                        &want[k],
+                        rtol,
+                        atol,
+                    )?;
+                }
+            }
+        }
+        // Finite differences through the fold (f64), with the ReLU.
+        let f = |x: &Tensor, w: &Tensor| -> sconce_core::Result<Tensor> {
+            conv2d_batch_norm_eval(x, w, cfg, &rm, &rv, &g, &b, 1e-5, true)
+        };
+        if i < 2 {
+            let r = check_gradient(|t| f(t, &w), &x, 1e-6, 5)?;
+            assert!(r.max_abs_err < 1e-6, "eval case {i} dx {r:?}");
+            let r = check_gradient(|t| f(&x, t), &w, 1e-6, 6)?;
+            assert!(r.max_abs_err < 1e-6, "eval case {i} dw {r:?}");
+        }
+    }
     Ok(())
 }

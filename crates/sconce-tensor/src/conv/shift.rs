@@ -11,6 +11,49 @@ use rayon::prelude::*;
 use super::Geom;
 use crate::sgemm::{Columns, PackedA, Shifted, Strided, sgemm, sgemm_packed};
 
+/// `y = y·scale[o] + shift[o]`, then `max(·, 0)` when `relu`, over an image's `O` planes: a
+/// batch norm in eval mode folded into the convolution that feeds it.
+pub(crate) struct Epilogue<'a, T> {
+    pub(crate) scale: &'a [T],
+    pub(crate) shift: &'a [T],
+    pub(crate) relu: bool,
+}
+
+impl<T: crate::kernel::Real> Epilogue<'_, T> {
+    /// Applies the map to one image (`O` planes of `plane` values).
+    pub(crate) fn apply(&self, image: &mut [T], plane: usize) {
+        for ((y, &s), &t) in image.chunks_exact_mut(plane).zip(self.scale).zip(self.shift) {
+            pulp::Arch::new().dispatch(AffineInPlace { y, s, t, relu: self.relu });
+        }
+    }
+}
+
+/// One plane of [`Epilogue::apply`], compiled for the CPU's widest vectors.
+struct AffineInPlace<'a, T> {
+    y: &'a mut [T],
+    s: T,
+    t: T,
+    relu: bool,
+}
+
+impl<T: crate::kernel::Real> pulp::WithSimd for AffineInPlace<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let (s, t, zero) = (self.s, self.t, T::zero());
+        if self.relu {
+            for v in self.y.iter_mut() {
+                let a = *v * s + t;
+                *v = if a > zero { a } else { zero };
+            }
+        } else {
+            for v in self.y.iter_mut() {
+                *v = *v * s + t;
+            }
+        }
+    }
+}
+
 /// Where the taps read: the phase planes of the padded input, each tap's offset, the grid.
 pub(super) struct ShiftPlan {
     /// Row length of a phase plane, `⌈Wp / sw⌉` (the grid's row stride).
@@ -110,6 +153,19 @@ impl Geom {
         out: &mut [MaybeUninit<f32>],
         sp: &ShiftPlan,
     ) -> candle_core::Result<()> {
+        self.forward_shifted_with(x, wt, out, sp, None)
+    }
+
+    /// [`Self::forward_shifted`] with an optional per-channel epilogue applied to each image's
+    /// output as soon as it is complete.
+    pub(super) fn forward_shifted_with(
+        &self,
+        x: &[f32],
+        wt: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        sp: &ShiftPlan,
+        epi: Option<&Epilogue<'_, f32>>,
+    ) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
         if out.len() != self.n * self.o * p || x.len() != self.n * self.image_len() || wt.len() != self.weight_len() {
@@ -140,6 +196,12 @@ impl Geom {
                 } else {
                     sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
                 }
+            }
+            if let Some(e) = epi {
+                // SAFETY: the products (and compactions) above wrote every element of `y`, and
+                // `MaybeUninit<f32>` has `f32`'s layout.
+                let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
+                e.apply(y, p);
             }
             Ok(())
         };

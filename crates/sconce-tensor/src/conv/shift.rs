@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::Geom;
-use crate::sgemm::{Columns, PackedA, Shifted, Strided, sgemm, sgemm_packed};
+use crate::sgemm::{Columns, NR, PackedA, Shifted, Strided, sgemm, sgemm_packed};
 
 /// `y = y·scale[o] + shift[o]`, then `max(·, 0)` when `relu`, over an image's `O` planes: a
 /// batch norm in eval mode folded into the convolution that feeds it.
@@ -218,6 +218,24 @@ impl Geom {
         }
     }
 
+    /// One group's output gradient `[O/g, OH·OW]` laid out on the grid (zeros in the extra
+    /// columns of each row), in `grid`; `dy` itself when the grid has no extra columns.
+    fn dy_on_grid<'a>(&self, dyg: &'a [f32], grid: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
+        if !sp.compact {
+            return dyg;
+        }
+        for (o, dyo) in dyg.chunks_exact(self.p()).enumerate() {
+            let go = &mut grid[o * sp.n_grid..(o + 1) * sp.n_grid];
+            for (oy, row) in dyo.chunks_exact(self.ow).enumerate() {
+                let start = oy * sp.wq;
+                go[start..start + self.ow].copy_from_slice(row);
+                let end = (start + sp.wq).min(sp.n_grid);
+                go[start + self.ow..end].fill(0.0);
+            }
+        }
+        grid
+    }
+
     /// Weight gradient `dW = Σ_n dY_n · colsᵀ` (`dw` zeroed, `O·C/g·kh·kw`): `dY` laid out on
     /// the grid (zeros in the extra columns) times the transposed windows of the padded input.
     pub(super) fn weight_grad_shifted(
@@ -238,6 +256,26 @@ impl Geom {
         let xp_len = if sp.pad { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (chunks, _) = self.plan();
+        // With enough columns in dW (C/g·kh·kw ≥ 4 panels), the images run one after the other
+        // and each product's columns are split over the pool, accumulating straight into `dw`:
+        // no per-task partial dW to zero and add up (a full copy of the weights each, which
+        // dominated at small batches with large weights).
+        let threads = rayon::current_num_threads();
+        if threads > 1 && k >= 4 * NR {
+            return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
+                let (xp, grid) = scratch.split_at_mut(xp_len);
+                for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
+                    for gi in 0..self.g {
+                        let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                        let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
+                        let a = Strided { data: a_data, rs: sp.n_grid, cs: 1 };
+                        let b = Columns { data: src, offs: &boff };
+                        sgemm(og, k, sp.n_grid, &mut dw[gi * og * k..(gi + 1) * og * k], k, true, &a, &b, threads)?;
+                    }
+                }
+                Ok(())
+            });
+        }
         let per_chunk = self.n.div_ceil(chunks).max(1);
         let partials: Vec<Vec<f32>> = x
             .par_chunks(per_chunk * img_len)
@@ -249,21 +287,7 @@ impl Geom {
                     for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                         for gi in 0..self.g {
                             let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                            let dyg = &dy_img[gi * og * p..(gi + 1) * og * p];
-                            let a_data: &[f32] = if sp.compact {
-                                for (o, dyo) in dyg.chunks_exact(p).enumerate() {
-                                    let go = &mut grid[o * sp.n_grid..(o + 1) * sp.n_grid];
-                                    for (oy, row) in dyo.chunks_exact(self.ow).enumerate() {
-                                        let start = oy * sp.wq;
-                                        go[start..start + self.ow].copy_from_slice(row);
-                                        let end = (start + sp.wq).min(sp.n_grid);
-                                        go[start + self.ow..end].fill(0.0);
-                                    }
-                                }
-                                grid
-                            } else {
-                                dyg
-                            };
+                            let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
                             let a = Strided { data: a_data, rs: sp.n_grid, cs: 1 };
                             let b = Columns { data: src, offs: &boff };
                             let dwg = &mut part[gi * og * k..(gi + 1) * og * k];

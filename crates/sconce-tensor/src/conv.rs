@@ -384,24 +384,20 @@ impl Geom {
     /// `W[o, c, i, j]` per group → `W'[c, o, kh−1−i, kw−1−j]` (the kernel of [`Self::input_grad_as_conv`]).
     fn flip_transpose<T: Real>(&self, wt: &[T]) -> Vec<T> {
         let (og, cg, kk) = (self.og(), self.cg(), self.kh * self.kw);
-        let mut out = vec![T::zero(); wt.len()];
-        // 16×16 tiles of (o, c): both the reads and the writes of a tile stay in cache.
-        const TILE: usize = 16;
-        for gi in 0..self.g {
-            for o0 in (0..og).step_by(TILE) {
-                for c0 in (0..cg).step_by(TILE) {
-                    for o in o0..(o0 + TILE).min(og) {
-                        for c in c0..(c0 + TILE).min(cg) {
-                            let src = &wt[((gi * og + o) * cg + c) * kk..][..kk];
-                            let dst = &mut out[((gi * cg + c) * og + o) * kk..][..kk];
-                            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                                *d = *s;
-                            }
-                        }
-                    }
+        let mut out: Vec<T> = Vec::with_capacity(wt.len());
+        // One output row `(g, c)` — `og` flipped kernels — per task, both cores busy; the rows
+        // of one group read the same `og` cache lines of `wt` one after the other.
+        out.spare_capacity_mut()[..wt.len()].par_chunks_mut(og * kk).enumerate().for_each(|(row, dst)| {
+            let (gi, c) = (row / cg, row % cg);
+            for (o, d) in dst.chunks_exact_mut(kk).enumerate() {
+                let src = &wt[((gi * og + o) * cg + c) * kk..][..kk];
+                for (d, &s) in d.iter_mut().zip(src.iter().rev()) {
+                    d.write(s);
                 }
             }
-        }
+        });
+        // SAFETY: the `g·cg` rows of `og·kk` tile `wt.len()` and every element was written.
+        unsafe { out.set_len(wt.len()) };
         out
     }
 

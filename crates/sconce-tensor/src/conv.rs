@@ -294,7 +294,7 @@ impl Geom {
             };
             // The AVX-512 path writes every output element: no zeroing pass over the output.
             let mut out: Vec<f32> = Vec::with_capacity(len);
-            self.forward_shifted_with(xf, wf, &mut out.spare_capacity_mut()[..len], &sp, epi32.as_ref())?;
+            self.forward_shifted_with(xf, wf, &mut out.spare_capacity_mut()[..len], &sp, epi32.as_ref(), None)?;
             // SAFETY: `forward_shifted` wrote all `len` elements (or returned an error above).
             unsafe { out.set_len(len) };
             if let Some(out) = T::from_f32_vec(out) {
@@ -612,14 +612,21 @@ impl Conv2dBackward {
         // to be used.
         let Some(conv) = (if self.transposed { Some(*g) } else { g.adjoint_conv() }) else { return Ok(None) };
         let Some(sp) = conv.shift_plan() else { return Ok(None) };
-        let kernel: std::borrow::Cow<'_, [f32]> = if self.transposed {
+        // A pointwise convolution's adjoint kernel is `Wᵀ`: packed straight from `W` with swapped
+        // strides, no flipped copy.
+        let pointwise_t = if !self.transposed && g.kh * g.kw == 1 && g.g == 1 {
+            Some(crate::sgemm::PackedA::new(g.c, g.o, &crate::sgemm::Strided { data: wf, rs: 1, cs: g.c })?)
+        } else {
+            None
+        };
+        let kernel: std::borrow::Cow<'_, [f32]> = if self.transposed || pointwise_t.is_some() {
             std::borrow::Cow::Borrowed(wf)
         } else {
             std::borrow::Cow::Owned(g.flip_transpose(wf))
         };
         let mut out: Vec<f32> = Vec::with_capacity(dx_len + dw_len);
         let (dx, dw) = out.spare_capacity_mut()[..dx_len + dw_len].split_at_mut(dx_len);
-        conv.forward_shifted(dyf, &kernel, dx, &sp)?;
+        conv.forward_shifted_with(dyf, &kernel, dx, &sp, None, pointwise_t.as_ref())?;
         if self.need_dw {
             dw.iter_mut().for_each(|v| {
                 v.write(0.0);

@@ -153,7 +153,7 @@ impl Geom {
         out: &mut [MaybeUninit<f32>],
         sp: &ShiftPlan,
     ) -> candle_core::Result<()> {
-        self.forward_shifted_with(x, wt, out, sp, None)
+        self.forward_shifted_with(x, wt, out, sp, None, None)
     }
 
     /// [`Self::forward_shifted`] with an optional per-channel epilogue applied to each image's
@@ -165,6 +165,7 @@ impl Geom {
         out: &mut [MaybeUninit<f32>],
         sp: &ShiftPlan,
         epi: Option<&Epilogue<'_, f32>>,
+        packed_weights: Option<&PackedA>,
     ) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         let hw = self.h * self.w;
@@ -175,9 +176,17 @@ impl Geom {
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
         // The weights are packed once per group, for every image.
-        let packed = (0..self.g)
-            .map(|gi| PackedA::new(og, k, &Strided { data: &wt[gi * og * k..(gi + 1) * og * k], rs: k, cs: 1 }))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        // The weights are packed once per group (or by the caller, one group), for every image.
+        let owned;
+        let packed: &[PackedA] = match packed_weights {
+            Some(p) if self.g == 1 => std::slice::from_ref(p),
+            _ => {
+                owned = (0..self.g)
+                    .map(|gi| PackedA::new(og, k, &Strided { data: &wt[gi * og * k..(gi + 1) * og * k], rs: k, cs: 1 }))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                &owned
+            }
+        };
         let image = |scratch: &mut [f32], y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
             let (xp, grid) = scratch.split_at_mut(xp_len);
             for (gi, a) in packed.iter().enumerate() {

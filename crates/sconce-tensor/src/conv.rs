@@ -267,6 +267,11 @@ impl Geom {
         if self.n >= threads { (threads, 1) } else { (1, threads) }
     }
 
+    /// The output's shape `[N, O, OH, OW]`.
+    pub(crate) fn out_shape(&self) -> Shape {
+        Shape::from((self.n, self.o, self.oh, self.ow))
+    }
+
     /// Forward: `y[n, o, p] = Σ_k W[o, k] · cols_n[k, p]` per group.
     pub(crate) fn forward<T: Real>(&self, x: &[T], wt: &[T]) -> candle_core::Result<Vec<T>> {
         self.forward_with(x, wt, None)
@@ -534,8 +539,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
-        Ok((cpu_fwd2(self, (s1, l1), (s2, l2))?, Shape::from((g.n, g.o, g.oh, g.ow))))
+        Ok((cpu_fwd2(self, (s1, l1), (s2, l2))?, self.geom.out_shape()))
     }
 
     fn bwd(

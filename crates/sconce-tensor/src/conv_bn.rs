@@ -54,9 +54,8 @@ impl CustomOp3 for ConvBn {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
         let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+        Ok((out, self.geom.out_shape()))
     }
 
     fn bwd(
@@ -144,9 +143,8 @@ impl CustomOp3 for ConvScaleShift {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
         let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+        Ok((out, self.geom.out_shape()))
     }
 
     /// Recomputes the convolution output `z` (only fine-tuning in eval mode needs this), then

@@ -194,53 +194,161 @@ struct MaxWindows {
 }
 
 impl MaxWindows {
+    /// Max (and arg-max) of every window, separably: each input row is first reduced over the
+    /// horizontal windows (`hv`, with the arg-max column in `ha`), then each output row is the
+    /// max of its window's rows of `hv`. Scanning rows in order and, within a row, columns in
+    /// order with a strict `>` keeps PyTorch's first-in-row-major-order arg-max; a NaN wins over
+    /// any number and the first NaN stays. Both passes are branch-free loops over contiguous
+    /// rows that the compiler vectorises (the window-by-window loop mispredicted its
+    /// data-dependent branch on about every other element).
     fn run<T: Real>(&self, x: &[T], n: usize, c: usize) -> (Vec<T>, Vec<u32>) {
         let (ih, iw) = self.in_hw;
-        let (hf, hc, hs) = (&self.h.0, &self.h.1, self.h.2);
-        let (wf, wc, ws) = (&self.w.0, &self.w.1, self.w.2);
-        let (oh, ow) = (hf.len(), wf.len());
+        let (oh, ow) = (self.h.0.len(), self.w.0.len());
         let plane_out = oh * ow;
         let mut out = vec![T::zero(); n * c * plane_out];
         let mut idx = vec![0u32; if self.save { n * c * plane_out } else { 0 }];
-        let work = |(o, i): (&mut [T], Option<&mut [u32]>), x: &[T]| {
-            let mut local = i;
-            for a in 0..oh {
-                for b in 0..ow {
-                    let mut best = T::neg_infinity();
-                    let mut arg = hf[a] * iw + wf[b];
-                    for p in 0..hc[a] {
-                        let row = (hf[a] + p * hs) * iw;
-                        for q in 0..wc[b] {
-                            let j = row + wf[b] + q * ws;
-                            let v = x[j];
-                            if v > best || v.is_nan() {
-                                best = v;
-                                arg = j;
-                                if v.is_nan() {
-                                    break;
-                                }
-                            }
-                        }
-                        if best.is_nan() {
-                            break;
-                        }
-                    }
-                    o[a * ow + b] = best;
-                    if let Some(i) = local.as_deref_mut() {
-                        i[a * ow + b] = arg as u32;
-                    }
-                }
-            }
-        };
+        let scratch = || (vec![T::zero(); ih * ow + iw], vec![0u32; ih * ow + iw]);
         if self.save {
             out.par_chunks_mut(plane_out)
                 .zip(idx.par_chunks_mut(plane_out))
                 .zip(x.par_chunks(ih * iw))
-                .for_each(|((o, i), x)| work((o, Some(i)), x));
+                .for_each_init(scratch, |(fv, fi), ((o, i), x)| self.plane::<T, true>(x, o, i, fv, fi));
         } else {
-            out.par_chunks_mut(plane_out).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| work((o, None), x));
+            out.par_chunks_mut(plane_out)
+                .zip(x.par_chunks(ih * iw))
+                .for_each_init(scratch, |(fv, fi), (o, x)| self.plane::<T, false>(x, o, &mut [], fv, fi));
         }
         (out, idx)
+    }
+
+    /// One plane of [`Self::run`]; `fv`/`fi` are scratch of `ih·ow + iw` elements.
+    fn plane<T: Real, const SAVE: bool>(&self, x: &[T], o: &mut [T], i: &mut [u32], fv: &mut [T], fi: &mut [u32]) {
+        let (ih, iw) = self.in_hw;
+        let (hf, hc, hs) = (&self.h.0, &self.h.1, self.h.2);
+        let (wf, wc, ws) = (&self.w.0, &self.w.1, self.w.2);
+        let ow = wf.len();
+        let (hv, row_best) = fv.split_at_mut(ih * ow);
+        let (ha, row_arg) = fi.split_at_mut(ih * ow);
+        // Full-width windows start at 0..full; their maxima come from one vectorised pass.
+        let kmax = wc.iter().copied().max().unwrap_or(0);
+        let full = iw.saturating_sub(kmax.saturating_sub(1) * ws);
+        for (r, xr) in x.chunks_exact(iw).enumerate() {
+            let (hvr, har) = (&mut hv[r * ow..(r + 1) * ow], &mut ha[r * ow..(r + 1) * ow]);
+            if full > 0 {
+                pulp::Arch::new().dispatch(RowMax::<T, SAVE> {
+                    row: xr,
+                    best: &mut row_best[..full],
+                    arg: &mut row_arg[..full],
+                    k: kmax,
+                    step: ws,
+                });
+            }
+            for b in 0..ow {
+                let (start, count) = (wf[b], wc[b]);
+                if count == kmax && start < full {
+                    hvr[b] = row_best[start];
+                    har[b] = (start + row_arg[start] as usize * ws) as u32;
+                } else {
+                    let (mut best, mut arg) = (xr[start], start);
+                    for q in 1..count {
+                        let j = start + q * ws;
+                        if take(xr[j], best) {
+                            best = xr[j];
+                            arg = j;
+                        }
+                    }
+                    hvr[b] = best;
+                    har[b] = arg as u32;
+                }
+            }
+        }
+        for (a, orow) in o.chunks_exact_mut(ow).enumerate() {
+            let r0 = hf[a];
+            orow.copy_from_slice(&hv[r0 * ow..(r0 + 1) * ow]);
+            if SAVE {
+                for (d, &h) in i[a * ow..(a + 1) * ow].iter_mut().zip(&ha[r0 * ow..(r0 + 1) * ow]) {
+                    *d = (r0 * iw) as u32 + h;
+                }
+            }
+            for p in 1..hc[a] {
+                let r = hf[a] + p * hs;
+                pulp::Arch::new().dispatch(RowsMax::<T, SAVE> {
+                    best: orow,
+                    arg: if SAVE { &mut i[a * ow..(a + 1) * ow] } else { &mut [] },
+                    v: &hv[r * ow..(r + 1) * ow],
+                    va: if SAVE { &ha[r * ow..(r + 1) * ow] } else { &[] },
+                    base: (r * iw) as u32,
+                });
+            }
+        }
+    }
+}
+
+/// Whether `v` replaces the running maximum `best`: larger, or the first NaN.
+#[inline(always)]
+fn take<T: Real>(v: T, best: T) -> bool {
+    (v > best) | (v.is_nan() & !best.is_nan())
+}
+
+/// `best[j] = max_q row[j + q·step]` over `q < k` (arg-max `q` in `arg`), for every start `j`.
+struct RowMax<'a, T, const SAVE: bool> {
+    row: &'a [T],
+    best: &'a mut [T],
+    arg: &'a mut [u32],
+    k: usize,
+    step: usize,
+}
+
+impl<T: Real, const SAVE: bool> pulp::WithSimd for RowMax<'_, T, SAVE> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let len = self.best.len();
+        self.best.copy_from_slice(&self.row[..len]);
+        if SAVE {
+            self.arg.fill(0);
+        }
+        for q in 1..self.k {
+            let src = &self.row[q * self.step..q * self.step + len];
+            if SAVE {
+                for ((b, a), &v) in self.best.iter_mut().zip(self.arg.iter_mut()).zip(src) {
+                    let t = take(v, *b);
+                    *b = if t { v } else { *b };
+                    *a = if t { q as u32 } else { *a };
+                }
+            } else {
+                for (b, &v) in self.best.iter_mut().zip(src) {
+                    *b = if take(v, *b) { v } else { *b };
+                }
+            }
+        }
+    }
+}
+
+/// `best = max(best, v)` element-wise, the arg-max becoming `base + va` where `v` wins.
+struct RowsMax<'a, T, const SAVE: bool> {
+    best: &'a mut [T],
+    arg: &'a mut [u32],
+    v: &'a [T],
+    va: &'a [u32],
+    base: u32,
+}
+
+impl<T: Real, const SAVE: bool> pulp::WithSimd for RowsMax<'_, T, SAVE> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        if SAVE {
+            for (((b, a), &v), &va) in self.best.iter_mut().zip(self.arg.iter_mut()).zip(self.v).zip(self.va) {
+                let t = take(v, *b);
+                *b = if t { v } else { *b };
+                *a = if t { self.base + va } else { *a };
+            }
+        } else {
+            for (b, &v) in self.best.iter_mut().zip(self.v) {
+                *b = if take(v, *b) { v } else { *b };
+            }
+        }
     }
 }
 
@@ -504,6 +612,137 @@ pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MaxWindows {
+        /// The window-by-window loop this module used before the separable one: the reference the
+        /// separable passes are tested against.
+        fn run_direct<T: Real>(&self, x: &[T], n: usize, c: usize) -> (Vec<T>, Vec<u32>) {
+            let (ih, iw) = self.in_hw;
+            let (hf, hc, hs) = (&self.h.0, &self.h.1, self.h.2);
+            let (wf, wc, ws) = (&self.w.0, &self.w.1, self.w.2);
+            let (oh, ow) = (hf.len(), wf.len());
+            let plane_out = oh * ow;
+            let mut out = vec![T::zero(); n * c * plane_out];
+            let mut idx = vec![0u32; if self.save { n * c * plane_out } else { 0 }];
+            let work = |(o, i): (&mut [T], Option<&mut [u32]>), x: &[T]| {
+                let mut local = i;
+                for a in 0..oh {
+                    for b in 0..ow {
+                        let mut best = T::neg_infinity();
+                        let mut arg = hf[a] * iw + wf[b];
+                        for p in 0..hc[a] {
+                            let row = (hf[a] + p * hs) * iw;
+                            for q in 0..wc[b] {
+                                let j = row + wf[b] + q * ws;
+                                let v = x[j];
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                    arg = j;
+                                    if v.is_nan() {
+                                        break;
+                                    }
+                                }
+                            }
+                            if best.is_nan() {
+                                break;
+                            }
+                        }
+                        o[a * ow + b] = best;
+                        if let Some(i) = local.as_deref_mut() {
+                            i[a * ow + b] = arg as u32;
+                        }
+                    }
+                }
+            };
+            if self.save {
+                out.par_chunks_mut(plane_out)
+                    .zip(idx.par_chunks_mut(plane_out))
+                    .zip(x.par_chunks(ih * iw))
+                    .for_each(|((o, i), x)| work((o, Some(i)), x));
+            } else {
+                out.par_chunks_mut(plane_out).zip(x.par_chunks(ih * iw)).for_each(|(o, x)| work((o, None), x));
+            }
+            (out, idx)
+        }
+    }
+
+    /// Windows of `max_pool2d` for one configuration, as `apply_max` builds them.
+    fn pool_op(ih: usize, iw: usize, cfg: &MaxPool2d, save: bool) -> Result<MaxWindows> {
+        let oh = pooled_len("h", ih, cfg.kernel.0, cfg.stride.0, cfg.padding.0, cfg.dilation.0, cfg.ceil_mode)?;
+        let ow = pooled_len("w", iw, cfg.kernel.1, cfg.stride.1, cfg.padding.1, cfg.dilation.1, cfg.ceil_mode)?;
+        let (hf, hc) = max_windows(ih, oh, cfg.kernel.0, cfg.stride.0, cfg.padding.0, cfg.dilation.0);
+        let (wf, wc) = max_windows(iw, ow, cfg.kernel.1, cfg.stride.1, cfg.padding.1, cfg.dilation.1);
+        Ok(MaxWindows {
+            name: "test",
+            in_hw: (ih, iw),
+            h: (Arc::new(hf), Arc::new(hc), cfg.dilation.0),
+            w: (Arc::new(wf), Arc::new(wc), cfg.dilation.1),
+            argmax: Arc::new(OnceLock::new()),
+            save,
+        })
+    }
+
+    #[test]
+    fn separable_max_equals_the_window_loop_with_ties_nans_and_infinities() -> Result<()> {
+        // Few distinct values (many ties, as after a ReLU), some NaN and -inf: values and
+        // arg-max indices must be exactly those of the window-by-window loop.
+        let configs = [
+            (9, 11, MaxPool2d::new(3).stride(2).padding(1)),
+            (112, 112, MaxPool2d::new(3).stride(2).padding(1)),
+            (8, 8, MaxPool2d::new(2)),
+            (7, 9, MaxPool2d::new(2).ceil_mode(true)),
+            (10, 11, MaxPool2d::new(3).stride(1).padding(1).dilation(2)),
+            (6, 13, MaxPool2d { kernel: (2, 3), stride: (1, 2), padding: (1, 1), dilation: (1, 1), ceil_mode: true }),
+            (5, 5, MaxPool2d::new(1).stride(2)),
+            (3, 4, MaxPool2d { kernel: (3, 4), stride: (1, 1), padding: (0, 0), dilation: (1, 1), ceil_mode: false }),
+        ];
+        let mut seed = 7u64;
+        for (ih, iw, cfg) in configs {
+            let (n, c) = (2, 3);
+            let x: Vec<f32> = (0..n * c * ih * iw)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    match (seed >> 33) % 23 {
+                        0 => f32::NAN,
+                        1 => f32::NEG_INFINITY,
+                        r => (r % 5) as f32,
+                    }
+                })
+                .collect();
+            for save in [true, false] {
+                let op = pool_op(ih, iw, &cfg, save)?;
+                let (fast, fast_i) = op.run(&x, n, c);
+                let (slow, slow_i) = op.run_direct(&x, n, c);
+                let same = fast.iter().zip(&slow).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+                assert!(same, "{ih}x{iw} {cfg:?}: values differ");
+                assert_eq!(fast_i, slow_i, "{ih}x{iw} {cfg:?}: arg-max differs");
+            }
+            let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let op = pool_op(ih, iw, &cfg, true)?;
+            assert_eq!(op.run(&x64, n, c).1, op.run_direct(&x64, n, c).1, "f64 {ih}x{iw} {cfg:?}");
+        }
+        // Adaptive windows (two sizes, overlapping): 7 → 3 and 10 → 4.
+        let axis = |len: usize, o_len: usize| {
+            let (f, c): (Vec<usize>, Vec<usize>) = (0..o_len)
+                .map(|o| {
+                    let (s, e) = adaptive_range(o, len, o_len);
+                    (s, e - s)
+                })
+                .unzip();
+            (Arc::new(f), Arc::new(c), 1)
+        };
+        let x: Vec<f32> = (0..70).map(|i| ((i * 37) % 11) as f32).collect();
+        let op = MaxWindows {
+            name: "test",
+            in_hw: (7, 10),
+            h: axis(7, 3),
+            w: axis(10, 4),
+            argmax: Arc::new(OnceLock::new()),
+            save: true,
+        };
+        assert_eq!(op.run(&x, 1, 1), op.run_direct(&x, 1, 1));
+        Ok(())
+    }
 
     #[test]
     fn output_sizes_follow_pytorch() -> Result<()> {

@@ -135,16 +135,18 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (c, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward_conv_t(c, &y, train, i != last)?;
-        }
         let shortcut = match &self.downsample {
             Some((c, bn)) => bn.forward_conv_t(c, x, train, false)?,
             None => x.clone(),
         };
-        sconce_tensor::add_relu(&y, &shortcut).map_err(Error::into_candle)
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (c, bn) in &self.convs[..last] {
+            y = bn.forward_conv_t(c, &y, train, true)?;
+        }
+        // The last convolution, its batch norm, the shortcut and the ReLU as one op.
+        let (c, bn) = &self.convs[last];
+        bn.forward_conv_add_relu_t(c, &y, &shortcut, train)
     }
 }
 

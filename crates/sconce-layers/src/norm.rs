@@ -132,6 +132,50 @@ impl BatchNorm2d {
         run().map_err(Error::into_candle)
     }
 
+    /// `relu(self(conv(x)) + residual)`: a residual block's last convolution, batch norm,
+    /// shortcut addition and ReLU. For a convolution without bias this is one op —
+    /// [`sconce_tensor::conv2d_batch_norm_add_relu_train`] or, in eval mode,
+    /// [`sconce_tensor::conv2d_batch_norm_add_relu_eval`] — whose sum never becomes a tensor
+    /// of its own; otherwise the ops in a row. Same values and gradients either way.
+    ///
+    /// # Errors
+    /// As [`Self::forward_conv_t`]; a residual whose shape is not the output's is an error.
+    pub fn forward_conv_add_relu_t(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        if conv.bias().is_some() {
+            let y = self.forward_conv_t(conv, x, train, false)?;
+            return sconce_tensor::add_relu(&y, residual).map_err(Error::into_candle);
+        }
+        let w = conv.weight().as_tensor();
+        let (g, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let run = || -> Result<Tensor> {
+            if !train {
+                let (rm, rv) = (self.running_mean.get(), self.running_var.get());
+                return sconce_tensor::conv2d_batch_norm_add_relu_eval(
+                    x,
+                    w,
+                    conv.config(),
+                    &rm,
+                    &rv,
+                    g,
+                    b,
+                    self.eps,
+                    residual,
+                );
+            }
+            let (y, stats) =
+                sconce_tensor::conv2d_batch_norm_add_relu_train(x, w, conv.config(), g, b, self.eps, residual)?;
+            self.record(&stats)?;
+            Ok(y)
+        };
+        run().map_err(Error::into_candle)
+    }
+
     /// Folds a training batch's statistics into the running ones.
     fn record(&self, stats: &sconce_tensor::BatchStats) -> Result<()> {
         let n = self.num_batches_tracked() + 1;

@@ -81,6 +81,12 @@ impl BnTrain {
     }
 
     pub(crate) fn run<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> Vec<T> {
+        self.run_add(x, g, b, None)
+    }
+
+    /// [`Self::run`] with `residual` (shaped like `x`) added after the affine map, before the
+    /// ReLU: a residual block's `relu(bn(z) + shortcut)` in the same pass.
+    pub(crate) fn run_add<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
         // Two passes per channel in f64: the mean, then the centred sum of squares.
@@ -93,7 +99,7 @@ impl BnTrain {
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
         let inv: Vec<f64> = stats.iter().map(|s| 1.0 / (s.1 + self.eps).sqrt()).collect();
-        let y = affine_planes(x, self.d, self.relu, |ch| {
+        let y = affine_planes_add(x, self.d, self.relu, residual, |ch| {
             let scale = inv[ch] * f64_of(g[ch]);
             (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
         });
@@ -150,21 +156,66 @@ impl<T: Real, const RELU: bool> pulp::WithSimd for Affine<'_, T, RELU> {
     }
 }
 
+/// `y = x·scale + shift + r`, then a ReLU when `RELU`, over one plane.
+struct AffineAdd<'a, T, const RELU: bool> {
+    y: &'a mut [MaybeUninit<T>],
+    x: &'a [T],
+    r: &'a [T],
+    scale: T,
+    shift: T,
+}
+
+impl<T: Real, const RELU: bool> pulp::WithSimd for AffineAdd<'_, T, RELU> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let (scale, shift, zero) = (self.scale, self.shift, T::zero());
+        for ((o, &v), &r) in self.y.iter_mut().zip(self.x).zip(self.r) {
+            let a = v * scale + shift + r;
+            o.write(if !RELU || a > zero { a } else { zero });
+        }
+    }
+}
+
 /// `y = x·scale_c + shift_c` per channel plane, `(scale_c, shift_c) = coef(c)`, then a ReLU when
 /// `relu`, written without a zeroing pass; whole images per task (a plane can be 49 values).
 fn affine_planes<T: Real>(x: &[T], d: Dims, relu: bool, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
+    affine_planes_add(x, d, relu, None, coef)
+}
+
+/// [`affine_planes`] with `residual` (shaped like `x`) added before the ReLU.
+fn affine_planes_add<T: Real>(
+    x: &[T],
+    d: Dims,
+    relu: bool,
+    residual: Option<&[T]>,
+    coef: impl Fn(usize) -> (T, T) + Sync,
+) -> Vec<T> {
     let (hw, c) = (d.hw, d.c);
     let coefs: Vec<(T, T)> = (0..c).map(coef).collect();
     let mut y: Vec<T> = Vec::with_capacity(x.len());
-    y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).for_each(|(yi, xi)| {
-        for ((yp, xp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs) {
-            if relu {
-                simd(Affine::<T, true> { y: yp, x: xp, scale, shift });
-            } else {
-                simd(Affine::<T, false> { y: yp, x: xp, scale, shift });
+    let images = y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw));
+    match residual {
+        None => images.for_each(|(yi, xi)| {
+            for ((yp, xp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs) {
+                if relu {
+                    simd(Affine::<T, true> { y: yp, x: xp, scale, shift });
+                } else {
+                    simd(Affine::<T, false> { y: yp, x: xp, scale, shift });
+                }
             }
-        }
-    });
+        }),
+        Some(r) => images.zip(r.par_chunks(c * hw)).for_each(|((yi, xi), ri)| {
+            for (((yp, xp), rp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(ri.chunks(hw)).zip(&coefs)
+            {
+                if relu {
+                    simd(AffineAdd::<T, true> { y: yp, x: xp, r: rp, scale, shift });
+                } else {
+                    simd(AffineAdd::<T, false> { y: yp, x: xp, r: rp, scale, shift });
+                }
+            }
+        }),
+    }
     // SAFETY: the images split `x` into whole `c·hw` chunks and every plane of each was written.
     unsafe { y.set_len(x.len()) };
     y

@@ -172,7 +172,7 @@ impl Geom {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
-    fn weight_len(&self) -> usize {
+    pub(crate) fn weight_len(&self) -> usize {
         self.o * self.k()
     }
     fn image_len(&self) -> usize {
@@ -292,10 +292,19 @@ impl Geom {
         {
             let epi32 = match &epi {
                 None => None,
-                Some(e) => match (T::as_f32(e.scale), T::as_f32(e.shift)) {
-                    (Some(scale), Some(shift)) => Some(shift::Epilogue { scale, shift, relu: e.relu }),
-                    _ => candle_core::bail!("conv2d: epilogue of another dtype"),
-                },
+                Some(e) => {
+                    let residual = match e.residual {
+                        None => None,
+                        Some(r) => match T::as_f32(r) {
+                            Some(r) => Some(r),
+                            None => candle_core::bail!("conv2d: residual of another dtype"),
+                        },
+                    };
+                    match (T::as_f32(e.scale), T::as_f32(e.shift)) {
+                        (Some(scale), Some(shift)) => Some(shift::Epilogue { scale, shift, relu: e.relu, residual }),
+                        _ => candle_core::bail!("conv2d: epilogue of another dtype"),
+                    }
+                }
             };
             // The AVX-512 path writes every output element: no zeroing pass over the output.
             let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -309,8 +318,8 @@ impl Geom {
         let mut out = vec![T::zero(); len];
         self.forward_into(x, wt, &mut out)?;
         if let Some(e) = epi {
-            for image in out.chunks_exact_mut(self.o * self.p()) {
-                e.apply(image, self.p());
+            for (img, image) in out.chunks_exact_mut(self.o * self.p()).enumerate() {
+                e.apply(img, image, self.p());
             }
         }
         Ok(out)

@@ -125,7 +125,7 @@ impl Kernel3 for ConvScaleShift {
     const NAME: &'static str = "conv2d_batch_norm_eval";
     fn kernel<T: Real>(&self, x: &[T], w: &[T], ss: &[T]) -> candle_core::Result<Vec<T>> {
         let (scale, shift) = ss.split_at(self.geom.o);
-        self.geom.forward_with(x, w, Some(Epilogue { scale, shift, relu: self.relu }))
+        self.geom.forward_with(x, w, Some(Epilogue { scale, shift, relu: self.relu, residual: None }))
     }
 }
 
@@ -199,4 +199,241 @@ pub fn conv2d_batch_norm_eval(
     let (scale, shift) = eval_coefficients(geom.o, x.dtype(), [running_mean, running_var, weight, bias], eps)?;
     let ss = Tensor::cat(&[&scale, &shift], 0)?;
     Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &ss, ConvScaleShift { geom, relu })?)
+}
+
+/// The `[w | p]` operand of the residual ops: the weights flattened, then per-channel
+/// parameters (`[γ | β]` or `[scale | shift]`). candle's custom ops take three inputs, and the
+/// residual needs the third.
+fn weights_and(w: &Tensor, params: &[&Tensor]) -> candle_core::Result<Tensor> {
+    let mut parts = vec![w.flatten_all()?];
+    parts.extend(params.iter().map(|p| (*p).clone()));
+    Tensor::cat(&parts, 0)
+}
+
+/// Checks that the residual has the convolution output's shape and dtype.
+fn check_residual(geom: &Geom, x: &Tensor, residual: &Tensor, what: &str) -> Result<()> {
+    let want = geom.out_shape();
+    if residual.dims() != want.dims() {
+        return Err(sconce_core::Error::shape(
+            format!("{what} residual"),
+            format!("the convolution output's {:?}", want.dims()),
+            residual.dims(),
+        ));
+    }
+    if residual.dtype() != x.dtype() {
+        return Err(sconce_core::Error::config(
+            format!("{what} residual"),
+            format!("dtype {:?} differs from the input's {:?}", residual.dtype(), x.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// `(x, [w | γ | β], r) → relu(bn(conv(x, w)) + r)`, keeping the convolution's output.
+struct ConvBnAddRelu {
+    geom: Geom,
+    /// The batch norm with its ReLU: the forward pass adds `r` before the ReLU, and the
+    /// backward pass masks by the op's output, which is the mask of `relu(bn + r)`.
+    bn: BnTrain,
+    z: Arc<OnceLock<Tensor>>,
+}
+
+impl Kernel3 for ConvBnAddRelu {
+    const NAME: &'static str = "conv2d_batch_norm_add_relu";
+    fn kernel<T: Real>(&self, x: &[T], wgb: &[T], r: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        let (wl, c) = (g.weight_len(), self.bn.channels());
+        if wgb.len() != wl + 2 * c || r.len() != g.n * g.o * g.oh * g.ow {
+            candle_core::bail!("conv2d_batch_norm_add_relu: operands do not match the geometry {g:?}");
+        }
+        let (w, gb) = wgb.split_at(wl);
+        let z = g.forward(x, w)?;
+        let (gamma, beta) = gb.split_at(c);
+        let y = self.bn.run_add(&z, gamma, beta, Some(r));
+        let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
+        if self.z.set(z).is_err() {
+            candle_core::bail!("conv2d_batch_norm_add_relu: the op ran its forward pass twice");
+        }
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for ConvBnAddRelu {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-batch-norm-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, self.geom.out_shape()))
+    }
+
+    /// The residual's gradient is `dy` masked by the output; the batch norm's backward (masked
+    /// the same way) gives `dz`, and the convolution's `dx`, `dw`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wgb: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.z.get() else {
+            candle_core::bail!("conv2d_batch_norm_add_relu backward without a recorded forward pass")
+        };
+        let g = self.geom;
+        let (wl, c) = (g.weight_len(), self.bn.channels());
+        let (dz, dg, db) = self.bn.backward(z, &wgb.narrow(0, wl, c)?, res, grad)?;
+        let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
+        let (dx, dw) = Conv2dBackward::new(g, x.track_op(), wgb.track_op()).grads(x, &w, &dz)?;
+        let dwgb = match dw {
+            Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
+            None => None,
+        };
+        let dr = if r.track_op() { Some(crate::relu::relu_grad(res, grad)?) } else { None };
+        Ok((dx, dwgb, dr))
+    }
+}
+
+/// A residual block's last step, `relu(batch_norm_train(conv2d(x, w)) + residual)`, as one op:
+/// [`conv2d_batch_norm_train`] with the residual added in the batch norm's output pass. The
+/// sum never becomes a tensor or graph node of its own, and the backward pass hands the masked
+/// gradient to the residual and, through the batch norm, to the convolution. Returns the output
+/// and the batch statistics.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{Conv2dConfig, conv2d_batch_norm_add_relu_train};
+/// # fn main() -> sconce_core::Result<()> {
+/// let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1.0, (4, 4, 1, 1), &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(4, DType::F32, &Device::Cpu)?, Tensor::zeros(4, DType::F32, &Device::Cpu)?);
+/// let (y, _) = conv2d_batch_norm_add_relu_train(&x, &w, &Conv2dConfig::default(), &g, &b, 1e-5, &x)?;
+/// assert!(y.flatten_all()?.min(0)?.to_scalar::<f32>()? >= 0.0);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`conv2d_batch_norm_train`]; a residual whose shape is not the output's, or of another
+/// dtype, is an error.
+pub fn conv2d_batch_norm_add_relu_train(
+    x: &Tensor,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    residual: &Tensor,
+) -> Result<(Tensor, BatchStats)> {
+    let geom = Geom::checked(x, w, cfg)?;
+    let bn = BnTrain::checked(&[geom.n, geom.o, geom.oh, geom.ow], x.dtype(), weight, bias, eps, true)?;
+    check_residual(&geom, x, residual, "conv2d_batch_norm_add_relu_train")?;
+    let saved = bn.saved();
+    let wgb = weights_and(w, &[weight, bias])?;
+    let op = ConvBnAddRelu { geom, bn, z: Arc::new(OnceLock::new()) };
+    let y = x.contiguous()?.apply_op3(&wgb, &residual.contiguous()?, op)?;
+    let stats = BnTrain::stats(&saved, &y)?;
+    Ok((y, stats))
+}
+
+/// `(x, [w | scale | shift], r) → relu(conv(x, w)·scale + shift + r)` per output channel.
+struct ConvScaleShiftAddRelu {
+    geom: Geom,
+}
+
+impl Kernel3 for ConvScaleShiftAddRelu {
+    const NAME: &'static str = "conv2d_batch_norm_add_relu_eval";
+    fn kernel<T: Real>(&self, x: &[T], wss: &[T], r: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        let wl = g.weight_len();
+        if wss.len() != wl + 2 * g.o || r.len() != g.n * g.o * g.oh * g.ow {
+            candle_core::bail!("conv2d_batch_norm_add_relu_eval: operands do not match the geometry {g:?}");
+        }
+        let (w, ss) = wss.split_at(wl);
+        let (scale, shift) = ss.split_at(g.o);
+        g.forward_with(x, w, Some(Epilogue { scale, shift, relu: true, residual: Some(r) }))
+    }
+}
+
+impl CustomOp3 for ConvScaleShiftAddRelu {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-scale-shift-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, self.geom.out_shape()))
+    }
+
+    /// Recomputes the convolution output `z`; `dy` masked by the output is the residual's
+    /// gradient and, through the scale-shift backward, gives `dz`, `dscale`, `dshift`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wss: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom;
+        let wl = g.weight_len();
+        let w = wss.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
+        let z = x.apply_op2_no_bwd(&w, &Conv2dOp { geom: g })?;
+        let (scale, shift) = (wss.narrow(0, wl, g.o)?, wss.narrow(0, wl + g.o, g.o)?);
+        let masked = crate::relu::relu_grad(res, grad)?;
+        let op = ScaleShift::for_shape(z.dims(), false).map_err(sconce_core::Error::into_candle)?;
+        let (dz, dscale, dshift) = op.bwd(&z, &scale, &shift, res, &masked)?;
+        let (dx, dw) = match dz {
+            Some(dz) => Conv2dBackward::new(g, x.track_op(), wss.track_op()).grads(x, &w, &dz)?,
+            None => (None, None),
+        };
+        let dwss = match (dw, dscale, dshift) {
+            (Some(dw), Some(a), Some(b)) => Some(Tensor::cat(&[&dw.flatten_all()?, &a, &b], 0)?),
+            _ => None,
+        };
+        let dr = if r.track_op() { Some(masked) } else { None };
+        Ok((dx, dwss, dr))
+    }
+}
+
+/// `relu(batch_norm_eval(conv2d(x, w)) + residual)` with the batch norm, the residual and the
+/// ReLU folded into the convolution's per-image epilogue ([`conv2d_batch_norm_eval`] for a
+/// residual block's last step). Same values and gradients as the ops in a row.
+///
+/// # Errors
+/// As [`conv2d_batch_norm_eval`]; a residual whose shape is not the output's, or of another
+/// dtype, is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_norm_add_relu_eval(
+    x: &Tensor,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let geom = Geom::checked(x, w, cfg)?;
+    check_residual(&geom, x, residual, "conv2d_batch_norm_add_relu_eval")?;
+    let (scale, shift) = eval_coefficients(geom.o, x.dtype(), [running_mean, running_var, weight, bias], eps)?;
+    let wss = weights_and(w, &[&scale, &shift])?;
+    Ok(x.contiguous()?.apply_op3(&wss, &residual.contiguous()?, ConvScaleShiftAddRelu { geom })?)
 }

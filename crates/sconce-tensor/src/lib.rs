@@ -33,7 +33,9 @@ pub use batch_norm::{
     BatchStats, batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, update_running_stats,
 };
 pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
-pub use conv_bn::{conv2d_batch_norm_eval, conv2d_batch_norm_train};
+pub use conv_bn::{
+    conv2d_batch_norm_add_relu_eval, conv2d_batch_norm_add_relu_train, conv2d_batch_norm_eval, conv2d_batch_norm_train,
+};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };

@@ -1,12 +1,14 @@
-//! conv2d_batch_norm_train / _eval: the fused ops against conv2d → batch norm (→ relu) in
-//! values, batch statistics and all gradients, in f64 and f32, and against finite differences.
+//! conv2d_batch_norm_train / _eval (and their residual `_add_relu_` forms): the fused ops
+//! against conv2d → batch norm (→ + residual) (→ relu) in values, batch statistics and all
+//! gradients, in f64 and f32, and against finite differences.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
 use sconce_tensor::{
-    Conv2dConfig, batch_norm_eval, batch_norm_train, conv2d, conv2d_batch_norm_eval, conv2d_batch_norm_train, relu,
+    Conv2dConfig, add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_batch_norm_add_relu_eval,
+    conv2d_batch_norm_add_relu_train, conv2d_batch_norm_eval, conv2d_batch_norm_train, relu,
 };
 use sconce_testutil::assert_close;
 
@@ -181,5 +183,127 @@ fn eval_mode_fold_equals_conv_then_batch_norm() -> Result<()> {
             assert!(r.max_abs_err < 1e-6, "eval case {i} dw {r:?}");
         }
     }
+    Ok(())
+}
+
+/// The residual ops against the ops in a row: output, (train: mean, var,) then the gradients
+/// of `Σ y·gy` for x, w, γ, β and the residual.
+fn run_residual(fused: bool, train: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 8]) -> Result<Vec<Tensor>> {
+    let [x, w, g, b, r, gy, rm, rv] = inputs;
+    let vars =
+        [Var::from_tensor(x)?, Var::from_tensor(w)?, Var::from_tensor(g)?, Var::from_tensor(b)?, Var::from_tensor(r)?];
+    let [xv, wv, gv, bv, rv_] = [0, 1, 2, 3, 4].map(|i| vars[i].as_tensor());
+    let mut out = Vec::new();
+    let y = match (train, fused) {
+        (true, true) => {
+            let (y, stats) = conv2d_batch_norm_add_relu_train(xv, wv, cfg, gv, bv, 1e-5, rv_)?;
+            out.extend([stats.mean, stats.var]);
+            y
+        }
+        (true, false) => {
+            let (y, stats) = batch_norm_train(&conv2d(xv, wv, None, cfg)?, gv, bv, 1e-5)?;
+            out.extend([stats.mean, stats.var]);
+            add_relu(&y, rv_)?
+        }
+        (false, true) => conv2d_batch_norm_add_relu_eval(xv, wv, cfg, rm, rv, gv, bv, 1e-5, rv_)?,
+        (false, false) => add_relu(&batch_norm_eval(&conv2d(xv, wv, None, cfg)?, rm, rv, gv, bv, 1e-5)?, rv_)?,
+    };
+    let grads = (&y * gy)?.sum_all()?.backward()?;
+    out.insert(0, y);
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+    }
+    Ok(out)
+}
+
+#[test]
+fn residual_ops_equal_conv_batch_norm_add_relu() -> Result<()> {
+    let cases = [
+        ([2, 3, 9, 7], [5, 3, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 4, 11, 8], [6, 4, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([2, 8, 6, 6], [16, 8, 1, 1], Conv2dConfig::default()),
+        ([2, 4, 10, 10], [4, 2, 3, 3], Conv2dConfig::default().padding(2).dilation(2).groups(2)),
+        ([2, 16, 12, 12], [32, 16, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let o = ws[0];
+        let x = random(xs, seed, 0.5)?;
+        let w = (random(ws, seed + 1, 0.0)? / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+        let (g, b) = (random(&[o], seed + 2, 1.0)?, random(&[o], seed + 3, 0.2)?);
+        let out_shape = conv2d(&x, &w, None, cfg)?.dims().to_vec();
+        // A residual of the output's scale: about half of the sums are negative, so the mask
+        // matters.
+        let r = random(&out_shape, seed + 4, -0.2)?;
+        let gy = random(&out_shape, seed + 5, 0.0)?;
+        let rm = random(&[o], seed + 6, 0.1)?;
+        let rvar = (random(&[o], seed + 7, 0.0)?.sqr()? + 0.5)?;
+        for train in [true, false] {
+            for dtype in [DType::F64, DType::F32] {
+                let c = |t: &Tensor| t.to_dtype(dtype);
+                let ts = [c(&x)?, c(&w)?, c(&g)?, c(&b)?, c(&r)?, c(&gy)?, c(&rm)?, c(&rvar)?];
+                let inputs = [&ts[0], &ts[1], &ts[2], &ts[3], &ts[4], &ts[5], &ts[6], &ts[7]];
+                let (rtol, atol) = if dtype == DType::F64 { (1e-10, 1e-10) } else { (1e-4, 1e-4) };
+                let got = run_residual(true, train, cfg, inputs)?;
+                let want = run_residual(false, train, cfg, inputs)?;
+                let names: &[&str] = if train {
+                    &["y", "mean", "var", "dx", "dw", "dgamma", "dbeta", "dresidual"]
+                } else {
+                    &["y", "dx", "dw", "dgamma", "dbeta", "dresidual"]
+                };
+                assert_eq!(got.len(), names.len());
+                for (k, name) in names.iter().enumerate() {
+                    let what = format!("residual case {i} train {train} {dtype:?} {name}");
+                    assert_close(&what, &got[k], &want[k], rtol, atol)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn residual_op_gradients_match_finite_differences() -> Result<()> {
+    let cfg = Conv2dConfig::default().stride(2).padding(1);
+    let (x, w) = (random(&[2, 2, 5, 4], 11, 0.3)?, (random(&[3, 2, 3, 3], 12, 0.0)? * 0.3)?);
+    let (g, b) = (random(&[3], 13, 1.0)?, random(&[3], 14, 0.1)?);
+    let r = random(&[2, 3, 3, 2], 15, 0.0)?;
+    let (rm, rv) = (random(&[3], 16, 0.0)?, (random(&[3], 17, 0.0)?.sqr()? + 0.5)?);
+    for train in [true, false] {
+        let f = |x: &Tensor, w: &Tensor, g: &Tensor, b: &Tensor, r: &Tensor| -> sconce_core::Result<Tensor> {
+            if train {
+                Ok(conv2d_batch_norm_add_relu_train(x, w, &cfg, g, b, 1e-5, r)?.0)
+            } else {
+                conv2d_batch_norm_add_relu_eval(x, w, &cfg, &rm, &rv, g, b, 1e-5, r)
+            }
+        };
+        let checks = [
+            ("dx", check_gradient(|t| f(t, &w, &g, &b, &r), &x, 1e-6, 1)?),
+            ("dw", check_gradient(|t| f(&x, t, &g, &b, &r), &w, 1e-6, 2)?),
+            ("dgamma", check_gradient(|t| f(&x, &w, t, &b, &r), &g, 1e-6, 3)?),
+            ("dbeta", check_gradient(|t| f(&x, &w, &g, t, &r), &b, 1e-6, 4)?),
+            ("dresidual", check_gradient(|t| f(&x, &w, &g, &b, t), &r, 1e-6, 5)?),
+        ];
+        for (name, rep) in checks {
+            assert!(rep.max_abs_err < 1e-6, "train {train} {name} {rep:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn residual_of_the_wrong_shape_or_dtype_is_an_error() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?;
+    let p = Tensor::ones(4, DType::F32, &dev)?;
+    let cfg = Conv2dConfig::default().padding(1);
+    let short = Tensor::zeros((2, 4, 8, 7), DType::F32, &dev)?;
+    let wide = Tensor::zeros((2, 4, 8, 8), DType::F64, &dev)?;
+    for r in [&short, &wide] {
+        assert!(conv2d_batch_norm_add_relu_train(&x, &w, &cfg, &p, &p, 1e-5, r).is_err());
+        assert!(conv2d_batch_norm_add_relu_eval(&x, &w, &cfg, &p, &p, &p, &p, 1e-5, r).is_err());
+    }
+    assert!(matches!(conv2d_batch_norm_add_relu_train(&x, &w, &cfg, &p, &p, 1e-5, &short), Err(Error::Shape { .. })));
     Ok(())
 }

@@ -11,19 +11,24 @@ use rayon::prelude::*;
 use super::Geom;
 use crate::sgemm::{Columns, NR, PackedA, Shifted, Strided, sgemm, sgemm_packed};
 
-/// `y = y·scale[o] + shift[o]`, then `max(·, 0)` when `relu`, over an image's `O` planes: a
-/// batch norm in eval mode folded into the convolution that feeds it.
+/// `y = y·scale[o] + shift[o]` (`+ residual`), then `max(·, 0)` when `relu`, over an image's
+/// `O` planes: a batch norm in eval mode folded into the convolution that feeds it, and a
+/// residual block's `relu(bn(conv(x)) + shortcut)` when `residual` (the whole batch's) is given.
 pub(crate) struct Epilogue<'a, T> {
     pub(crate) scale: &'a [T],
     pub(crate) shift: &'a [T],
     pub(crate) relu: bool,
+    pub(crate) residual: Option<&'a [T]>,
 }
 
 impl<T: crate::kernel::Real> Epilogue<'_, T> {
-    /// Applies the map to one image (`O` planes of `plane` values).
-    pub(crate) fn apply(&self, image: &mut [T], plane: usize) {
+    /// Applies the map to image `img` of the batch (`O` planes of `plane` values).
+    pub(crate) fn apply(&self, img: usize, image: &mut [T], plane: usize) {
+        let len = image.len();
+        let mut r = self.residual.map(|r| r[img * len..(img + 1) * len].chunks_exact(plane));
         for ((y, &s), &t) in image.chunks_exact_mut(plane).zip(self.scale).zip(self.shift) {
-            pulp::Arch::new().dispatch(AffineInPlace { y, s, t, relu: self.relu });
+            let r = r.as_mut().and_then(Iterator::next);
+            pulp::Arch::new().dispatch(AffineInPlace { y, s, t, relu: self.relu, r });
         }
     }
 }
@@ -34,6 +39,7 @@ struct AffineInPlace<'a, T> {
     s: T,
     t: T,
     relu: bool,
+    r: Option<&'a [T]>,
 }
 
 impl<T: crate::kernel::Real> pulp::WithSimd for AffineInPlace<'_, T> {
@@ -41,14 +47,28 @@ impl<T: crate::kernel::Real> pulp::WithSimd for AffineInPlace<'_, T> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let (s, t, zero) = (self.s, self.t, T::zero());
-        if self.relu {
-            for v in self.y.iter_mut() {
-                let a = *v * s + t;
-                *v = if a > zero { a } else { zero };
+        match (self.r, self.relu) {
+            (Some(r), true) => {
+                for (v, &r) in self.y.iter_mut().zip(r) {
+                    let a = *v * s + t + r;
+                    *v = if a > zero { a } else { zero };
+                }
             }
-        } else {
-            for v in self.y.iter_mut() {
-                *v = *v * s + t;
+            (Some(r), false) => {
+                for (v, &r) in self.y.iter_mut().zip(r) {
+                    *v = *v * s + t + r;
+                }
+            }
+            (None, true) => {
+                for v in self.y.iter_mut() {
+                    let a = *v * s + t;
+                    *v = if a > zero { a } else { zero };
+                }
+            }
+            (None, false) => {
+                for v in self.y.iter_mut() {
+                    *v = *v * s + t;
+                }
             }
         }
     }
@@ -187,43 +207,44 @@ impl Geom {
                 &owned
             }
         };
-        let image = |scratch: &mut [f32], y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
-            let (xp, grid) = scratch.split_at_mut(xp_len);
-            for (gi, a) in packed.iter().enumerate() {
-                let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
-                let yg = &mut y[gi * og * p..(gi + 1) * og * p];
-                if sp.compact {
-                    sgemm_packed(sp.n_grid, &mut grid[..], sp.n_grid, false, a, &b, gemm_threads)?;
-                    for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
-                        for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
-                            for (d, &v) in row.iter_mut().zip(&grid[o * sp.n_grid + oy * sp.wq..][..self.ow]) {
-                                d.write(v);
+        let image =
+            |scratch: &mut [f32], img: usize, y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
+                let (xp, grid) = scratch.split_at_mut(xp_len);
+                for (gi, a) in packed.iter().enumerate() {
+                    let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                    let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
+                    let yg = &mut y[gi * og * p..(gi + 1) * og * p];
+                    if sp.compact {
+                        sgemm_packed(sp.n_grid, &mut grid[..], sp.n_grid, false, a, &b, gemm_threads)?;
+                        for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
+                            for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
+                                for (d, &v) in row.iter_mut().zip(&grid[o * sp.n_grid + oy * sp.wq..][..self.ow]) {
+                                    d.write(v);
+                                }
                             }
                         }
+                    } else {
+                        sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
                     }
-                } else {
-                    sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
                 }
-            }
-            if let Some(e) = epi {
-                // SAFETY: the products (and compactions) above wrote every element of `y`, and
-                // `MaybeUninit<f32>` has `f32`'s layout.
-                let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
-                e.apply(y, p);
-            }
-            Ok(())
-        };
+                if let Some(e) = epi {
+                    // SAFETY: the products (and compactions) above wrote every element of `y`, and
+                    // `MaybeUninit<f32>` has `f32`'s layout.
+                    let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
+                    e.apply(img, y, p);
+                }
+                Ok(())
+            };
         let scratch_len = xp_len + grid_len;
         let (out_len, img_len) = (self.o * p, self.image_len());
         if gemm_threads > 1 {
             <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| {
-                out.chunks_mut(out_len).zip(x.chunks(img_len)).try_for_each(|(y, x)| image(s, y, x))
+                out.chunks_mut(out_len).zip(x.chunks(img_len)).enumerate().try_for_each(|(i, (y, x))| image(s, i, y, x))
             })
         } else {
-            out.par_chunks_mut(out_len)
-                .zip(x.par_chunks(img_len))
-                .try_for_each(|(y, x)| <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, y, x)))
+            out.par_chunks_mut(out_len).zip(x.par_chunks(img_len)).enumerate().try_for_each(|(i, (y, x))| {
+                <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, i, y, x))
+            })
         }
     }
 

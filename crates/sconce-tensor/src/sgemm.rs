@@ -23,6 +23,9 @@ const NV: usize = 3;
 pub(crate) const NR: usize = 16 * NV;
 /// Largest depth block (a `KC×NR` panel of B stays in L1).
 const KC: usize = 192;
+/// Products with at most this many rows read B in place instead of packing it (see
+/// [`kernel_rows`]).
+const DIRECT_ROWS: usize = 32;
 /// Columns of B packed per block (the `KC×NC` block stays in L2).
 const NC: usize = 768;
 
@@ -47,6 +50,11 @@ pub(crate) trait PackB: Sync {
     fn check(&self, k: usize, n: usize) -> candle_core::Result<()>;
     /// Packs one block (see the trait); `dst` holds exactly `kc · nc.div_ceil(NR) · NR` values.
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]);
+    /// For operands whose rows can be read in place: the data, with `offs[p]` set so that
+    /// `B[k0 + p][j] = data[offs[p] + j]` for `p < kc` (`offs` holds `kc` values).
+    fn rows(&self, _k0: usize, _offs: &mut [usize]) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// A row-major matrix seen through strides: element `(r, c)` at `data[r·rs + c·cs]`.
@@ -233,6 +241,15 @@ impl PackB for Shifted<'_> {
             candle_core::bail!("sgemm: shifted operand needs index {last}, has {}", self.data.len());
         }
         Ok(())
+    }
+
+    fn rows(&self, k0: usize, offs: &mut [usize]) -> Option<&[f32]> {
+        let taps = self.offs.len();
+        for (p, o) in offs.iter_mut().enumerate() {
+            let r = k0 + p;
+            *o = (r / taps) * self.plane + self.offs[r % taps];
+        }
+        Some(self.data)
     }
 
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
@@ -565,16 +582,56 @@ unsafe fn run<B: PackB + ?Sized>(
 ) {
     let mp = m.div_ceil(MR) * MR;
     let width = NC.min((j_hi - j_lo).div_ceil(NR) * NR);
+    let mut roffs = [0usize; KC];
     with_buf(&BPACK, KC * width, |bpack| {
         let mut jc = j_lo;
         while jc < j_hi {
             let nc = NC.min(j_hi - jc);
             let panels = nc.div_ceil(NR);
             for (k0, kc) in kblocks(k) {
-                let bp = &mut bpack[..kc * panels * NR];
-                b.pack(k0, kc, jc, nc, bp);
                 let overwrite = k0 == 0 && !accumulate;
                 let ablock = &apack[k0 * mp..(k0 + kc) * mp];
+                // Few rows: full panels read B in place, only a narrow last panel is packed.
+                if m <= DIRECT_ROWS
+                    && let Some(data) = b.rows(k0, &mut roffs[..kc])
+                {
+                    for jp in 0..panels {
+                        let j = jc + jp * NR;
+                        let cols = NR.min(nc - jp * NR);
+                        if cols < NR {
+                            let bp = &mut bpack[..kc * NR];
+                            b.pack(k0, kc, j, cols, bp);
+                            for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
+                                let rows = MR.min(m - ip * MR);
+                                // SAFETY: as in the packed loop below.
+                                unsafe {
+                                    let cp = c.0.add(ip * MR * ldc + j);
+                                    tile(kc, apanel.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, overwrite);
+                                }
+                            }
+                            continue;
+                        }
+                        for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
+                            let rows = MR.min(m - ip * MR);
+                            // SAFETY: `b.check(k, n)` bounded `offs[p] + j + NR − 1` for every
+                            // row and column `j + NR ≤ n`; the tile lies in the caller's columns.
+                            unsafe {
+                                let cp = c.0.add(ip * MR * ldc + j);
+                                if rows == MR {
+                                    let bj = data.as_ptr().add(j);
+                                    kernel_rows(kc, apanel.as_ptr(), bj, roffs.as_ptr(), cp, ldc, overwrite);
+                                } else {
+                                    let bp = &mut bpack[..kc * NR];
+                                    b.pack(k0, kc, j, cols, bp);
+                                    tile(kc, apanel.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, overwrite);
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let bp = &mut bpack[..kc * panels * NR];
+                b.pack(k0, kc, jc, nc, bp);
                 for jp in 0..panels {
                     let cols = NR.min(nc - jp * NR);
                     let bpanel = bp[jp * kc * NR..].as_ptr();
@@ -699,6 +756,84 @@ unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mu
     }
 }
 
+/// [`kernel`] for a full `MR×NR` tile reading B in place: depth step `p` reads the row at
+/// `b + offs[p]` (unaligned), with no packed panel. For products with few rows (a 16-channel
+/// convolution) packing B cost more than the two tiles that then read each panel.
+///
+/// # Safety
+/// `a` holds `kc·MR` readable floats, `offs` `kc` offsets with `b + offs[p]` valid for `NR`
+/// floats each, `c` is valid for `MR` rows of `NR` floats with row stride `ldc`, and the CPU
+/// has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_rows(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract covers every pointer offset below.
+    unsafe {
+        for i in 0..MR {
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
+            }
+        }
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let step = |acc: &mut [[__m512; NV]; MR], a: *const f32, b: *const f32| {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_loadu_ps(b.add(16 * v));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                for (r, &bv) in row.iter_mut().zip(&bv) {
+                    *r = _mm512_fmadd_ps(ai, bv, *r);
+                }
+            }
+        };
+        let mut p = 0;
+        while p + 4 <= kc {
+            step(&mut acc, a.add(p * MR), b.add(*offs.add(p)));
+            step(&mut acc, a.add((p + 1) * MR), b.add(*offs.add(p + 1)));
+            step(&mut acc, a.add((p + 2) * MR), b.add(*offs.add(p + 2)));
+            step(&mut acc, a.add((p + 3) * MR), b.add(*offs.add(p + 3)));
+            p += 4;
+        }
+        while p < kc {
+            step(&mut acc, a.add(p * MR), b.add(*offs.add(p)));
+            p += 1;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                let q = c.add(i * ldc + 16 * v);
+                if overwrite {
+                    _mm512_storeu_ps(q, r);
+                } else {
+                    _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), r));
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_rows(
+    _kc: usize,
+    _a: *const f32,
+    _b: *const f32,
+    _offs: *const usize,
+    _c: *mut f32,
+    _ldc: usize,
+    _overwrite: bool,
+) {
+}
+
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel<const V: usize>(
@@ -816,6 +951,46 @@ mod tests {
         let mut c = [0f32; 1];
         let a = Strided { data: &data, rs: 10, cs: 1 };
         assert!(sgemm(1, 1, 10, &mut c[..], 1, false, &a, &Columns { data: &data, offs: &[1] }, 1).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn few_row_products_read_shifted_rows_in_place() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        // m ≤ DIRECT_ROWS reads full panels in place (m = 17 and 20 also pack for the partial
+        // row panel); n leaves a narrow last panel; k spans two depth blocks; both thread counts.
+        let (planes, plane) = (30, 220);
+        let offs = [0usize, 1, 2, 20, 21, 22, 40, 41, 42];
+        let k = planes * offs.len();
+        let n = 170;
+        let data = lcg(11, planes * plane + 60);
+        let mut dense = vec![0f32; k * n];
+        for r in 0..k {
+            for j in 0..n {
+                dense[r * n + j] = data[(r / 9) * plane + offs[r % 9] + j];
+            }
+        }
+        for m in [8, 16, 17, 20, 32, 33] {
+            let a_data = lcg(m as u64 + 3, m * k);
+            let a = Strided { data: &a_data, rs: k, cs: 1 };
+            let want = naive(m, n, k, &a, &Strided { data: &dense, rs: n, cs: 1 });
+            for threads in [1, 2] {
+                for accumulate in [false, true] {
+                    let mut c = vec![0.5f32; m * n];
+                    let b = Shifted { data: &data, plane, offs: &offs };
+                    sgemm(m, n, k, &mut c[..], n, accumulate, &a, &b, threads)?;
+                    for (i, (&g, &w)) in c.iter().zip(&want).enumerate() {
+                        let w = w + if accumulate { 0.5 } else { 0.0 };
+                        assert!(
+                            (f64::from(g) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "m{m} t{threads} at {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! | area | functions |
 //! |---|---|
 //! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`]; with a fused ReLU: [`batch_norm_relu_train`], [`batch_norm_relu_eval`] |
-//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`]; [`conv2d_batch_norm_train`] (conv, batch norm and ReLU as one autograd node), [`conv2d_batch_norm_eval`] (batch norm folded into the conv) |
+//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`]; [`conv2d_batch_norm_train`] (conv, batch norm and ReLU as one autograd node), [`conv2d_batch_norm_eval`] (batch norm folded into the conv); a residual block's last step [`conv2d_batch_norm_add_relu_train`], [`conv2d_batch_norm_add_relu_eval`] |
 //! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0), [`add_relu`] (a residual block's `relu(a + b)`) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |

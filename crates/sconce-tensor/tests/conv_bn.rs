@@ -224,6 +224,9 @@ fn residual_ops_equal_conv_batch_norm_add_relu() -> Result<()> {
         ([2, 8, 6, 6], [16, 8, 1, 1], Conv2dConfig::default()),
         ([2, 4, 10, 10], [4, 2, 3, 3], Conv2dConfig::default().padding(2).dilation(2).groups(2)),
         ([2, 16, 12, 12], [32, 16, 3, 3], Conv2dConfig::default().padding(1)),
+        // One image: the product's columns are split over the pool.
+        ([1, 8, 16, 16], [24, 8, 1, 1], Conv2dConfig::default()),
+        ([1, 4, 20, 20], [12, 4, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 300 + 10 * i as u64;

@@ -81,12 +81,23 @@ impl BnTrain {
     }
 
     pub(crate) fn run<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> Vec<T> {
-        self.run_add(x, g, b, None)
+        self.run_with(x, g, b, None)
     }
 
     /// [`Self::run`] with `residual` (shaped like `x`) added after the affine map, before the
     /// ReLU: a residual block's `relu(bn(z) + shortcut)` in the same pass.
-    pub(crate) fn run_add<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
+    ///
+    /// # Errors
+    /// When `residual` is not as long as `x`.
+    pub(crate) fn run_add<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: &[T]) -> candle_core::Result<Vec<T>> {
+        if residual.len() != x.len() {
+            candle_core::bail!("batch_norm: residual of {} values for an input of {}", residual.len(), x.len());
+        }
+        Ok(self.run_with(x, g, b, Some(residual)))
+    }
+
+    /// [`Self::run`], adding `residual` when given; callers check its length.
+    fn run_with<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
         // Two passes per channel in f64: the mean, then the centred sum of squares.
@@ -183,7 +194,8 @@ fn affine_planes<T: Real>(x: &[T], d: Dims, relu: bool, coef: impl Fn(usize) -> 
     affine_planes_add(x, d, relu, None, coef)
 }
 
-/// [`affine_planes`] with `residual` (shaped like `x`) added before the ReLU.
+/// [`affine_planes`] with `residual` added before the ReLU. The residual must be as long as
+/// `x` (callers check): every element of the output is written from the zipped chunks.
 fn affine_planes_add<T: Real>(
     x: &[T],
     d: Dims,

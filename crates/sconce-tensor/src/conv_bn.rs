@@ -249,7 +249,7 @@ impl Kernel3 for ConvBnAddRelu {
         let (w, gb) = wgb.split_at(wl);
         let z = g.forward(x, w)?;
         let (gamma, beta) = gb.split_at(c);
-        let y = self.bn.run_add(&z, gamma, beta, Some(r));
+        let y = self.bn.run_add(&z, gamma, beta, r)?;
         let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
         if self.z.set(z).is_err() {
             candle_core::bail!("conv2d_batch_norm_add_relu: the op ran its forward pass twice");

@@ -594,6 +594,7 @@ unsafe fn run<B: PackB + ?Sized>(
                 // Few rows: full panels read B in place, only a narrow last panel is packed.
                 if m <= DIRECT_ROWS
                     && let Some(data) = b.rows(k0, &mut roffs[..kc])
+                    && roffs[..kc].iter().all(|&o| o + j_hi <= data.len())
                 {
                     for jp in 0..panels {
                         let j = jc + jp * NR;
@@ -613,8 +614,8 @@ unsafe fn run<B: PackB + ?Sized>(
                         }
                         for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
                             let rows = MR.min(m - ip * MR);
-                            // SAFETY: `b.check(k, n)` bounded `offs[p] + j + NR − 1` for every
-                            // row and column `j + NR ≤ n`; the tile lies in the caller's columns.
+                            // SAFETY: every row offset plus `j + NR ≤ j_hi` lies inside `data`
+                            // (checked for this block above); the tile lies in the caller's columns.
                             unsafe {
                                 let cp = c.0.add(ip * MR * ldc + j);
                                 if rows == MR {

@@ -285,3 +285,21 @@ fn f32_transposed_convolution_agrees_with_the_f64_path() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() -> Result<()> {
+    // N = 0 is a valid (empty) batch: no panic in any path, f32 (AVX-512 kernels, including the
+    // dot-product weight gradient for few output channels) or f64.
+    for dtype in [DType::F32, DType::F64] {
+        for (o, k) in [(8, 3), (96, 1)] {
+            let x = Var::from_tensor(&Tensor::zeros((0, 4, 9, 9), dtype, &Device::Cpu)?)?;
+            let w = Var::from_tensor(&random(&[o, 4, k, k], 5)?.to_dtype(dtype)?)?;
+            let y = conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(k / 2))?;
+            assert_eq!(y.dims(), &[0, o, 9, 9]);
+            let grads = y.sum_all()?.backward()?;
+            let dw = grads.get(w.as_tensor()).context("dw")?;
+            assert_eq!(dw.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?, 0.0, "{dtype:?} o{o}");
+        }
+    }
+    Ok(())
+}

@@ -300,8 +300,40 @@ impl Geom {
         let threads = rayon::current_num_threads();
         // Few output channels: dot products along the image (`sgemm_nt_rows`), images split
         // over the pool, one partial dW per task (small: O·C·kh·kw ≤ 32·C·kh·kw).
+        if og <= DOT_MAX_O && self.n < threads && threads > 1 {
+            // Fewer images than threads: each image's dW columns are split over the pool.
+            let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
+            return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
+                let (xp, grid) = scratch.split_at_mut(xp_len);
+                let per = k.div_ceil(threads).max(1);
+                for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
+                    for gi in 0..self.g {
+                        let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                        let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
+                        let parts = boff
+                            .par_chunks(per)
+                            .map(|cols| -> candle_core::Result<Vec<f32>> {
+                                let mut sub = vec![0f32; og * cols.len()];
+                                sgemm_nt_rows(sp.n_grid, a_data, &a_offs, src, cols, &mut sub)?;
+                                Ok(sub)
+                            })
+                            .collect::<candle_core::Result<Vec<_>>>()?;
+                        let dwg = &mut dw[gi * og * k..(gi + 1) * og * k];
+                        for (t, sub) in parts.iter().enumerate() {
+                            let (lo, w) = (t * per, sub.len() / og);
+                            for (o, row) in sub.chunks_exact(w).enumerate() {
+                                for (d, &v) in dwg[o * k + lo..o * k + lo + w].iter_mut().zip(row) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
         if og <= DOT_MAX_O {
-            let per_chunk = self.n.div_ceil(chunks.max(threads).min(self.n)).max(1);
+            let per_chunk = self.n.div_ceil(chunks.max(threads).clamp(1, self.n.max(1))).max(1);
             let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
             let partials: Vec<Vec<f32>> = x
                 .par_chunks(per_chunk * img_len)

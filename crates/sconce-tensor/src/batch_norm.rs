@@ -146,11 +146,12 @@ impl<T: Real> pulp::WithSimd for ChannelStats<'_, T> {
     }
 }
 
-/// `y = x·scale + shift` (then `max(·, 0)` when `RELU`) over one plane, into uninitialised
-/// memory.
+/// `y = x·scale + shift` (`+ r` when given), then `max(·, 0)` when `RELU`, over one plane,
+/// into uninitialised memory.
 struct Affine<'a, T, const RELU: bool> {
     y: &'a mut [MaybeUninit<T>],
     x: &'a [T],
+    r: Option<&'a [T]>,
     scale: T,
     shift: T,
 }
@@ -160,30 +161,18 @@ impl<T: Real, const RELU: bool> pulp::WithSimd for Affine<'_, T, RELU> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let (scale, shift, zero) = (self.scale, self.shift, T::zero());
-        for (o, &v) in self.y.iter_mut().zip(self.x) {
-            let a = v * scale + shift;
-            o.write(if !RELU || a > zero { a } else { zero });
-        }
-    }
-}
-
-/// `y = x·scale + shift + r`, then a ReLU when `RELU`, over one plane.
-struct AffineAdd<'a, T, const RELU: bool> {
-    y: &'a mut [MaybeUninit<T>],
-    x: &'a [T],
-    r: &'a [T],
-    scale: T,
-    shift: T,
-}
-
-impl<T: Real, const RELU: bool> pulp::WithSimd for AffineAdd<'_, T, RELU> {
-    type Output = ();
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let (scale, shift, zero) = (self.scale, self.shift, T::zero());
-        for ((o, &v), &r) in self.y.iter_mut().zip(self.x).zip(self.r) {
-            let a = v * scale + shift + r;
-            o.write(if !RELU || a > zero { a } else { zero });
+        let relu = |a: T| if !RELU || a > zero { a } else { zero };
+        match self.r {
+            None => {
+                for (o, &v) in self.y.iter_mut().zip(self.x) {
+                    o.write(relu(v * scale + shift));
+                }
+            }
+            Some(r) => {
+                for ((o, &v), &r) in self.y.iter_mut().zip(self.x).zip(r) {
+                    o.write(relu(v * scale + shift + r));
+                }
+            }
         }
     }
 }
@@ -195,7 +184,7 @@ fn affine_planes<T: Real>(x: &[T], d: Dims, relu: bool, coef: impl Fn(usize) -> 
 }
 
 /// [`affine_planes`] with `residual` added before the ReLU. The residual must be as long as
-/// `x` (callers check): every element of the output is written from the zipped chunks.
+/// `x` (callers check).
 fn affine_planes_add<T: Real>(
     x: &[T],
     d: Dims,
@@ -206,28 +195,19 @@ fn affine_planes_add<T: Real>(
     let (hw, c) = (d.hw, d.c);
     let coefs: Vec<(T, T)> = (0..c).map(coef).collect();
     let mut y: Vec<T> = Vec::with_capacity(x.len());
-    let images = y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw));
-    match residual {
-        None => images.for_each(|(yi, xi)| {
-            for ((yp, xp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs) {
+    y.spare_capacity_mut()[..x.len()].par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).enumerate().for_each(
+        |(i, (yi, xi))| {
+            for (ch, ((yp, xp), &(scale, shift))) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(&coefs).enumerate() {
+                let at = (i * c + ch) * hw;
+                let r = residual.map(|r| &r[at..at + hw]);
                 if relu {
-                    simd(Affine::<T, true> { y: yp, x: xp, scale, shift });
+                    simd(Affine::<T, true> { y: yp, x: xp, r, scale, shift });
                 } else {
-                    simd(Affine::<T, false> { y: yp, x: xp, scale, shift });
+                    simd(Affine::<T, false> { y: yp, x: xp, r, scale, shift });
                 }
             }
-        }),
-        Some(r) => images.zip(r.par_chunks(c * hw)).for_each(|((yi, xi), ri)| {
-            for (((yp, xp), rp), &(scale, shift)) in yi.chunks_mut(hw).zip(xi.chunks(hw)).zip(ri.chunks(hw)).zip(&coefs)
-            {
-                if relu {
-                    simd(AffineAdd::<T, true> { y: yp, x: xp, r: rp, scale, shift });
-                } else {
-                    simd(AffineAdd::<T, false> { y: yp, x: xp, r: rp, scale, shift });
-                }
-            }
-        }),
-    }
+        },
+    );
     // SAFETY: the images split `x` into whole `c·hw` chunks and every plane of each was written.
     unsafe { y.set_len(x.len()) };
     y

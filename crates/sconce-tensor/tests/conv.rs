@@ -238,6 +238,10 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
         ([1, 4, 41, 40], [256, 4, 3, 3], Conv2dConfig::default().padding(1)),
         // ... and the same for the input gradient (its adjoint convolution has 256 outputs).
         ([1, 256, 36, 35], [4, 256, 3, 3], Conv2dConfig::default().padding(1)),
+        // Few output channels over grids of ≥ 512 positions: the weight gradient as dot
+        // products along the image (several images per task; groups).
+        ([3, 6, 24, 23], [10, 6, 3, 3], Conv2dConfig::default().padding(1)),
+        ([2, 8, 24, 24], [8, 4, 3, 3], Conv2dConfig { padding: (1, 1), groups: 2, ..Default::default() }),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let (x, w) = (random(xs, 100 + i as u64)?, random(ws, 200 + i as u64)?);
@@ -292,10 +296,10 @@ fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() -> Result<()> 
     // dot-product weight gradient for few output channels) or f64.
     for dtype in [DType::F32, DType::F64] {
         for (o, k) in [(8, 3), (96, 1)] {
-            let x = Var::from_tensor(&Tensor::zeros((0, 4, 9, 9), dtype, &Device::Cpu)?)?;
+            let x = Var::from_tensor(&Tensor::zeros((0, 4, 24, 24), dtype, &Device::Cpu)?)?;
             let w = Var::from_tensor(&random(&[o, 4, k, k], 5)?.to_dtype(dtype)?)?;
             let y = conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(k / 2))?;
-            assert_eq!(y.dims(), &[0, o, 9, 9]);
+            assert_eq!(y.dims(), &[0, o, 24, 24]);
             let grads = y.sum_all()?.backward()?;
             let dw = grads.get(w.as_tensor()).context("dw")?;
             assert_eq!(dw.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?, 0.0, "{dtype:?} o{o}");

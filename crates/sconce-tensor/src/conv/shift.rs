@@ -17,6 +17,12 @@ use crate::sgemm::{Columns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows,
 /// channels at 250×250 4.53 → 1.85 ms, 16 → 16 8.78 → 6.20, 32 → 32 at 125×125 9.84 → 6.35,
 /// 64 → 64 at 56×56 batch 8 13.95 → 13.01; 128 → 128 at 28×28 went 12.0 → 17.0, so not there.)
 const DOT_MAX_O: usize = 64;
+/// ... and at least this many grid positions per image, with more than one tap: on short
+/// images the 16-lane partial sums of every output outweigh the products (3×3 128 → 32 at
+/// 14×14, batch 8: 1.67 → 2.31 ms; at 7×7 0.87 → 1.67; at 28×28 4.68 → 4.39; at 56×56 18.1 →
+/// 14.3), and 1×1 weight gradients were as fast or faster packed (64 → 64 at 56×56 1.73 vs
+/// 1.94 ms, 512 → 32 at 14×14 0.81 vs 1.00).
+const DOT_MIN_LEN: usize = 512;
 
 /// `y = y·scale[o] + shift[o]` (`+ residual`), then `max(·, 0)` when `relu`, over an image's
 /// `O` planes: a batch norm in eval mode folded into the convolution that feeds it, and a
@@ -300,7 +306,8 @@ impl Geom {
         let threads = rayon::current_num_threads();
         // Few output channels: dot products along the image (`sgemm_nt_rows`), images split
         // over the pool, one partial dW per task (small: O·C·kh·kw ≤ 32·C·kh·kw).
-        if og <= DOT_MAX_O && self.n < threads && threads > 1 {
+        let dot = og <= DOT_MAX_O && taps > 1 && sp.n_grid >= DOT_MIN_LEN;
+        if dot && self.n < threads && threads > 1 {
             // Fewer images than threads: each image's dW columns are split over the pool.
             let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
             return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
@@ -332,7 +339,7 @@ impl Geom {
                 Ok(())
             });
         }
-        if og <= DOT_MAX_O {
+        if dot {
             let per_chunk = self.n.div_ceil(chunks.max(threads).clamp(1, self.n.max(1))).max(1);
             let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
             let partials: Vec<Vec<f32>> = x

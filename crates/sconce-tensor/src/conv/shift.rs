@@ -157,9 +157,17 @@ impl Geom {
                         dst[pw..pw + w].copy_from_slice(src);
                         dst[pw + w..].fill(0.0);
                     } else {
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            let xx = (sw * j + px) as isize - pw as isize;
-                            *d = if xx >= 0 && xx < w as isize { src[xx as usize] } else { 0.0 };
+                        // Column j reads x[sw·j + px − pw]: zeros left of the first j inside the
+                        // row and from the first j past it, a strided copy in between.
+                        let j_lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
+                        let j_hi = (w + pw).saturating_sub(px).div_ceil(sw).clamp(j_lo, dst.len());
+                        dst[..j_lo].fill(0.0);
+                        dst[j_hi..].fill(0.0);
+                        if j_lo < j_hi {
+                            let first = sw * j_lo + px - pw;
+                            for (d, &v) in dst[j_lo..j_hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -416,5 +424,53 @@ impl Geom {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Conv2dConfig;
+    #[test]
+    fn strided_padding_puts_every_input_value_in_its_phase() {
+        // Every small geometry with stride 2–3, against the per-element rule: phase (py, px),
+        // row i, column j holds x[s·i + py − p][s·j + px − p], zero outside the input.
+        for w in 1..9usize {
+            for h in 1..4usize {
+                for k in 1..5usize {
+                    for s in 2..4usize {
+                        for p in 0..=(k / 2) {
+                            let cfg = Conv2dConfig { stride: (s, s), padding: (p, p), ..Default::default() };
+                            let Ok(g) = Geom::new(&[1, 2, h, w], &[1, 2, k, k], &cfg) else { continue };
+                            let Some(sp) = g.shift_plan() else { continue };
+                            let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+                            let mut xp = vec![-1f32; sp.plane * 2];
+                            g.pad_into(&x, &mut xp, &sp);
+                            let pl = sp.hq * sp.wq;
+                            for c in 0..2 {
+                                for (pi, &(py, px)) in sp.phases.iter().enumerate() {
+                                    for i in 0..sp.hq {
+                                        for j in 0..sp.wq {
+                                            let yy = (s * i + py) as isize - p as isize;
+                                            let xx = (s * j + px) as isize - p as isize;
+                                            let want = if yy >= 0 && yy < h as isize && xx >= 0 && xx < w as isize {
+                                                x[c * h * w + yy as usize * w + xx as usize]
+                                            } else {
+                                                0.0
+                                            };
+                                            assert_eq!(
+                                                xp[c * sp.plane + pi * pl + i * sp.wq + j],
+                                                want,
+                                                "w{w} h{h} k{k} s{s} p{p}"
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

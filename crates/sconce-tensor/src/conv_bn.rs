@@ -17,26 +17,65 @@ use crate::batch_norm::{BatchStats, BnTrain, ScaleShift, eval_coefficients};
 use crate::conv::{Conv2dBackward, Conv2dConfig, Conv2dOp, Epilogue, Geom};
 use crate::kernel::{Kernel3, Real, cpu_fwd3};
 
-/// `(x, w, [γ | β]) → bn(conv(x, w))`, keeping the convolution's output for the backward pass.
-struct ConvBn {
+/// What the two training ops share: the convolution, the batch norm, and the convolution's
+/// output recorded by the forward pass for the backward pass.
+struct ConvBnCore {
     geom: Geom,
     bn: BnTrain,
-    /// The convolution's output, recorded by the forward pass.
     z: Arc<OnceLock<Tensor>>,
 }
+
+impl ConvBnCore {
+    /// `bn(conv(x, w))` (`+ residual` before the batch norm's ReLU), recording `conv(x, w)`.
+    fn forward<T: Real>(
+        &self,
+        name: &str,
+        x: &[T],
+        w: &[T],
+        gb: &[T],
+        residual: Option<&[T]>,
+    ) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        let z = g.forward(x, w)?;
+        let (gamma, beta) = gb.split_at(self.bn.channels());
+        let y = match residual {
+            None => self.bn.run(&z, gamma, beta),
+            Some(r) => self.bn.run_add(&z, gamma, beta, r)?,
+        };
+        let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
+        if self.z.set(z).is_err() {
+            candle_core::bail!("{name}: the op ran its forward pass twice");
+        }
+        Ok(y)
+    }
+
+    /// `(dx, dw, dγ, dβ)`: the batch norm's backward (masked by the output `res` when it has a
+    /// ReLU) gives `dz`, then the convolution's backward `dx` and (when `need_dw`) `dw`.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        name: &str,
+        x: &Tensor,
+        w: &Tensor,
+        need_dw: bool,
+        gamma: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Tensor, Tensor)> {
+        let Some(z) = self.z.get() else { candle_core::bail!("{name} backward without a recorded forward pass") };
+        let (dz, dg, db) = self.bn.backward(z, gamma, res, grad)?;
+        let (dx, dw) = Conv2dBackward::new(self.geom, x.track_op(), need_dw).grads(x, w, &dz)?;
+        Ok((dx, dw, dg, db))
+    }
+}
+
+/// `(x, w, [γ | β]) → bn(conv(x, w))`, keeping the convolution's output for the backward pass.
+struct ConvBn(ConvBnCore);
 
 impl Kernel3 for ConvBn {
     const NAME: &'static str = "conv2d_batch_norm";
     fn kernel<T: Real>(&self, x: &[T], w: &[T], gb: &[T]) -> candle_core::Result<Vec<T>> {
-        let g = &self.geom;
-        let z = g.forward(x, w)?;
-        let (gamma, beta) = gb.split_at(self.bn.channels());
-        let y = self.bn.run(&z, gamma, beta);
-        let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
-        if self.z.set(z).is_err() {
-            candle_core::bail!("conv2d_batch_norm: the op ran its forward pass twice");
-        }
-        Ok(y)
+        self.0.forward(Self::NAME, x, w, gb, None)
     }
 }
 
@@ -55,7 +94,7 @@ impl CustomOp3 for ConvBn {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((out, self.geom.out_shape()))
+        Ok((out, self.0.geom.out_shape()))
     }
 
     fn bwd(
@@ -66,12 +105,8 @@ impl CustomOp3 for ConvBn {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(z) = self.z.get() else {
-            candle_core::bail!("conv2d_batch_norm backward without a recorded forward pass")
-        };
-        let c = self.bn.channels();
-        let (dz, dg, db) = self.bn.backward(z, &gb.narrow(0, 0, c)?, res, grad)?;
-        let (dx, dw) = Conv2dBackward::new(self.geom, x.track_op(), w.track_op()).grads(x, w, &dz)?;
+        let gamma = gb.narrow(0, 0, self.0.bn.channels())?;
+        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, w, w.track_op(), &gamma, res, grad)?;
         Ok((dx, dw, Some(Tensor::cat(&[dg, db], 0)?)))
     }
 }
@@ -109,7 +144,7 @@ pub fn conv2d_batch_norm_train(
     let bn = BnTrain::checked(&[geom.n, geom.o, geom.oh, geom.ow], x.dtype(), weight, bias, eps, relu)?;
     let saved = bn.saved();
     let gb = Tensor::cat(&[weight, bias], 0)?;
-    let op = ConvBn { geom, bn, z: Arc::new(OnceLock::new()) };
+    let op = ConvBn(ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) });
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))
@@ -229,32 +264,21 @@ fn check_residual(geom: &Geom, x: &Tensor, residual: &Tensor, what: &str) -> Res
     Ok(())
 }
 
-/// `(x, [w | γ | β], r) → relu(bn(conv(x, w)) + r)`, keeping the convolution's output.
-struct ConvBnAddRelu {
-    geom: Geom,
-    /// The batch norm with its ReLU: the forward pass adds `r` before the ReLU, and the
-    /// backward pass masks by the op's output, which is the mask of `relu(bn + r)`.
-    bn: BnTrain,
-    z: Arc<OnceLock<Tensor>>,
-}
+/// `(x, [w | γ | β], r) → relu(bn(conv(x, w)) + r)`, keeping the convolution's output. The
+/// batch norm has its ReLU: the forward pass adds `r` before it, and the backward pass masks by
+/// the op's output, which is the mask of `relu(bn + r)`.
+struct ConvBnAddRelu(ConvBnCore);
 
 impl Kernel3 for ConvBnAddRelu {
     const NAME: &'static str = "conv2d_batch_norm_add_relu";
     fn kernel<T: Real>(&self, x: &[T], wgb: &[T], r: &[T]) -> candle_core::Result<Vec<T>> {
-        let g = &self.geom;
-        let (wl, c) = (g.weight_len(), self.bn.channels());
+        let g = &self.0.geom;
+        let (wl, c) = (g.weight_len(), self.0.bn.channels());
         if wgb.len() != wl + 2 * c || r.len() != g.n * g.o * g.oh * g.ow {
-            candle_core::bail!("conv2d_batch_norm_add_relu: operands do not match the geometry {g:?}");
+            candle_core::bail!("{}: operands do not match the geometry {g:?}", Self::NAME);
         }
         let (w, gb) = wgb.split_at(wl);
-        let z = g.forward(x, w)?;
-        let (gamma, beta) = gb.split_at(c);
-        let y = self.bn.run_add(&z, gamma, beta, r)?;
-        let z = Tensor::from_vec(z, (g.n, g.o, g.oh, g.ow), &Device::Cpu)?;
-        if self.z.set(z).is_err() {
-            candle_core::bail!("conv2d_batch_norm_add_relu: the op ran its forward pass twice");
-        }
-        Ok(y)
+        self.0.forward(Self::NAME, x, w, gb, Some(r))
     }
 }
 
@@ -273,7 +297,7 @@ impl CustomOp3 for ConvBnAddRelu {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((out, self.geom.out_shape()))
+        Ok((out, self.0.geom.out_shape()))
     }
 
     /// The residual's gradient is `dy` masked by the output; the batch norm's backward (masked
@@ -286,14 +310,11 @@ impl CustomOp3 for ConvBnAddRelu {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(z) = self.z.get() else {
-            candle_core::bail!("conv2d_batch_norm_add_relu backward without a recorded forward pass")
-        };
-        let g = self.geom;
-        let (wl, c) = (g.weight_len(), self.bn.channels());
-        let (dz, dg, db) = self.bn.backward(z, &wgb.narrow(0, wl, c)?, res, grad)?;
+        let g = self.0.geom;
+        let (wl, c) = (g.weight_len(), self.0.bn.channels());
         let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
-        let (dx, dw) = Conv2dBackward::new(g, x.track_op(), wgb.track_op()).grads(x, &w, &dz)?;
+        let gamma = wgb.narrow(0, wl, c)?;
+        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, &w, wgb.track_op(), &gamma, res, grad)?;
         let dwgb = match dw {
             Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
             None => None,
@@ -338,7 +359,7 @@ pub fn conv2d_batch_norm_add_relu_train(
     check_residual(&geom, x, residual, "conv2d_batch_norm_add_relu_train")?;
     let saved = bn.saved();
     let wgb = weights_and(w, &[weight, bias])?;
-    let op = ConvBnAddRelu { geom, bn, z: Arc::new(OnceLock::new()) };
+    let op = ConvBnAddRelu(ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) });
     let y = x.contiguous()?.apply_op3(&wgb, &residual.contiguous()?, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))

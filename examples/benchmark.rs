@@ -92,7 +92,7 @@ fn main() -> Result<()> {
         } else {
             Tensor::from_vec((0..batch).map(|i| (i % num_classes) as u32).collect::<Vec<_>>(), batch, &Device::Cpu)?
         };
-        let step = || -> Result<()> {
+        let step_inner = || -> Result<()> {
             let y = model.forward_t(&x, train)?;
             if !train {
                 return Ok(());
@@ -110,6 +110,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         };
+        // Each step runs on the kernels' thread pool, as `sconce_train::Trainer` runs it.
+        let step = || sconce::tensor::on_pool(step_inner);
         for _ in 0..warmup {
             step()?;
         }

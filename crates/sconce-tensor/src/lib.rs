@@ -9,6 +9,7 @@
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
+//! | threads | [`on_pool`]: run a whole step on the kernels' thread pool (fewer wake-ups) |
 //!
 //! Every op checks its arguments and returns a [`sconce_core::Error`] for bad input (wrong
 //! rank, zero or negative sizes, a kernel larger than the padded input), never a panic.
@@ -28,6 +29,7 @@ mod resize;
 mod separable;
 mod sgemm;
 mod stable;
+mod threads;
 
 pub use batch_norm::{
     BatchStats, batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, update_running_stats,
@@ -42,3 +44,4 @@ pub use pool::{
 pub use relu::{add_relu, relu};
 pub use resize::{Interpolation, resize};
 pub use stable::{log_sigmoid, log_softmax, logsumexp, one_hot, sigmoid, softmax, softplus};
+pub use threads::on_pool;

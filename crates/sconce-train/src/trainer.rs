@@ -174,7 +174,7 @@ struct RunState {
 
 /// Trains a model whose parameters live in a [`ParamStore`] with a loss and an optimizer.
 pub struct Trainer<'a> {
-    model: &'a dyn ModuleT,
+    model: &'a (dyn ModuleT + Sync),
     store: ParamStore,
     loss: &'a dyn Loss,
     optimizer: Box<dyn Optimizer + 'a>,
@@ -189,7 +189,7 @@ impl<'a> Trainer<'a> {
     /// # Errors
     /// [`Error::Config`] for an invalid schedule or zero epochs.
     pub fn new(
-        model: &'a dyn ModuleT,
+        model: &'a (dyn ModuleT + Sync),
         store: ParamStore,
         loss: &'a dyn Loss,
         optimizer: Box<dyn Optimizer + 'a>,
@@ -222,7 +222,7 @@ impl<'a> Trainer<'a> {
     /// [`Error::HeadCheck`] for a configuration that cannot train (softmax over one channel,
     /// targets the loss cannot take, ...).
     pub fn check_head(&self, batch: &Batch) -> Result<Vec<Finding>> {
-        let logits = self.model.forward_t(&batch.x, false)?;
+        let logits = sconce_tensor::on_pool(|| self.model.forward_t(&batch.x, false))?;
         let findings =
             HeadChecker::new(logits.dims(), self.cfg.final_activation, self.loss).targets(&batch.y).enforce()?;
         for f in &findings {
@@ -301,8 +301,11 @@ impl<'a> Trainer<'a> {
         let (mut total, mut n) = (0.0, 0usize);
         for b in val.batches(0)? {
             let b = b?;
-            let logits = self.model.forward_t(&b.x, false)?;
-            let l = self.loss.loss(&logits, &b.y)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let (logits, l) = sconce_tensor::on_pool(|| -> Result<(Tensor, f64)> {
+                let logits = self.model.forward_t(&b.x, false)?;
+                let l = self.loss.loss(&logits, &b.y)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                Ok((logits, l))
+            })?;
             let bs = b.x.dim(0)?;
             total += l * bs as f64;
             n += bs;
@@ -358,29 +361,39 @@ impl<'a> Trainer<'a> {
                 let step = self.state.global_step;
                 lr = self.cfg.schedule.lr_at(step);
                 self.optimizer.set_lr(lr);
-                let logits = self.model.forward_t(&b.x, true)?;
-                let loss = self.loss.loss(&logits, &b.y)?;
-                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !lv.is_finite() {
-                    return Err(Error::NonFinite {
-                        what: format!("loss ({lv}) at step {step} (epoch {}, batch {})", epoch + 1, nb + 1),
-                        hint: "the learning rate is probably too high (lower it or clip gradients), or the inputs \
-                               contain NaN/Inf; losses computed from logits cannot overflow by themselves"
-                            .into(),
-                    });
-                }
-                let mut grads = loss.backward()?;
-                let norm = match self.cfg.clip_grad_norm {
-                    Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
-                    None => grad_norm(&grads, &vars)?,
-                };
-                if !norm.is_finite() {
-                    return Err(Error::NonFinite {
-                        what: format!("gradient norm ({norm}) at step {step} (epoch {}, batch {})", epoch + 1, nb + 1),
-                        hint: "lower the learning rate or set a gradient clipping norm".into(),
-                    });
-                }
-                self.optimizer.step(&grads)?;
+                // The whole step on the kernels' pool: see `sconce_tensor::on_pool`.
+                let (model, loss_fn, clip) = (self.model, self.loss, self.cfg.clip_grad_norm);
+                let optimizer = &mut self.optimizer;
+                let lv = sconce_tensor::on_pool(|| -> Result<f64> {
+                    let logits = model.forward_t(&b.x, true)?;
+                    let loss = loss_fn.loss(&logits, &b.y)?;
+                    let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    if !lv.is_finite() {
+                        return Err(Error::NonFinite {
+                            what: format!("loss ({lv}) at step {step} (epoch {}, batch {})", epoch + 1, nb + 1),
+                            hint: "the learning rate is probably too high (lower it or clip gradients), or the inputs \
+                                   contain NaN/Inf; losses computed from logits cannot overflow by themselves"
+                                .into(),
+                        });
+                    }
+                    let mut grads = loss.backward()?;
+                    let norm = match clip {
+                        Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
+                        None => grad_norm(&grads, &vars)?,
+                    };
+                    if !norm.is_finite() {
+                        return Err(Error::NonFinite {
+                            what: format!(
+                                "gradient norm ({norm}) at step {step} (epoch {}, batch {})",
+                                epoch + 1,
+                                nb + 1
+                            ),
+                            hint: "lower the learning rate or set a gradient clipping norm".into(),
+                        });
+                    }
+                    optimizer.step(&grads)?;
+                    Ok(lv)
+                })?;
                 self.state.global_step += 1;
                 steps_this_run += 1;
                 let bs = b.x.dim(0)?;

@@ -198,8 +198,11 @@ impl DenseNet {
 impl ModuleT for DenseNet {
     /// Logits `[N, num_classes]` (`classifier(pool(relu(norm5)))`), or the pooled features.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let feats = self.features(x, train).map_err(Error::into_candle)?;
-        pooled_logits("densenet", &feats, true, self.classifier.as_ref())
+        // On the kernels' pool (inline when already there): see `sconce_tensor::on_pool`.
+        sconce_tensor::on_pool(|| {
+            let feats = self.features(x, train).map_err(Error::into_candle)?;
+            pooled_logits("densenet", &feats, true, self.classifier.as_ref())
+        })
     }
 }
 

@@ -236,8 +236,11 @@ impl ResNet {
 impl ModuleT for ResNet {
     /// Logits `[N, num_classes]`, or the pooled features `[N, C]` without a classifier.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let feats = self.features(x, train).map_err(Error::into_candle)?;
-        pooled_logits("resnet", &feats, false, self.fc.as_ref())
+        // On the kernels' pool (inline when already there): see `sconce_tensor::on_pool`.
+        sconce_tensor::on_pool(|| {
+            let feats = self.features(x, train).map_err(Error::into_candle)?;
+            pooled_logits("resnet", &feats, false, self.fc.as_ref())
+        })
     }
 }
 

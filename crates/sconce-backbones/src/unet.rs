@@ -44,6 +44,10 @@ impl DoubleConv {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.b.forward_t(&self.a.forward_t(x, train)?, train)
     }
+    /// On `cat([skip, pad(up)], 1)` without materialising it in the autograd graph.
+    fn forward_cat(&self, skip: &Tensor, up: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.b.forward_t(&self.a.forward_cat_t(skip, up, train)?, train)
+    }
 }
 
 impl ClassicUnet {
@@ -91,10 +95,8 @@ impl ClassicUnet {
         let mut y = skips.pop().ok_or_else(|| Error::config("unet", "no encoder stage"))?;
         for (up, conv) in &self.ups {
             let skip = skips.pop().ok_or_else(|| Error::config("unet", "no skip"))?;
-            let u = up.forward(&y)?;
-            let (dy, dx) = (skip.dim(2)? - u.dim(2)?, skip.dim(3)? - u.dim(3)?);
-            let u = u.pad_with_zeros(2, dy / 2, dy - dy / 2)?.pad_with_zeros(3, dx / 2, dx - dx / 2)?;
-            y = conv.forward(&Tensor::cat(&[&skip, &u], 1)?, train)?;
+            // `up` is zero-padded to the skip's size (odd inputs) inside the concatenation.
+            y = conv.forward_cat(&skip, &up.forward(&y)?, train)?;
         }
         Ok(self.outc.forward(&y)?)
     }
@@ -103,7 +105,8 @@ impl ClassicUnet {
 impl ModuleT for ClassicUnet {
     /// Logits `[N, num_classes, H, W]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.forward_impl(x, train).map_err(Error::into_candle)
+        // On the kernels' pool (inline when already there): see `sconce_tensor::on_pool`.
+        sconce_tensor::on_pool(|| self.forward_impl(x, train).map_err(Error::into_candle))
     }
 }
 
@@ -226,10 +229,9 @@ impl Unet {
         let mut y = feats[4].clone();
         for (i, b) in self.blocks.iter().enumerate() {
             y = sconce_tensor::resize(&y, sizes[i], Interpolation::Nearest)?;
-            if i < 4 {
-                y = Tensor::cat(&[&y, &feats[3 - i]], 1)?;
-            }
-            y = b.conv2.forward_t(&b.conv1.forward_t(&y, train)?, train)?;
+            let z =
+                if i < 4 { b.conv1.forward_cat_t(&y, &feats[3 - i], train)? } else { b.conv1.forward_t(&y, train)? };
+            y = b.conv2.forward_t(&z, train)?;
         }
         Ok(self.head.forward(&y)?)
     }
@@ -238,6 +240,7 @@ impl Unet {
 impl ModuleT for Unet {
     /// Logits `[N, num_classes, H, W]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.forward_impl(x, train).map_err(Error::into_candle)
+        // On the kernels' pool (inline when already there): see `sconce_tensor::on_pool`.
+        sconce_tensor::on_pool(|| self.forward_impl(x, train).map_err(Error::into_candle))
     }
 }

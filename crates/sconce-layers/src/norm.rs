@@ -132,6 +132,55 @@ impl BatchNorm2d {
         run().map_err(Error::into_candle)
     }
 
+    /// [`Self::forward_conv_t`] on `cat([a, pad(b)], 1)`, `b` zero-padded to `a`'s size as
+    /// [`sconce_tensor::conv2d_batch_norm_cat_train`] pads it (extra row/column at the
+    /// bottom/right): a U-Net decoder's skip concatenation and first convolution. In training,
+    /// for a convolution without bias, one op without the concatenation's graph node;
+    /// otherwise the padding and concatenation, then [`Self::forward_conv_t`].
+    ///
+    /// # Errors
+    /// As [`Self::forward_conv_t`]; `a` and `b` of another batch size or rank, or `b` larger
+    /// than `a`.
+    pub fn forward_conv_cat_t(
+        &self,
+        conv: &Conv2d,
+        a: &Tensor,
+        b: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        if train && conv.bias().is_none() {
+            let run = || -> Result<Tensor> {
+                let (y, stats) = sconce_tensor::conv2d_batch_norm_cat_train(
+                    a,
+                    b,
+                    conv.weight().as_tensor(),
+                    conv.config(),
+                    self.weight.as_tensor(),
+                    self.bias.as_tensor(),
+                    self.eps,
+                    relu,
+                )?;
+                self.record(&stats)?;
+                Ok(y)
+            };
+            return run().map_err(Error::into_candle);
+        }
+        let (a4, b4) = (a.dims(), b.dims());
+        if a4.len() != 4 || b4.len() != 4 || b4[2] > a4[2] || b4[3] > a4[3] {
+            return Err(
+                Error::shape("forward_conv_cat_t b", format!("[N, C2, <= H, <= W] of a's {a4:?}"), b4).into_candle()
+            );
+        }
+        let (dh, dw) = (a4[2] - b4[2], a4[3] - b4[3]);
+        let b = if dh + dw > 0 {
+            b.pad_with_zeros(2, dh / 2, dh - dh / 2)?.pad_with_zeros(3, dw / 2, dw - dw / 2)?
+        } else {
+            b.clone()
+        };
+        self.forward_conv_t(conv, &Tensor::cat(&[a, &b], 1)?, train, relu)
+    }
+
     /// `relu(self(conv(x)) + residual)`: a residual block's last convolution, batch norm,
     /// shortcut addition and ReLU. For a convolution without bias this is one op —
     /// [`sconce_tensor::conv2d_batch_norm_add_relu_train`] or, in eval mode,

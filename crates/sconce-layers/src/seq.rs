@@ -117,6 +117,22 @@ impl ConvBnAct {
     }
 }
 
+impl ConvBnAct {
+    /// The layer on `cat([a, pad(b)], 1)` — a U-Net decoder's skip concatenation —
+    /// with `b` zero-padded to `a`'s size (extra row/column at the bottom/right). With a ReLU in
+    /// training this is one op ([`BatchNorm2d::forward_conv_cat_t`]); the same values and
+    /// gradients as padding, concatenating and calling the layer.
+    ///
+    /// # Errors
+    /// As the layer's forward pass; `b` of another batch size or larger than `a`.
+    pub fn forward_cat_t(&self, a: &Tensor, b: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if matches!(self.act, Act::Relu) {
+            return self.bn.forward_conv_cat_t(&self.conv, a, b, train, true);
+        }
+        self.act.forward(&self.bn.forward_conv_cat_t(&self.conv, a, b, train, false)?)
+    }
+}
+
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         if matches!(self.act, Act::Relu) {

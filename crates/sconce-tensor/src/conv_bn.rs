@@ -57,14 +57,14 @@ impl ConvBnCore {
         name: &str,
         x: &Tensor,
         w: &Tensor,
-        need_dw: bool,
+        (need_dx, need_dw): (bool, bool),
         gamma: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Tensor, Tensor)> {
         let Some(z) = self.z.get() else { candle_core::bail!("{name} backward without a recorded forward pass") };
         let (dz, dg, db) = self.bn.backward(z, gamma, res, grad)?;
-        let (dx, dw) = Conv2dBackward::new(self.geom, x.track_op(), need_dw).grads(x, w, &dz)?;
+        let (dx, dw) = Conv2dBackward::new(self.geom, need_dx, need_dw).grads(x, w, &dz)?;
         Ok((dx, dw, dg, db))
     }
 }
@@ -106,7 +106,7 @@ impl CustomOp3 for ConvBn {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gamma = gb.narrow(0, 0, self.0.bn.channels())?;
-        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, w, w.track_op(), &gamma, res, grad)?;
+        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, w, (x.track_op(), w.track_op()), &gamma, res, grad)?;
         Ok((dx, dw, Some(Tensor::cat(&[dg, db], 0)?)))
     }
 }
@@ -314,7 +314,7 @@ impl CustomOp3 for ConvBnAddRelu {
         let (wl, c) = (g.weight_len(), self.0.bn.channels());
         let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
         let gamma = wgb.narrow(0, wl, c)?;
-        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, &w, wgb.track_op(), &gamma, res, grad)?;
+        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, &w, (x.track_op(), wgb.track_op()), &gamma, res, grad)?;
         let dwgb = match dw {
             Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
             None => None,
@@ -457,4 +457,199 @@ pub fn conv2d_batch_norm_add_relu_eval(
     let (scale, shift) = eval_coefficients(geom.o, x.dtype(), [running_mean, running_var, weight, bias], eps)?;
     let wss = weights_and(w, &[&scale, &shift])?;
     Ok(x.contiguous()?.apply_op3(&wss, &residual.contiguous()?, ConvScaleShiftAddRelu { geom })?)
+}
+
+/// Where the second input of [`conv2d_batch_norm_cat_train`] sits: `cb` channels of `hb×wb`
+/// placed at `(top, left)` in the first input's `h×w` (zeros around).
+#[derive(Debug, Clone, Copy)]
+struct CatPlan {
+    n: usize,
+    ca: usize,
+    cb: usize,
+    h: usize,
+    w: usize,
+    hb: usize,
+    wb: usize,
+    top: usize,
+    left: usize,
+}
+
+impl CatPlan {
+    /// `cat([a, pad(b)], 1)` as one `[N, ca + cb, h, w]` buffer.
+    fn cat<T: Real>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+        let (hw, bhw) = (self.h * self.w, self.hb * self.wb);
+        if a.len() != self.n * self.ca * hw || b.len() != self.n * self.cb * bhw {
+            candle_core::bail!("conv2d_batch_norm_cat: inputs do not match {self:?}");
+        }
+        let mut x = vec![T::zero(); self.n * (self.ca + self.cb) * hw];
+        for ((xi, ai), bi) in x
+            .chunks_exact_mut((self.ca + self.cb) * hw)
+            .zip(a.chunks_exact(self.ca * hw))
+            .zip(b.chunks_exact(self.cb * bhw))
+        {
+            let (xa, xb) = xi.split_at_mut(self.ca * hw);
+            xa.copy_from_slice(ai);
+            for (plane, src) in xb.chunks_exact_mut(hw).zip(bi.chunks_exact(bhw)) {
+                for (r, row) in src.chunks_exact(self.wb).enumerate() {
+                    let start = (self.top + r) * self.w + self.left;
+                    plane[start..start + self.wb].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// `(a, b, [w | γ | β]) → bn(conv(cat([a, pad(b)], 1), w))`, keeping the concatenated input and
+/// the convolution's output for the backward pass.
+struct ConvBnCat {
+    core: ConvBnCore,
+    plan: CatPlan,
+    x: Arc<OnceLock<Tensor>>,
+}
+
+impl Kernel3 for ConvBnCat {
+    const NAME: &'static str = "conv2d_batch_norm_cat";
+    fn kernel<T: Real>(&self, a: &[T], b: &[T], wgb: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.core.geom;
+        let (wl, c) = (g.weight_len(), self.core.bn.channels());
+        if wgb.len() != wl + 2 * c {
+            candle_core::bail!("{}: weights do not match the geometry {g:?}", Self::NAME);
+        }
+        let x = self.plan.cat(a, b)?;
+        let (w, gb) = wgb.split_at(wl);
+        let y = self.core.forward(Self::NAME, &x, w, gb, None)?;
+        let x = Tensor::from_vec(x, (g.n, g.c, g.h, g.w), &Device::Cpu)?;
+        if self.x.set(x).is_err() {
+            candle_core::bail!("{}: the op ran its forward pass twice", Self::NAME);
+        }
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for ConvBnCat {
+    fn name(&self) -> &'static str {
+        "sconce-conv2d-batch-norm-cat"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, self.core.geom.out_shape()))
+    }
+
+    /// The convolution's input gradient, split into views: `a`'s channels, and `b`'s channels
+    /// cropped to `b`'s window.
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        wgb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(x) = self.x.get() else { candle_core::bail!("{} backward without a forward pass", Self::NAME) };
+        let g = self.core.geom;
+        let (wl, c) = (g.weight_len(), self.core.bn.channels());
+        let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
+        let gamma = wgb.narrow(0, wl, c)?;
+        let need_dx = a.track_op() || b.track_op();
+        let (dx, dw, dg, db) = self.core.backward(Self::NAME, x, &w, (need_dx, wgb.track_op()), &gamma, res, grad)?;
+        let dwgb = match dw {
+            Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
+            None => None,
+        };
+        let p = self.plan;
+        let (da, dbx) = match dx {
+            Some(dx) => (
+                if a.track_op() { Some(dx.narrow(1, 0, p.ca)?) } else { None },
+                if b.track_op() {
+                    Some(dx.narrow(1, p.ca, p.cb)?.narrow(2, p.top, p.hb)?.narrow(3, p.left, p.wb)?)
+                } else {
+                    None
+                },
+            ),
+            None => (None, None),
+        };
+        Ok((da, dbx, dwgb))
+    }
+}
+
+/// [`conv2d_batch_norm_train`] (with its optional ReLU) on `cat([a, pad(b)], 1)`: a U-Net
+/// decoder's skip concatenation and its first convolution as one op. `b` may be smaller than
+/// `a` spatially; it is zero-padded to `a`'s size with the extra row/column at the bottom/right
+/// when odd — `F.pad(b, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])`, as milesial's U-Net
+/// pads its upsampled map. Neither the padded `b` nor the concatenation becomes a graph node:
+/// their gradient buffers (a zero fill and an add each over the concatenation's size) and the
+/// padding's copies are gone. Same values and gradients as the ops in a row.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{Conv2dConfig, conv2d_batch_norm_cat_train};
+/// # fn main() -> sconce_core::Result<()> {
+/// let skip = Tensor::randn(0f32, 1.0, (2, 4, 9, 9), &Device::Cpu)?;
+/// let up = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1.0, (6, 8, 3, 3), &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(6, DType::F32, &Device::Cpu)?, Tensor::zeros(6, DType::F32, &Device::Cpu)?);
+/// let cfg = Conv2dConfig::default().padding(1);
+/// let (y, _) = conv2d_batch_norm_cat_train(&skip, &up, &w, &cfg, &g, &b, 1e-5, true)?;
+/// assert_eq!(y.dims(), &[2, 6, 9, 9]);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`conv2d_batch_norm_train`] for the concatenation; `a` and `b` of another rank, batch
+/// size or dtype, or `b` larger than `a`, are errors.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_norm_cat_train(
+    a: &Tensor,
+    b: &Tensor,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, BatchStats)> {
+    let [n, ca, h, wd] = sconce_core::check::dims::<4>(a, "conv2d_batch_norm_cat_train a", "[N, C1, H, W]")?;
+    let [nb, cb, hb, wb] = sconce_core::check::dims::<4>(b, "conv2d_batch_norm_cat_train b", "[N, C2, H2, W2]")?;
+    if nb != n || hb > h || wb > wd {
+        return Err(sconce_core::Error::shape(
+            "conv2d_batch_norm_cat_train b",
+            format!("[{n}, C2, H2 <= {h}, W2 <= {wd}] (a's batch, at most a's size)"),
+            b.dims(),
+        ));
+    }
+    if b.dtype() != a.dtype() {
+        return Err(sconce_core::Error::config(
+            "conv2d_batch_norm_cat_train b",
+            format!("dtype {:?} differs from a's {:?}", b.dtype(), a.dtype()),
+        ));
+    }
+    crate::kernel::float_dtype(a, "conv2d_batch_norm_cat_train a")?;
+    crate::kernel::cpu(a, "conv2d_batch_norm_cat_train a")?;
+    let wdims = sconce_core::check::dims::<4>(w, "conv2d weight", "[O, C/groups, kh, kw]")?;
+    if w.dtype() != a.dtype() {
+        return Err(sconce_core::Error::config(
+            "conv2d weight dtype",
+            format!("must match the input's {:?}, got {:?}", a.dtype(), w.dtype()),
+        ));
+    }
+    let geom = Geom::new(&[n, ca + cb, h, wd], &wdims, cfg)?;
+    let bn = BnTrain::checked(&[geom.n, geom.o, geom.oh, geom.ow], a.dtype(), weight, bias, eps, relu)?;
+    let saved = bn.saved();
+    let plan = CatPlan { n, ca, cb, h, w: wd, hb, wb, top: (h - hb) / 2, left: (wd - wb) / 2 };
+    let wgb = weights_and(w, &[weight, bias])?;
+    let op =
+        ConvBnCat { core: ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) }, plan, x: Arc::new(OnceLock::new()) };
+    let y = a.contiguous()?.apply_op3(&b.contiguous()?, &wgb, op)?;
+    let stats = BnTrain::stats(&saved, &y)?;
+    Ok((y, stats))
 }

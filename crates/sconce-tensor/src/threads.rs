@@ -10,8 +10,9 @@
 /// context switches per ResNet50 training step on 2 cores, with one core idle ~18 % of the
 /// time. On a worker, a kernel's pieces go onto that worker's own queue and the other workers
 /// steal them: a quarter of the context switches, ~1.8 cores busy, a ResNet50 training step
-/// ~10 % faster. `sconce_train::Trainer` runs each step through this; do the same around a
-/// hand-written loop (forward, loss, backward, optimizer step).
+/// ~10 % faster. `sconce_train::Trainer` runs each step through this and the backbones'
+/// `forward_t` runs on it; do the same around a hand-written loop (forward, loss, backward,
+/// optimizer step), whose backward pass would otherwise run from the calling thread.
 ///
 /// A panic in `f` propagates to the caller.
 ///

@@ -1,5 +1,6 @@
-//! conv2d_batch_norm_train / _eval (and their residual `_add_relu_` forms): the fused ops
-//! against conv2d → batch norm (→ + residual) (→ relu) in values, batch statistics and all
+//! conv2d_batch_norm_train / _eval (and their residual `_add_relu_` forms, and the skip
+//! concatenation's `_cat_train`): the fused ops against (pad → cat →) conv2d → batch norm
+//! (→ + residual) (→ relu) in values, batch statistics and all
 //! gradients, in f64 and f32, and against finite differences.
 
 use anyhow::{Context, Result};
@@ -8,7 +9,8 @@ use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
 use sconce_tensor::{
     Conv2dConfig, add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_batch_norm_add_relu_eval,
-    conv2d_batch_norm_add_relu_train, conv2d_batch_norm_eval, conv2d_batch_norm_train, relu,
+    conv2d_batch_norm_add_relu_train, conv2d_batch_norm_cat_train, conv2d_batch_norm_eval, conv2d_batch_norm_train,
+    relu,
 };
 use sconce_testutil::assert_close;
 
@@ -308,5 +310,115 @@ fn residual_of_the_wrong_shape_or_dtype_is_an_error() -> Result<()> {
         assert!(conv2d_batch_norm_add_relu_eval(&x, &w, &cfg, &p, &p, &p, &p, 1e-5, r).is_err());
     }
     assert!(matches!(conv2d_batch_norm_add_relu_train(&x, &w, &cfg, &p, &p, 1e-5, &short), Err(Error::Shape { .. })));
+    Ok(())
+}
+
+/// Output, mean, var, then the gradients of `Σ y·gy` for a, b, w, γ, β: the cat op, or
+/// milesial's `F.pad(b)` → `cat([a, b])` → conv → batch norm (→ relu) with candle's own ops.
+fn run_cat(fused: bool, relu_after: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 6]) -> Result<Vec<Tensor>> {
+    let [a, b, w, g, beta, gy] = inputs;
+    let vars = [a, b, w, g, beta].map(Var::from_tensor).into_iter().collect::<candle_core::Result<Vec<_>>>()?;
+    let [av, bv, wv, gv, betav] = [0, 1, 2, 3, 4].map(|i| vars[i].as_tensor());
+    let (y, stats) = if fused {
+        conv2d_batch_norm_cat_train(av, bv, wv, cfg, gv, betav, 1e-5, relu_after)?
+    } else {
+        let (dh, dw) = (a.dim(2)? - b.dim(2)?, a.dim(3)? - b.dim(3)?);
+        let padded = bv.pad_with_zeros(2, dh / 2, dh - dh / 2)?.pad_with_zeros(3, dw / 2, dw - dw / 2)?;
+        let x = Tensor::cat(&[av, &padded], 1)?;
+        conv2d_batch_norm_train(&x, wv, cfg, gv, betav, 1e-5, relu_after)?
+    };
+    let grads = (&y * gy)?.sum_all()?.backward()?;
+    let mut out = vec![y, stats.mean, stats.var];
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+    }
+    Ok(out)
+}
+
+#[test]
+fn cat_op_equals_pad_cat_conv_batch_norm() -> Result<()> {
+    let cases = [
+        // (a shape, b shape, w shape, config): odd size differences (milesial's 124 → 125),
+        // equal sizes (smp's decoder), a 1×1 conv without padding, a strided one, groups.
+        ([2, 3, 9, 7], [2, 2, 8, 6], [5, 5, 3, 3], Conv2dConfig::default().padding(1)),
+        ([2, 4, 7, 9], [2, 4, 4, 9], [6, 8, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 2, 6, 6], [3, 5, 6, 6], [4, 7, 1, 1], Conv2dConfig::default()),
+        ([2, 3, 11, 8], [2, 3, 10, 5], [4, 6, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([2, 2, 8, 8], [2, 2, 7, 7], [4, 2, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
+        ([2, 16, 13, 13], [2, 16, 12, 12], [16, 32, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (as_, bs, ws, cfg)) in cases.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let o = ws[0];
+        let (a, b) = (random(as_, seed, 0.5)?, random(bs, seed + 1, -0.3)?);
+        let w = (random(ws, seed + 2, 0.0)? / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+        let (g, beta) = (random(&[o], seed + 3, 1.0)?, random(&[o], seed + 4, 0.2)?);
+        let xs = [as_[0], as_[1] + bs[1], as_[2], as_[3]];
+        let gy_shape = conv2d(&Tensor::zeros(&xs, DType::F64, &Device::Cpu)?, &w, None, cfg)?.dims().to_vec();
+        let gy = random(&gy_shape, seed + 5, 0.0)?;
+        for relu_after in [false, true] {
+            for dtype in [DType::F64, DType::F32] {
+                let c = |t: &Tensor| t.to_dtype(dtype);
+                let inputs = [&c(&a)?, &c(&b)?, &c(&w)?, &c(&g)?, &c(&beta)?, &c(&gy)?];
+                let (rtol, atol) = if dtype == DType::F64 { (1e-10, 1e-10) } else { (1e-4, 1e-4) };
+                let got = run_cat(true, relu_after, cfg, inputs)?;
+                let want = run_cat(false, relu_after, cfg, inputs)?;
+                for (k, name) in ["y", "mean", "var", "da", "db", "dw", "dgamma", "dbeta"].iter().enumerate() {
+                    assert_close(
+                        &format!("cat case {i} relu {relu_after} {dtype:?} {name}"),
+                        &got[k],
+                        &want[k],
+                        rtol,
+                        atol,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cat_op_gradients_match_finite_differences() -> Result<()> {
+    let cfg = Conv2dConfig::default().padding(1);
+    let (a, b) = (random(&[2, 2, 5, 4], 21, 0.3)?, random(&[2, 1, 4, 3], 22, 0.0)?);
+    let w = (random(&[3, 3, 3, 3], 23, 0.0)? * 0.3)?;
+    let (g, beta) = (random(&[3], 24, 1.0)?, random(&[3], 25, 0.1)?);
+    let f = |a: &Tensor, b: &Tensor, w: &Tensor, g: &Tensor, beta: &Tensor| -> sconce_core::Result<Tensor> {
+        Ok(conv2d_batch_norm_cat_train(a, b, w, &cfg, g, beta, 1e-5, true)?.0)
+    };
+    let checks = [
+        ("da", check_gradient(|t| f(t, &b, &w, &g, &beta), &a, 1e-6, 1)?),
+        ("db", check_gradient(|t| f(&a, t, &w, &g, &beta), &b, 1e-6, 2)?),
+        ("dw", check_gradient(|t| f(&a, &b, t, &g, &beta), &w, 1e-6, 3)?),
+        ("dgamma", check_gradient(|t| f(&a, &b, &w, t, &beta), &g, 1e-6, 4)?),
+        ("dbeta", check_gradient(|t| f(&a, &b, &w, &g, t), &beta, 1e-6, 5)?),
+    ];
+    for (name, rep) in checks {
+        assert!(rep.max_abs_err < 1e-6, "{name} {rep:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn cat_op_rejects_mismatched_inputs() -> Result<()> {
+    let dev = Device::Cpu;
+    let a = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    let w = Tensor::zeros((4, 5, 3, 3), DType::F32, &dev)?;
+    let p = Tensor::ones(4, DType::F32, &dev)?;
+    let cfg = Conv2dConfig::default().padding(1);
+    let ok = Tensor::zeros((2, 2, 7, 8), DType::F32, &dev)?;
+    assert!(conv2d_batch_norm_cat_train(&a, &ok, &w, &cfg, &p, &p, 1e-5, true).is_ok());
+    let bad = [
+        Tensor::zeros((2, 2, 9, 8), DType::F32, &dev)?, // larger than a
+        Tensor::zeros((3, 2, 8, 8), DType::F32, &dev)?, // another batch
+        Tensor::zeros((2, 2, 8, 8), DType::F64, &dev)?, // another dtype
+        Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?, // 6 channels, the weight takes 5
+        Tensor::zeros((2, 2, 8), DType::F32, &dev)?,    // rank 3
+    ];
+    for (i, b) in bad.iter().enumerate() {
+        assert!(conv2d_batch_norm_cat_train(&a, b, &w, &cfg, &p, &p, 1e-5, true).is_err(), "case {i}");
+    }
+    assert!(matches!(conv2d_batch_norm_cat_train(&a, &bad[0], &w, &cfg, &p, &p, 1e-5, true), Err(Error::Shape { .. })));
     Ok(())
 }

@@ -226,12 +226,17 @@ impl Geom {
 
     /// Adds `cols` `[K, P]` back into one group's input gradient `dx` `[C/g, H, W]`.
     fn col2im<T: Real>(&self, cols: &[T], dx: &mut [T]) {
+        self.col2im_ld(cols, self.p(), dx);
+    }
+
+    /// [`Self::col2im`] from rows `ld` apart (one image's columns of a whole batch's matrix).
+    fn col2im_ld<T: Real>(&self, cols: &[T], ld: usize, dx: &mut [T]) {
         let (p, hw) = (self.p(), self.h * self.w);
         for c in 0..self.cg() {
             let xc = &mut dx[c * hw..(c + 1) * hw];
             for i in 0..self.kh {
                 for j in 0..self.kw {
-                    let row = &cols[((c * self.kh + i) * self.kw + j) * p..][..p];
+                    let row = &cols[((c * self.kh + i) * self.kw + j) * ld..][..p];
                     let off = (j * self.dw) as isize - self.pw as isize;
                     let (lo, hi) = self.valid_cols(off);
                     if lo >= hi {
@@ -435,7 +440,8 @@ impl Geom {
     }
 
     /// `dX` (zeroed, `N·C·H·W`) from `dY`: a convolution with the flipped kernel for stride 1,
-    /// else `dX_n = col2im(Wᵀ · dY_n)` per image, images in parallel. This is also the forward
+    /// else `dX_n = col2im(Wᵀ · dY_n)` per image, images in parallel — for output maps of at
+    /// most [`BATCH_MAX_P`] pixels one product over the whole batch, then `col2im` per image. This is also the forward
     /// pass of the transposed convolution.
     pub(crate) fn input_grad_into<T: Real>(&self, wt: &[T], dy: &[T], dx: &mut [T]) -> candle_core::Result<()> {
         if let Some(t) = self.input_grad_as_conv() {
@@ -449,6 +455,22 @@ impl Geom {
         let (img_len, out_len) = (self.image_len(), self.o * p);
         if dx.len() != self.n * img_len || dy.len() != self.n * out_len {
             candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        if !pointwise && self.g == 1 && self.n > 1 && p <= BATCH_MAX_P {
+            // Small maps (a deep strided layer): one product over the whole batch,
+            // `Wᵀ · [dY_1 … dY_N]`. Per image, its few columns (49 at 7×7) filled one panel and a
+            // sliver, and every image streamed all of `W` again.
+            let np = self.n * p;
+            let mut dyt = vec![T::zero(); og * np];
+            for (img, dyi) in dy.chunks_exact(out_len).enumerate() {
+                for (o, row) in dyi.chunks_exact(p).enumerate() {
+                    dyt[o * np + img * p..][..p].copy_from_slice(row);
+                }
+            }
+            let mut dcols = vec![T::zero(); k * np];
+            gemm(k, np, og, &mut dcols, false, wt, Op::T, &dyt, Op::N, rayon::current_num_threads())?;
+            dx.par_chunks_mut(img_len).enumerate().for_each(|(img, dxi)| self.col2im_ld(&dcols[img * p..], np, dxi));
+            return Ok(());
         }
         dx.par_chunks_mut(per_chunk * img_len).zip(dy.par_chunks(per_chunk * out_len)).try_for_each(
             |(dx, dy)| -> candle_core::Result<()> {
@@ -523,6 +545,10 @@ impl Geom {
         Ok(())
     }
 }
+
+/// Largest output map (pixels per image) whose input gradient, when it is not a stride-1
+/// convolution, is one product over the whole batch.
+const BATCH_MAX_P: usize = 256;
 
 /// The forward op: `x` `[N, C, H, W]` ⊛ `w` `[O, C/g, kh, kw]`.
 pub(crate) struct Conv2dOp {

@@ -460,16 +460,23 @@ impl Geom {
             // Small maps (a deep strided layer): one product over the whole batch,
             // `Wᵀ · [dY_1 … dY_N]`. Per image, its few columns (49 at 7×7) filled one panel and a
             // sliver, and every image streamed all of `W` again.
-            let np = self.n * p;
-            let mut dyt = vec![T::zero(); og * np];
-            for (img, dyi) in dy.chunks_exact(out_len).enumerate() {
-                for (o, row) in dyi.chunks_exact(p).enumerate() {
-                    dyt[o * np + img * p..][..p].copy_from_slice(row);
+            // At most ~2048 columns per product, so that the column matrix stays bounded for
+            // large batches.
+            let per = (2048 / p).clamp(1, self.n);
+            for (dx, dy) in dx.chunks_mut(per * img_len).zip(dy.chunks(per * out_len)) {
+                let np = dy.len() / out_len * p;
+                let mut dyt = vec![T::zero(); og * np];
+                for (img, dyi) in dy.chunks_exact(out_len).enumerate() {
+                    for (o, row) in dyi.chunks_exact(p).enumerate() {
+                        dyt[o * np + img * p..][..p].copy_from_slice(row);
+                    }
                 }
+                let mut dcols = vec![T::zero(); k * np];
+                gemm(k, np, og, &mut dcols, false, wt, Op::T, &dyt, Op::N, rayon::current_num_threads())?;
+                dx.par_chunks_mut(img_len)
+                    .enumerate()
+                    .for_each(|(img, dxi)| self.col2im_ld(&dcols[img * p..], np, dxi));
             }
-            let mut dcols = vec![T::zero(); k * np];
-            gemm(k, np, og, &mut dcols, false, wt, Op::T, &dyt, Op::N, rayon::current_num_threads())?;
-            dx.par_chunks_mut(img_len).enumerate().for_each(|(img, dxi)| self.col2im_ld(&dcols[img * p..], np, dxi));
             return Ok(());
         }
         dx.par_chunks_mut(per_chunk * img_len).zip(dy.par_chunks(per_chunk * out_len)).try_for_each(

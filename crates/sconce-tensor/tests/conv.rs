@@ -128,6 +128,37 @@ fn batch_of_one_and_batch_of_many_agree() -> Result<()> {
 }
 
 #[test]
+fn input_gradients_of_a_batch_equal_each_image_alone() -> Result<()> {
+    // Strided convs on small output maps take the input gradient of the whole batch as one
+    // product, in chunks of images (16×16 outputs: 8 images per chunk, so 10 make two chunks);
+    // a single image takes the per-image path.
+    let cases = [
+        ([10, 3, 32, 32], [5, 3, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
+        ([10, 4, 31, 32], [6, 4, 1, 1], Conv2dConfig::default().stride(2)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(&random(xs, 40 + i as u64)?.to_dtype(dtype)?)?;
+            let w = random(ws, 50 + i as u64)?.to_dtype(dtype)?;
+            let y = conv2d(x.as_tensor(), &w, None, cfg)?;
+            let gy = random(y.dims(), 60 + i as u64)?.to_dtype(dtype)?;
+            let dx = (&y * &gy)?.sum_all()?.backward()?.get(x.as_tensor()).context("dx")?.clone();
+            for n in 0..xs[0] {
+                let xi = Var::from_tensor(&x.as_tensor().narrow(0, n, 1)?)?;
+                let yi = conv2d(xi.as_tensor(), &w, None, cfg)?;
+                let g = (&yi * gy.narrow(0, n, 1)?)?.sum_all()?.backward()?;
+                let want = g.get(xi.as_tensor()).context("dx")?.to_dtype(DType::F64)?;
+                let got = dx.narrow(0, n, 1)?.to_dtype(DType::F64)?;
+                let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+                assert!(diff < tol, "case {i} {dtype:?} image {n}: {diff}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev)?;

@@ -74,9 +74,11 @@ struct DenseLayer {
 
 impl DenseLayer {
     fn forward(&self, inputs: &[Tensor], train: bool) -> candle_core::Result<Tensor> {
+        // Two pre-activation convolutions: neither `relu(norm1(x))` (as wide as the
+        // concatenation) nor `relu(norm2(·))` is kept for the backward pass.
         let x = Tensor::cat(inputs, 1)?;
-        let y = self.norm2.forward_conv_t(&self.conv1, &self.norm1.forward_relu_t(&x, train)?, train, true)?;
-        self.conv2.forward(&y)
+        let y = self.norm1.forward_relu_conv_t(&x, &self.conv1, train)?;
+        self.norm2.forward_relu_conv_t(&y, &self.conv2, train)
     }
 }
 

@@ -132,6 +132,32 @@ impl BatchNorm2d {
         run().map_err(Error::into_candle)
     }
 
+    /// `conv(relu(self(x)))`: a pre-activation convolution (DenseNet's `norm → relu → conv`).
+    /// In training, for a convolution without bias, one op
+    /// ([`sconce_tensor::batch_norm_relu_conv2d_train`]) that neither keeps the activation nor
+    /// gives it a graph node; otherwise [`Self::forward_relu_t`], then the convolution.
+    ///
+    /// # Errors
+    /// As [`Self::forward_relu_t`] and [`Conv2d`]'s forward pass.
+    pub fn forward_relu_conv_t(&self, x: &Tensor, conv: &Conv2d, train: bool) -> candle_core::Result<Tensor> {
+        if train && conv.bias().is_none() {
+            let run = || -> Result<Tensor> {
+                let (y, stats) = sconce_tensor::batch_norm_relu_conv2d_train(
+                    x,
+                    self.weight.as_tensor(),
+                    self.bias.as_tensor(),
+                    self.eps,
+                    conv.weight().as_tensor(),
+                    conv.config(),
+                )?;
+                self.record(&stats)?;
+                Ok(y)
+            };
+            return run().map_err(Error::into_candle);
+        }
+        conv.forward(&self.forward_relu_t(x, train)?)
+    }
+
     /// [`Self::forward_conv_t`] on `cat([a, pad(b)], 1)`, `b` zero-padded to `a`'s size as
     /// [`sconce_tensor::conv2d_batch_norm_cat_train`] pads it (extra row/column at the
     /// bottom/right): a U-Net decoder's skip concatenation and first convolution. In training,

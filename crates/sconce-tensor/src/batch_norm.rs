@@ -542,6 +542,25 @@ impl BnTrain {
     pub(crate) fn channels(&self) -> usize {
         self.d.c
     }
+
+    /// The forward output again from the statistics the forward pass recorded (one pass, no
+    /// statistics): for ops that keep `x` instead of the output.
+    ///
+    /// # Errors
+    /// Before the forward pass ran, or for an `x` of another size.
+    pub(crate) fn replay<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+        let Some((mean, var)) = self.saved.get() else {
+            candle_core::bail!("batch_norm: replay without a recorded forward pass")
+        };
+        let Dims { n, c, hw } = self.d;
+        if x.len() != n * c * hw || g.len() != c || b.len() != c {
+            candle_core::bail!("batch_norm: replay on {} values for {n}x{c}x{hw}", x.len());
+        }
+        Ok(affine_planes(x, self.d, self.relu, |ch| {
+            let scale = f64_of(g[ch]) / (var[ch] + self.eps).sqrt();
+            (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
+        }))
+    }
 }
 
 /// Evaluation-mode batch norm with the running statistics:

@@ -653,3 +653,143 @@ pub fn conv2d_batch_norm_cat_train(
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))
 }
+
+/// `(x, [γ | β], w) → conv(relu(bn(x)), w)`: a pre-activation convolution (DenseNet's). The
+/// activation `relu(bn(x))` is neither kept nor a graph node: the backward pass recomputes it
+/// from `x` and the recorded statistics.
+struct BnReluConv {
+    bn: BnTrain,
+    geom: Geom,
+}
+
+impl Kernel3 for BnReluConv {
+    const NAME: &'static str = "batch_norm_relu_conv2d";
+    fn kernel<T: Real>(&self, x: &[T], gb: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let c = self.bn.channels();
+        if gb.len() != 2 * c {
+            candle_core::bail!("{}: {} batch-norm parameters for {c} channels", Self::NAME, gb.len());
+        }
+        let (gamma, beta) = gb.split_at(c);
+        let a = self.bn.run(x, gamma, beta);
+        self.geom.forward(&a, w)
+    }
+}
+
+impl CustomOp3 for BnReluConv {
+    fn name(&self) -> &'static str {
+        "sconce-batch-norm-relu-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, self.geom.out_shape()))
+    }
+
+    /// Recomputes `a = relu(bn(x))`; the convolution's backward gives `da` and `dw`, the batch
+    /// norm's (masked by `a > 0`) `dx`, `dγ`, `dβ`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gb: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = self.bn.channels();
+        let xc = x.contiguous()?;
+        let a = xc.apply_op2_no_bwd(&gb.contiguous()?, &Replay { bn: &self.bn })?;
+        let need_da = x.track_op() || gb.track_op();
+        let (da, dw) = Conv2dBackward::new(self.geom, need_da, w.track_op()).grads(&a, w, grad)?;
+        let (dx, dgb) = match da {
+            Some(da) => {
+                let (dx, dg, db) = self.bn.backward(&xc, &gb.narrow(0, 0, c)?, &a, &da)?;
+                (x.track_op().then_some(dx), if gb.track_op() { Some(Tensor::cat(&[dg, db], 0)?) } else { None })
+            }
+            None => (None, None),
+        };
+        Ok((dx, dgb, dw))
+    }
+}
+
+/// `(x, [γ | β]) → relu(bn(x))` from the recorded statistics (no graph node: used inside a
+/// backward pass).
+struct Replay<'a> {
+    bn: &'a BnTrain,
+}
+
+impl crate::kernel::Kernel2 for Replay<'_> {
+    const NAME: &'static str = "batch_norm replay";
+    fn kernel<T: Real>(&self, x: &[T], gb: &[T]) -> candle_core::Result<Vec<T>> {
+        let c = self.bn.channels();
+        if gb.len() != 2 * c {
+            candle_core::bail!("{}: {} parameters for {c} channels", Self::NAME, gb.len());
+        }
+        let (g, b) = gb.split_at(c);
+        self.bn.replay(x, g, b)
+    }
+}
+
+impl candle_core::CustomOp2 for Replay<'_> {
+    fn name(&self) -> &'static str {
+        "sconce-batch-norm-replay"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = crate::kernel::cpu_fwd2(self, (s1, l1), (s2, l2))?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `conv2d(relu(batch_norm_train(x)), w)` — a pre-activation convolution, DenseNet's
+/// `norm → relu → conv` — as one op: the batch norm's output is neither a graph node nor kept
+/// for the backward pass (which recomputes it from `x` in one pass), so training needs one
+/// activation fewer per layer and no gradient buffer (zero fill + add) for it. Same values and
+/// gradients as the ops in a row. Returns the output and the batch statistics of `x`.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sconce_tensor::{Conv2dConfig, batch_norm_relu_conv2d_train};
+/// # fn main() -> sconce_core::Result<()> {
+/// let x = Tensor::randn(0f32, 1.0, (2, 6, 8, 8), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1.0, (4, 6, 1, 1), &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(6, DType::F32, &Device::Cpu)?, Tensor::zeros(6, DType::F32, &Device::Cpu)?);
+/// let (y, stats) = batch_norm_relu_conv2d_train(&x, &g, &b, 1e-5, &w, &Conv2dConfig::default())?;
+/// assert_eq!(y.dims(), &[2, 4, 8, 8]);
+/// assert_eq!(stats.mean.dims(), &[6]);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`batch_norm_train`](crate::batch_norm_train) for `x` and the parameters, and
+/// [`conv2d`](crate::conv2d) for the convolution.
+pub fn batch_norm_relu_conv2d_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    w: &Tensor,
+    cfg: &Conv2dConfig,
+) -> Result<(Tensor, BatchStats)> {
+    let geom = Geom::checked(x, w, cfg)?;
+    let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
+    let saved = bn.saved();
+    let gb = Tensor::cat(&[weight, bias], 0)?;
+    let y = x.contiguous()?.apply_op3(&gb, &w.contiguous()?, BnReluConv { bn, geom })?;
+    // The statistics are `x`'s (their count is `N·H·W` of `x`, not of the output).
+    let stats = BnTrain::stats(&saved, x)?;
+    Ok((y, stats))
+}

@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use sconce_core::{Error, SeededRng};
 use sconce_tensor::gradcheck::check_gradient;
 use sconce_tensor::{
-    Conv2dConfig, add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_batch_norm_add_relu_eval,
-    conv2d_batch_norm_add_relu_train, conv2d_batch_norm_cat_train, conv2d_batch_norm_eval, conv2d_batch_norm_train,
-    relu,
+    Conv2dConfig, add_relu, batch_norm_eval, batch_norm_relu_conv2d_train, batch_norm_relu_train, batch_norm_train,
+    conv2d, conv2d_batch_norm_add_relu_eval, conv2d_batch_norm_add_relu_train, conv2d_batch_norm_cat_train,
+    conv2d_batch_norm_eval, conv2d_batch_norm_train, relu,
 };
 use sconce_testutil::assert_close;
 
@@ -420,5 +420,98 @@ fn cat_op_rejects_mismatched_inputs() -> Result<()> {
         assert!(conv2d_batch_norm_cat_train(&a, b, &w, &cfg, &p, &p, 1e-5, true).is_err(), "case {i}");
     }
     assert!(matches!(conv2d_batch_norm_cat_train(&a, &bad[0], &w, &cfg, &p, &p, 1e-5, true), Err(Error::Shape { .. })));
+    Ok(())
+}
+
+/// Output, mean, var, then the gradients of `Σ y·gy` for x, γ, β, w: the pre-activation op or
+/// `batch_norm_relu_train` → `conv2d`.
+fn run_pre(fused: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 5]) -> Result<Vec<Tensor>> {
+    let [x, g, b, w, gy] = inputs;
+    let vars = [x, g, b, w].map(Var::from_tensor).into_iter().collect::<candle_core::Result<Vec<_>>>()?;
+    let [xv, gv, bv, wv] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+    let (y, stats) = if fused {
+        batch_norm_relu_conv2d_train(xv, gv, bv, 1e-5, wv, cfg)?
+    } else {
+        let (a, stats) = batch_norm_relu_train(xv, gv, bv, 1e-5)?;
+        (conv2d(&a, wv, None, cfg)?, stats)
+    };
+    // The count drives the running variance's unbiasing: `x`'s N·H·W, whatever the output.
+    anyhow::ensure!(stats.count == x.elem_count() / x.dim(1)?, "count {} for x {:?}", stats.count, x.dims());
+    let grads = (&y * gy)?.sum_all()?.backward()?;
+    let mut out = vec![y, stats.mean, stats.var];
+    for v in &vars {
+        out.push(grads.get(v.as_tensor()).context("missing gradient")?.clone());
+    }
+    Ok(out)
+}
+
+#[test]
+fn pre_activation_op_equals_batch_norm_relu_then_conv() -> Result<()> {
+    let cases = [
+        // DenseNet's 1×1 bottleneck and 3×3 growth convs, a strided one, groups.
+        ([2, 12, 7, 6], [8, 12, 1, 1], Conv2dConfig::default()),
+        ([3, 8, 9, 9], [4, 8, 3, 3], Conv2dConfig::default().padding(1)),
+        ([2, 4, 11, 8], [6, 4, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
+        ([2, 4, 8, 8], [6, 2, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
+        ([2, 32, 14, 14], [32, 32, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let c = xs[1];
+        let x = random(xs, seed, 0.7)?;
+        let (g, b) = (random(&[c], seed + 1, 1.0)?, random(&[c], seed + 2, 0.1)?);
+        let w = (random(ws, seed + 3, 0.0)? / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+        let gy_shape = conv2d(&x, &w, None, cfg)?.dims().to_vec();
+        let gy = random(&gy_shape, seed + 4, 0.0)?;
+        for dtype in [DType::F64, DType::F32] {
+            let cv = |t: &Tensor| t.to_dtype(dtype);
+            let inputs = [&cv(&x)?, &cv(&g)?, &cv(&b)?, &cv(&w)?, &cv(&gy)?];
+            let (rtol, atol) = if dtype == DType::F64 { (1e-10, 1e-10) } else { (1e-4, 1e-4) };
+            let got = run_pre(true, cfg, inputs)?;
+            let want = run_pre(false, cfg, inputs)?;
+            for (k, name) in ["y", "mean", "var", "dx", "dgamma", "dbeta", "dw"].iter().enumerate() {
+                assert_close(&format!("pre case {i} {dtype:?} {name}"), &got[k], &want[k], rtol, atol)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pre_activation_op_gradients_match_finite_differences() -> Result<()> {
+    let cfg = Conv2dConfig::default().padding(1);
+    let x = random(&[2, 3, 5, 4], 31, 0.2)?;
+    let (g, b) = (random(&[3], 32, 1.0)?, random(&[3], 33, 0.1)?);
+    let w = (random(&[2, 3, 3, 3], 34, 0.0)? * 0.3)?;
+    let f = |x: &Tensor, g: &Tensor, b: &Tensor, w: &Tensor| -> sconce_core::Result<Tensor> {
+        Ok(batch_norm_relu_conv2d_train(x, g, b, 1e-5, w, &cfg)?.0)
+    };
+    let checks = [
+        ("dx", check_gradient(|t| f(t, &g, &b, &w), &x, 1e-6, 1)?),
+        ("dgamma", check_gradient(|t| f(&x, t, &b, &w), &g, 1e-6, 2)?),
+        ("dbeta", check_gradient(|t| f(&x, &g, t, &w), &b, 1e-6, 3)?),
+        ("dw", check_gradient(|t| f(&x, &g, &b, t), &w, 1e-6, 4)?),
+    ];
+    for (name, rep) in checks {
+        assert!(rep.max_abs_err < 1e-6, "{name} {rep:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn pre_activation_op_rejects_mismatched_parameters() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?;
+    let (p3, p4) = (Tensor::ones(3, DType::F32, &dev)?, Tensor::ones(4, DType::F32, &dev)?);
+    let cfg = Conv2dConfig::default().padding(1);
+    let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev)?;
+    let w_bad = Tensor::zeros((4, 5, 3, 3), DType::F32, &dev)?;
+    assert!(batch_norm_relu_conv2d_train(&x, &p3, &p3, 1e-5, &w, &cfg).is_ok());
+    assert!(batch_norm_relu_conv2d_train(&x, &p4, &p3, 1e-5, &w, &cfg).is_err());
+    assert!(batch_norm_relu_conv2d_train(&x, &p3, &p3, 1e-5, &w_bad, &cfg).is_err());
+    assert!(batch_norm_relu_conv2d_train(&x, &p3, &p3, 0.0, &w, &cfg).is_err());
+    let one = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev)?;
+    let w1 = Tensor::zeros((4, 3, 1, 1), DType::F32, &dev)?;
+    assert!(batch_norm_relu_conv2d_train(&one, &p3, &p3, 1e-5, &w1, &Conv2dConfig::default()).is_err());
     Ok(())
 }

@@ -189,7 +189,10 @@ impl DenseNet {
             if let Some(t) = self.transitions.get(b) {
                 let skip = t.norm.forward_relu_t(&y, train)?;
                 feats.push(skip.clone());
-                y = AvgPool(AvgPool2d::new(2)).forward(&t.conv.forward(&skip)?)?;
+                // `avg_pool(conv1x1(·))` as `conv1x1(avg_pool(·))`: both are linear and act per
+                // pixel / per channel, so they commute (also for odd sizes, whose last row and
+                // column both drop), and the convolution runs on a quarter of the pixels.
+                y = t.conv.forward(&AvgPool(AvgPool2d::new(2)).forward(&skip)?)?;
             }
         }
         feats.push(self.norm5.forward_t(&y, train)?);

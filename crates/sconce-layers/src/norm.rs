@@ -115,21 +115,17 @@ impl BatchNorm2d {
             )
             .map_err(Error::into_candle);
         }
-        let run = || -> Result<Tensor> {
-            let w = conv.weight().as_tensor();
-            let (y, stats) = sconce_tensor::conv2d_batch_norm_train(
+        self.recorded(|| {
+            sconce_tensor::conv2d_batch_norm_train(
                 x,
-                w,
+                conv.weight().as_tensor(),
                 conv.config(),
                 self.weight.as_tensor(),
                 self.bias.as_tensor(),
                 self.eps,
                 relu,
-            )?;
-            self.record(&stats)?;
-            Ok(y)
-        };
-        run().map_err(Error::into_candle)
+            )
+        })
     }
 
     /// `conv(relu(self(x)))`: a pre-activation convolution (DenseNet's `norm → relu → conv`).
@@ -141,19 +137,16 @@ impl BatchNorm2d {
     /// As [`Self::forward_relu_t`] and [`Conv2d`]'s forward pass.
     pub fn forward_relu_conv_t(&self, x: &Tensor, conv: &Conv2d, train: bool) -> candle_core::Result<Tensor> {
         if train && conv.bias().is_none() {
-            let run = || -> Result<Tensor> {
-                let (y, stats) = sconce_tensor::batch_norm_relu_conv2d_train(
+            return self.recorded(|| {
+                sconce_tensor::batch_norm_relu_conv2d_train(
                     x,
                     self.weight.as_tensor(),
                     self.bias.as_tensor(),
                     self.eps,
                     conv.weight().as_tensor(),
                     conv.config(),
-                )?;
-                self.record(&stats)?;
-                Ok(y)
-            };
-            return run().map_err(Error::into_candle);
+                )
+            });
         }
         conv.forward(&self.forward_relu_t(x, train)?)
     }
@@ -176,8 +169,8 @@ impl BatchNorm2d {
         relu: bool,
     ) -> candle_core::Result<Tensor> {
         if train && conv.bias().is_none() {
-            let run = || -> Result<Tensor> {
-                let (y, stats) = sconce_tensor::conv2d_batch_norm_cat_train(
+            return self.recorded(|| {
+                sconce_tensor::conv2d_batch_norm_cat_train(
                     a,
                     b,
                     conv.weight().as_tensor(),
@@ -186,11 +179,8 @@ impl BatchNorm2d {
                     self.bias.as_tensor(),
                     self.eps,
                     relu,
-                )?;
-                self.record(&stats)?;
-                Ok(y)
-            };
-            return run().map_err(Error::into_candle);
+                )
+            });
         }
         let (a4, b4) = (a.dims(), b.dims());
         if a4.len() != 4 || b4.len() != 4 || b4[2] > a4[2] || b4[3] > a4[3] {
@@ -249,6 +239,17 @@ impl BatchNorm2d {
             Ok(y)
         };
         run().map_err(Error::into_candle)
+    }
+
+    /// Runs a training op that returns `(output, batch statistics)`, records the statistics in
+    /// the running buffers and returns the output.
+    fn recorded(
+        &self,
+        op: impl FnOnce() -> Result<(Tensor, sconce_tensor::BatchStats)>,
+    ) -> candle_core::Result<Tensor> {
+        let (y, stats) = op().map_err(Error::into_candle)?;
+        self.record(&stats).map_err(Error::into_candle)?;
+        Ok(y)
     }
 
     /// Folds a training batch's statistics into the running ones.

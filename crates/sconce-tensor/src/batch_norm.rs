@@ -556,8 +556,9 @@ impl BnTrain {
         if x.len() != n * c * hw || g.len() != c || b.len() != c {
             candle_core::bail!("batch_norm: replay on {} values for {n}x{c}x{hw}", x.len());
         }
+        // The forward pass's coefficients bit for bit, so the replayed ReLU mask is its mask.
         Ok(affine_planes(x, self.d, self.relu, |ch| {
-            let scale = f64_of(g[ch]) / (var[ch] + self.eps).sqrt();
+            let scale = (1.0 / (var[ch] + self.eps).sqrt()) * f64_of(g[ch]);
             (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
         }))
     }

@@ -620,10 +620,17 @@ pub fn conv2d_batch_norm_cat_train(
 ) -> Result<(Tensor, BatchStats)> {
     let [n, ca, h, wd] = sconce_core::check::dims::<4>(a, "conv2d_batch_norm_cat_train a", "[N, C1, H, W]")?;
     let [nb, cb, hb, wb] = sconce_core::check::dims::<4>(b, "conv2d_batch_norm_cat_train b", "[N, C2, H2, W2]")?;
-    if nb != n || hb > h || wb > wd {
+    if ca == 0 || h == 0 || wd == 0 {
+        return Err(sconce_core::Error::shape(
+            "conv2d_batch_norm_cat_train a",
+            "[N, C1, H, W] with no zero size",
+            &[n, ca, h, wd],
+        ));
+    }
+    if nb != n || cb == 0 || hb == 0 || wb == 0 || hb > h || wb > wd {
         return Err(sconce_core::Error::shape(
             "conv2d_batch_norm_cat_train b",
-            format!("[{n}, C2, H2 <= {h}, W2 <= {wd}] (a's batch, at most a's size)"),
+            format!("[{n}, C2 > 0, 0 < H2 <= {h}, 0 < W2 <= {wd}] (a's batch, at most a's size)"),
             b.dims(),
         ));
     }

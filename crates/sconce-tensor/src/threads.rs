@@ -1,8 +1,9 @@
 //! Running a whole step of work on the kernels' thread pool, so that its many parallel kernels
 //! do not each wake the pool and put the calling thread to sleep.
 
-/// Runs `f` on a thread of rayon's global pool (the pool every kernel of this crate splits its
-/// work over) and returns its result; inline when already on one.
+/// Runs `f` on a worker of the current rayon pool — the global pool, which every kernel of this
+/// crate splits its work over, unless called inside another pool's `install` (then that pool,
+/// which the kernels use too) — and returns its result; inline when already on a worker.
 ///
 /// A training step calls hundreds of parallel kernels, interleaved with candle's own ops. From
 /// a thread outside the pool (a program's main thread), each kernel is injected into the pool:
@@ -14,7 +15,11 @@
 /// `forward_t` runs on it; do the same around a hand-written loop (forward, loss, backward,
 /// optimizer step), whose backward pass would otherwise run from the calling thread.
 ///
-/// A panic in `f` propagates to the caller.
+/// A panic in `f` propagates to the caller. Two things change with the thread: `f` runs on a
+/// worker's stack (rayon's default size; set `RUST_MIN_STACK` or build the global pool with a
+/// larger `stack_size` for extremely deep autograd graphs), and a worker waiting inside one
+/// such step may pick up another thread's whole step and finish it first — give concurrent
+/// trainers or inference threads pools of their own (`ThreadPool::install`).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -43,6 +48,16 @@ mod tests {
         // Nested: inline on the same worker.
         let (outer, inner) = on_pool(|| (rayon::current_thread_index(), on_pool(rayon::current_thread_index)));
         assert_eq!(outer, inner);
+    }
+
+    #[test]
+    fn inside_another_pool_it_stays_on_that_pool() -> Result<(), rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build()?;
+        let (threads, on_worker) =
+            pool.install(|| on_pool(|| (rayon::current_num_threads(), rayon::current_thread_index().is_some())));
+        assert_eq!(threads, 3);
+        assert!(on_worker);
+        Ok(())
     }
 
     #[test]

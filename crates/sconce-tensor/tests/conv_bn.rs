@@ -325,7 +325,9 @@ fn run_cat(fused: bool, relu_after: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 
         let (dh, dw) = (a.dim(2)? - b.dim(2)?, a.dim(3)? - b.dim(3)?);
         let padded = bv.pad_with_zeros(2, dh / 2, dh - dh / 2)?.pad_with_zeros(3, dw / 2, dw - dw / 2)?;
         let x = Tensor::cat(&[av, &padded], 1)?;
-        conv2d_batch_norm_train(&x, wv, cfg, gv, betav, 1e-5, relu_after)?
+        // Independent of the fused ops' shared core: the plain conv, then batch norm.
+        let (y, stats) = batch_norm_train(&conv2d(&x, wv, None, cfg)?, gv, betav, 1e-5)?;
+        (if relu_after { relu(&y)? } else { y }, stats)
     };
     let grads = (&y * gy)?.sum_all()?.backward()?;
     let mut out = vec![y, stats.mean, stats.var];
@@ -415,6 +417,8 @@ fn cat_op_rejects_mismatched_inputs() -> Result<()> {
         Tensor::zeros((2, 2, 8, 8), DType::F64, &dev)?, // another dtype
         Tensor::zeros((2, 3, 8, 8), DType::F32, &dev)?, // 6 channels, the weight takes 5
         Tensor::zeros((2, 2, 8), DType::F32, &dev)?,    // rank 3
+        Tensor::zeros((2, 0, 8, 8), DType::F32, &dev)?, // no channels
+        Tensor::zeros((2, 2, 0, 8), DType::F32, &dev)?, // no rows
     ];
     for (i, b) in bad.iter().enumerate() {
         assert!(conv2d_batch_norm_cat_train(&a, b, &w, &cfg, &p, &p, 1e-5, true).is_err(), "case {i}");
@@ -513,5 +517,60 @@ fn pre_activation_op_rejects_mismatched_parameters() -> Result<()> {
     let one = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev)?;
     let w1 = Tensor::zeros((4, 3, 1, 1), DType::F32, &dev)?;
     assert!(batch_norm_relu_conv2d_train(&one, &p3, &p3, 1e-5, &w1, &Conv2dConfig::default()).is_err());
+    Ok(())
+}
+
+/// Frozen inputs (a plain tensor among variables: a frozen encoder's skip, frozen weights) get
+/// no gradient, and the others the same gradients as when everything is trained.
+#[test]
+fn fused_ops_with_frozen_inputs_give_the_others_the_same_gradients() -> Result<()> {
+    let cfg = Conv2dConfig::default().padding(1);
+    let (a, b) = (random(&[2, 3, 7, 7], 71, 0.2)?, random(&[2, 2, 6, 6], 72, 0.0)?);
+    let w = (random(&[4, 5, 3, 3], 73, 0.0)? * 0.2)?;
+    let (g, beta) = (random(&[4], 74, 1.0)?, random(&[4], 75, 0.1)?);
+    let gy = random(&[2, 4, 7, 7], 76, 0.0)?;
+    let all = run_cat(true, true, &cfg, [&a, &b, &w, &g, &beta, &gy])?;
+    // Each input frozen in turn: the cat op's a, b and w.
+    for frozen in 0..3 {
+        let vars: Vec<Option<Var>> = [&a, &b, &w, &g, &beta]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if i == frozen { Ok(None) } else { Var::from_tensor(t).map(Some) })
+            .collect::<candle_core::Result<_>>()?;
+        let t = |i: usize| -> Tensor {
+            vars[i].as_ref().map_or_else(|| [&a, &b, &w][i].clone(), |v| v.as_tensor().clone())
+        };
+        let (y, _) = conv2d_batch_norm_cat_train(&t(0), &t(1), &t(2), &cfg, &t(3), &t(4), 1e-5, true)?;
+        let grads = (&y * &gy)?.sum_all()?.backward()?;
+        for (i, v) in vars.iter().enumerate() {
+            if let Some(v) = v {
+                let got = grads.get(v.as_tensor()).context("missing gradient")?;
+                assert_close(&format!("cat frozen {frozen} input {i}"), got, &all[3 + i], 1e-10, 1e-10)?;
+            }
+        }
+    }
+    // The pre-activation op with x, then w, frozen.
+    let x = random(&[2, 4, 6, 6], 77, 0.3)?;
+    let (g4, b4) = (random(&[4], 78, 1.0)?, random(&[4], 79, 0.1)?);
+    let w4 = (random(&[3, 4, 3, 3], 80, 0.0)? * 0.2)?;
+    let gy4 = random(&[2, 3, 6, 6], 81, 0.0)?;
+    let all = run_pre(true, &cfg, [&x, &g4, &b4, &w4, &gy4])?;
+    for frozen in [0usize, 3] {
+        let inputs = [&x, &g4, &b4, &w4];
+        let vars: Vec<Option<Var>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if i == frozen { Ok(None) } else { Var::from_tensor(t).map(Some) })
+            .collect::<candle_core::Result<_>>()?;
+        let t = |i: usize| -> Tensor { vars[i].as_ref().map_or_else(|| inputs[i].clone(), |v| v.as_tensor().clone()) };
+        let (y, _) = batch_norm_relu_conv2d_train(&t(0), &t(1), &t(2), 1e-5, &t(3), &cfg)?;
+        let grads = (&y * &gy4)?.sum_all()?.backward()?;
+        for (i, v) in vars.iter().enumerate() {
+            if let Some(v) = v {
+                let got = grads.get(v.as_tensor()).context("missing gradient")?;
+                assert_close(&format!("pre frozen {frozen} input {i}"), got, &all[3 + i], 1e-10, 1e-10)?;
+            }
+        }
+    }
     Ok(())
 }

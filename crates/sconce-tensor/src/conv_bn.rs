@@ -238,7 +238,7 @@ pub fn conv2d_batch_norm_eval(
 
 /// The `[w | p]` operand of the residual ops: the weights flattened, then per-channel
 /// parameters (`[γ | β]` or `[scale | shift]`). candle's custom ops take three inputs, and the
-/// residual needs the third.
+/// residual needs the third. The same packing gives the gradient `[dw | dγ | dβ]`.
 fn weights_and(w: &Tensor, params: &[&Tensor]) -> candle_core::Result<Tensor> {
     let mut parts = vec![w.flatten_all()?];
     parts.extend(params.iter().map(|p| (*p).clone()));
@@ -315,10 +315,7 @@ impl CustomOp3 for ConvBnAddRelu {
         let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
         let gamma = wgb.narrow(0, wl, c)?;
         let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, &w, (x.track_op(), wgb.track_op()), &gamma, res, grad)?;
-        let dwgb = match dw {
-            Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
-            None => None,
-        };
+        let dwgb = dw.map(|dw| weights_and(&dw, &[&dg, &db])).transpose()?;
         let dr = if r.track_op() { Some(crate::relu::relu_grad(res, grad)?) } else { None };
         Ok((dx, dwgb, dr))
     }
@@ -562,10 +559,7 @@ impl CustomOp3 for ConvBnCat {
         let gamma = wgb.narrow(0, wl, c)?;
         let need_dx = a.track_op() || b.track_op();
         let (dx, dw, dg, db) = self.core.backward(Self::NAME, x, &w, (need_dx, wgb.track_op()), &gamma, res, grad)?;
-        let dwgb = match dw {
-            Some(dw) => Some(Tensor::cat(&[&dw.flatten_all()?, &dg, &db], 0)?),
-            None => None,
-        };
+        let dwgb = dw.map(|dw| weights_and(&dw, &[&dg, &db])).transpose()?;
         let p = self.plan;
         let (da, dbx) = match dx {
             Some(dx) => (

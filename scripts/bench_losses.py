@@ -2,8 +2,8 @@
 crates/sconce-losses/benches/losses.rs with 2 threads; writes
 crates/sconce-losses/benches/reference_torch.json for the bench's ratio table.
 
-Run: .venv-ref/bin/python scripts/bench_losses.py   (with the same MALLOC_* settings as the
-bench, see docs/benchmarks.md)
+Run: .venv-ref/bin/python scripts/bench_losses.py   (re-executes itself with the
+same glibc MALLOC_* settings as the Rust bench)
 """
 import json
 import pathlib
@@ -11,12 +11,13 @@ import pathlib
 import torch
 import torch.nn.functional as F
 
-from benchutil import median_time
+from benchutil import median_time, same_allocator
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-losses/benches/reference_torch.json"
 
 
 def main():
+    same_allocator()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     x = (torch.randn(8, 1, 250, 250) * 3).requires_grad_()

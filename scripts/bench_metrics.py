@@ -11,12 +11,13 @@ import torch
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
-from benchutil import median_time
+from benchutil import median_time, same_allocator
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-metrics/benches/reference_torch.json"
 
 
 def main():
+    same_allocator()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     logits = torch.randn(8, 1, 250, 250)

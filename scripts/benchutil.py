@@ -1,5 +1,23 @@
-"""Shared timing helper of the bench_*.py scripts."""
+"""Shared helpers of the bench_*.py scripts: the allocator settings and the timing."""
+import os
+import sys
 import time
+
+# sconce_core::ALLOCATOR_ENV, which the Rust benches and examples run with: both sides of a
+# comparison get the same glibc malloc settings.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4000000000",
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "MALLOC_TOP_PAD_": "536870912",
+    "MALLOC_ARENA_MAX": "1",
+}
+
+
+def same_allocator():
+    """Re-executes the script with ALLOCATOR_ENV unless it is set (glibc reads it at start-up)."""
+    if "MALLOC_TOP_PAD_" in os.environ or "SCONCE_MALLOC_DEFAULTS" in os.environ:
+        return
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **ALLOCATOR_ENV})
 
 
 def median_time(fn, warmup=3, min_time=3.0, min_iters=10):

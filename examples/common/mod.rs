@@ -104,37 +104,11 @@ pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) 
     Ok(())
 }
 
-/// glibc settings that keep freed memory instead of returning it to the OS after every large
-/// tensor (see docs/benchmarks.md: a first touch of fresh memory costs ~3.5 µs per page here,
-/// and a training step frees and reallocates hundreds of MiB). glibc reads them only at
-/// start-up, so when they are not set the example re-executes itself with them once. Set
-/// `SCONCE_MALLOC_DEFAULTS=1` to keep glibc's defaults. One arena: the training step runs on a
-/// pool worker (`sconce_tensor::on_pool`) and the kernels allocate on the other workers, and
-/// with an arena per thread each kept its own peak (`segment`: 1.36 GiB peak RSS instead of
-/// 0.66, at the same speed).
+/// glibc settings that keep freed memory between training steps (`sconce::tune_allocator`,
+/// which re-executes the example once with them; `SCONCE_MALLOC_DEFAULTS=1` keeps glibc's
+/// defaults).
 pub(crate) fn tune_allocator() {
-    const VARS: [(&str, &str); 4] = [
-        ("MALLOC_MMAP_THRESHOLD_", "4000000000"),
-        ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
-        ("MALLOC_TOP_PAD_", "536870912"),
-        ("MALLOC_ARENA_MAX", "1"),
-    ];
-    if std::env::var_os("SCONCE_MALLOC_DEFAULTS").is_some() || std::env::var_os("MALLOC_TOP_PAD_").is_some() {
-        return;
+    if let sconce::AllocatorTuning::Failed(err) = sconce::tune_allocator() {
+        tracing::debug!("could not re-execute with allocator settings: {err}");
     }
-    #[cfg(all(unix, target_env = "gnu"))]
-    {
-        use std::os::unix::process::CommandExt;
-        if let Ok(exe) = std::env::current_exe() {
-            let mut cmd = std::process::Command::new(exe);
-            cmd.args(std::env::args_os().skip(1));
-            for (k, v) in VARS {
-                cmd.env(k, v);
-            }
-            // `exec` only returns on failure; then run with the defaults.
-            let err = cmd.exec();
-            tracing::debug!("could not re-execute with allocator settings: {err}");
-        }
-    }
-    let _ = VARS;
 }

@@ -10,6 +10,7 @@
 //! | [`Fit`], [`Predict`], [`ParamGuard`], [`Validate`] | classical estimators (SVMs) and checked hyper-parameters |
 //! | [`LoadReport`] | the outcome of matching a weight file to a model |
 //! | [`SeededRng`], [`Init`] | reproducible random numbers and PyTorch's initialisers |
+//! | [`tune_allocator`] | glibc settings that keep freed tensor memory between training steps |
 //! | [`check`] | input checks (rank, finiteness, label range) that return errors, not panics |
 //!
 //! ```
@@ -26,6 +27,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod activation;
+mod alloc;
 pub mod check;
 mod error;
 mod init;
@@ -34,6 +36,7 @@ mod traits;
 mod weights;
 
 pub use activation::Activation;
+pub use alloc::{ALLOCATOR_ENV, AllocatorTuning, tune_allocator};
 pub use error::{Error, Result};
 pub use init::{FanMode, Init, Nonlinearity, calculate_gain, fans};
 pub use rng::{SeededRng, SplitMix64};

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, criterion_group};
 use sconce_core::SeededRng;
 use sconce_tensor::{
@@ -22,27 +22,14 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap_or_else(|e| panic!("bench input: {e}"))
 }
 
-/// Backward with a given upstream gradient, like PyTorch's `y.backward(gy)`: a scalar op whose
-/// backward hands `gy` to `y` as is. (`(y * gy).sum().backward()` would time candle's `mul`
-/// backward, ~150 ms on these shapes, rather than the kernel.)
-struct Seed(Tensor);
-
-impl CustomOp1 for Seed {
-    fn name(&self) -> &'static str {
-        "seed-gradient"
-    }
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
-    }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(self.0.clone()))
-    }
-}
-
-/// Runs the backward pass of `y` with upstream gradient `gy`; true if `x` got a gradient.
-fn backward_with(y: &Tensor, gy: &Tensor, x: &Var) -> bool {
-    let seed = y.apply_op1(Seed(gy.clone())).unwrap_or_else(|e| panic!("{e}"));
-    seed.backward().map(|g| g.get(x.as_tensor()).is_some()).unwrap_or(false)
+/// Runs the backward pass of `y` seeded with ones, candle's own `y.backward()` on a
+/// non-scalar output, the same work as PyTorch's `y.backward(torch.ones_like(y))` that
+/// `scripts/bench_tensor.py` times: one fill of the upstream gradient, handed to the op as is.
+/// True if `x` got a gradient. (A random upstream gradient needs a seeding op, and candle then
+/// adds it into a zero-filled buffer, a cost PyTorch's `y.backward(gy)` has no counterpart for:
+/// it made the 1×1 rows ~5 ms slower.)
+fn backward_ones(y: &Tensor, x: &Var) -> bool {
+    y.backward().map(|g| g.get(x.as_tensor()).is_some()).unwrap_or(false)
 }
 
 /// `(name, x shape, w shape, stride, padding)`: ResNet50's 3×3 and 1×1 convolutions at batch 8
@@ -54,6 +41,10 @@ const CONVS: &[ConvCase] = &[
     ("1x1_c64_h56_b8", [8, 64, 56, 56], [256, 64, 1, 1], 1, 0),
     ("1x1_c256_h56_b8", [8, 256, 56, 56], [64, 256, 1, 1], 1, 0),
     ("3x3_c128_h28_b8", [8, 128, 28, 28], [128, 128, 3, 3], 1, 1),
+    ("3x3_c256_h14_b8", [8, 256, 14, 14], [256, 256, 3, 3], 1, 1),
+    ("1x1_c1024_h14_b8", [8, 1024, 14, 14], [256, 1024, 1, 1], 1, 0),
+    ("3x3_c512_h7_b8", [8, 512, 7, 7], [512, 512, 3, 3], 1, 1),
+    ("1x1_c2048_h7_b8", [8, 2048, 7, 7], [512, 2048, 1, 1], 1, 0),
     ("7x7_c3_h224_b8", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3),
 ];
 
@@ -67,27 +58,32 @@ fn bench_conv(c: &mut Criterion) {
         group.bench_function("fwd", |b| b.iter(|| black_box(conv2d(&x, &w, None, &cfg).map(|y| y.dims().len()))));
         let xv = Var::from_tensor(&x).unwrap_or_else(|e| panic!("{e}"));
         let wv = Var::from_tensor(&w).unwrap_or_else(|e| panic!("{e}"));
-        let gy = randn(conv2d(&x, &w, None, &cfg).unwrap_or_else(|e| panic!("{e}")).dims(), 3);
         group.bench_function("fwd_bwd", |b| {
             b.iter(|| {
                 let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, &cfg).unwrap_or_else(|e| panic!("{e}"));
-                black_box(backward_with(&y, &gy, &wv))
+                black_box(backward_ones(&y, &wv))
             })
+        });
+        // What candle's backward pass adds around any op's input gradient: a zero-filled
+        // buffer (`GradStore::or_insert`) and a fresh tensor for `zeros + dx`. Part of every
+        // `fwd_bwd` above; PyTorch hands a leaf's gradient over without either.
+        let dx = randn(&xs, 4);
+        group.bench_function("candle_grad_store", |b| {
+            b.iter(|| black_box(x.zeros_like().and_then(|z| z.add(&dx)).map(|g| g.dims().len())))
         });
         group.finish();
     }
 }
 
-/// Forward + backward of `f` on `x` with a random upstream gradient, in a group `name` (one
+/// Forward + backward of `f` on `x` (upstream gradient: ones), in a group `name` (one
 /// group per shape, like the conv groups, so criterion's directory is `<group>/fwd_bwd`).
 fn bench_fwd_bwd(c: &mut Criterion, name: &str, x: &Var, f: impl Fn(&Tensor) -> sconce_core::Result<Tensor>) {
     let mut group = c.benchmark_group(name);
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    let gy = randn(f(x.as_tensor()).unwrap_or_else(|e| panic!("{e}")).dims(), 7);
     group.bench_function("fwd_bwd", |b| {
         b.iter(|| {
             let y = f(x.as_tensor()).unwrap_or_else(|e| panic!("{e}"));
-            black_box(backward_with(&y, &gy, x))
+            black_box(backward_ones(&y, x))
         })
     });
     group.finish();
@@ -116,6 +112,10 @@ fn bench_pool_resize(c: &mut Criterion) {
 criterion_group!(benches, bench_conv, bench_pool_resize);
 
 fn main() {
+    // Keep freed tensors' memory between iterations, as the examples do (docs/benchmarks.md).
+    if let sconce_core::AllocatorTuning::Failed(e) = sconce_core::tune_allocator() {
+        eprintln!("allocator settings not applied: {e}");
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     sconce_testutil::print_ratios(

@@ -138,6 +138,52 @@ impl PackB for Columns<'_> {
     }
 }
 
+/// [`Columns`] of several images laid one after another along the depth: depth index
+/// `d = i·seg + q` (`q < seg`) of column `j` reads `data[i·stride + offs[j] + q]`. A batch's
+/// weight gradient over small maps as one product (depth `N·seg`) instead of one per image,
+/// each of which read and wrote the whole `dW` for a depth of a few dozen positions.
+pub(crate) struct ImageColumns<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) offs: &'a [usize],
+    pub(crate) seg: usize,
+    pub(crate) stride: usize,
+}
+
+impl PackB for ImageColumns<'_> {
+    fn check(&self, k: usize, n: usize) -> candle_core::Result<()> {
+        if k == 0 || n == 0 {
+            return Ok(());
+        }
+        if self.seg == 0 || !k.is_multiple_of(self.seg) {
+            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {}", self.seg);
+        }
+        if self.offs.len() < n {
+            candle_core::bail!("sgemm: {n} columns but {} column offsets", self.offs.len());
+        }
+        let last = (k / self.seg - 1) * self.stride;
+        if self.offs[..n].iter().any(|&o| last + o + self.seg > self.data.len()) {
+            candle_core::bail!("sgemm: the last image's columns run past the operand's {} values", self.data.len());
+        }
+        Ok(())
+    }
+
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
+            let j = j0 + jp * NR;
+            let w = NR.min(j0 + nc - j);
+            // The block's depth rows, image by image.
+            let mut d = k0;
+            while d < k0 + kc {
+                let (img, q) = (d / self.seg, d % self.seg);
+                let len = (self.seg - q).min(k0 + kc - d);
+                let rows = &mut panel[(d - k0) * NR..(d - k0 + len) * NR];
+                pack_transposed(&self.data[img * self.stride..], |jj| self.offs[jj], q, len, j, w, rows);
+                d += len;
+            }
+        }
+    }
+}
+
 /// One `kc×NR` panel from columns stored contiguously: `panel[p][c] = data[col(j + c) + k0 + p]`
 /// for `c < w`, zero for `c ≥ w`; 16×16 blocks go through registers.
 fn pack_transposed(

@@ -159,6 +159,37 @@ fn input_gradients_of_a_batch_equal_each_image_alone() -> Result<()> {
 }
 
 #[test]
+fn weight_gradients_of_a_batch_on_small_maps_match_f64() -> Result<()> {
+    // Small output maps (grid ≤ 256 positions) with a deep weight (C·kh·kw ≥ 192) take the
+    // weight gradient of the whole batch as one product whose depth runs over the images; f64
+    // takes the per-image im2col path, the reference. Padded 3×3 (7×7 and 13×13 maps: image
+    // boundaries inside and across depth blocks), strided 3×3, and an unpadded 1×1 read in place.
+    let cases = [
+        ([5, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
+        ([3, 24, 13, 13], [16, 24, 3, 3], Conv2dConfig::default().padding(1)),
+        ([4, 32, 14, 13], [8, 32, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
+        ([6, 256, 7, 7], [16, 256, 1, 1], Conv2dConfig::default()),
+        ([1, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
+    ];
+    for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+        let x = random(xs, 70 + i as u64)?;
+        let w64 = random(ws, 80 + i as u64)?;
+        let gy = random(conv2d(&x, &w64, None, cfg)?.dims(), 90 + i as u64)?;
+        let dw = |dtype: DType| -> Result<Tensor> {
+            let w = Var::from_tensor(&w64.to_dtype(dtype)?)?;
+            let y = conv2d(&x.to_dtype(dtype)?, w.as_tensor(), None, cfg)?;
+            let g = (&y * gy.to_dtype(dtype)?)?.sum_all()?.backward()?;
+            Ok(g.get(w.as_tensor()).context("dw")?.to_dtype(DType::F64)?)
+        };
+        let (want, got) = (dw(DType::F64)?, dw(DType::F32)?);
+        let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+        let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff <= 1e-5 * scale, "case {i}: |dw f32 - dw f64| = {diff} (scale {scale})");
+    }
+    Ok(())
+}
+
+#[test]
 fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev)?;

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::Geom;
-use crate::sgemm::{Columns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows, sgemm_packed};
+use crate::sgemm::{Columns, ImageColumns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows, sgemm_packed};
 
 /// Weight gradients with at most this many output channels (per group) run as dot products
 /// along the image ([`sgemm_nt_rows`]).
@@ -23,6 +23,10 @@ const DOT_MAX_O: usize = 64;
 /// 14.3), and 1×1 weight gradients were as fast or faster packed (64 → 64 at 56×56 1.73 vs
 /// 1.94 ms, 512 → 32 at 14×14 0.81 vs 1.00).
 const DOT_MIN_LEN: usize = 512;
+/// Weight gradients whose grid has at most this many positions per image run as one product
+/// over the whole batch ([`ImageColumns`]): per image, a depth of 49…222 positions read and
+/// wrote all of `dW` (ResNet50's last stages: 512·4608 values per 3×3 layer and image).
+const BATCH_MAX_GRID: usize = 256;
 
 /// `y = y·scale[o] + shift[o]` (`+ residual`), then `max(·, 0)` when `relu`, over an image's
 /// `O` planes: a batch norm in eval mode folded into the convolution that feeds it, and a
@@ -380,6 +384,9 @@ impl Geom {
             }
             return Ok(());
         }
+        if threads > 1 && k >= 4 * NR && self.n > 1 && self.g == 1 && sp.n_grid <= BATCH_MAX_GRID {
+            return self.weight_grad_batched(x, dy, dw, sp, &boff);
+        }
         if threads > 1 && k >= 4 * NR {
             return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
                 let (xp, grid) = scratch.split_at_mut(xp_len);
@@ -424,6 +431,46 @@ impl Geom {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::weight_grad_shifted`] for one group and small maps: `dW += A·B` with the depth
+    /// running over every image's grid, `A = [dY_0 | dY_1 | …]` (`O × N·n_grid`, a copy of
+    /// `dY` on the grid) and `B` the images' (padded) input windows, the columns split over
+    /// the pool. `dW` is read and written once instead of once per image.
+    fn weight_grad_batched(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        sp: &ShiftPlan,
+        boff: &[usize],
+    ) -> candle_core::Result<()> {
+        let (k, p, o, n, ng) = (self.k(), self.p(), self.o, self.n, sp.n_grid);
+        let (img_len, depth) = (self.image_len(), n * ng);
+        let src_len = if sp.pad { self.c * sp.plane } else { img_len };
+        let xp_len = if sp.pad { n * src_len } else { 0 };
+        let grid_len = if sp.compact { o * ng } else { 0 };
+        <f32 as crate::kernel::Real>::with_scratch(o * depth + xp_len + grid_len, |scratch| {
+            let (a_all, rest) = scratch.split_at_mut(o * depth);
+            let (xp, grid) = rest.split_at_mut(xp_len);
+            for (img, dy_img) in dy.chunks_exact(o * p).enumerate() {
+                let g = self.dy_on_grid(dy_img, grid, sp);
+                for (row, src) in a_all.chunks_exact_mut(depth).zip(g.chunks_exact(ng)) {
+                    row[img * ng..(img + 1) * ng].copy_from_slice(src);
+                }
+            }
+            let data: &[f32] = if sp.pad {
+                xp.par_chunks_exact_mut(src_len)
+                    .zip(x.par_chunks_exact(img_len))
+                    .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
+                xp
+            } else {
+                x
+            };
+            let a = Strided { data: a_all, rs: depth, cs: 1 };
+            let b = ImageColumns { data, offs: boff, seg: ng, stride: src_len };
+            sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())
+        })
     }
 }
 

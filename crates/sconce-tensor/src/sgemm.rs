@@ -314,6 +314,62 @@ impl PackB for Shifted<'_> {
     }
 }
 
+/// [`Shifted`] rows over gathered columns: row `r = c·taps + t`, column `j` is
+/// `data[c·plane + offs[t] + base[j]]`. Columns whose bases follow each other (one output row
+/// of one image) are copied as runs. A batch of small maps as one product over only the
+/// output positions: per image, a 7×7 map's 49 columns (61 on its padded grid) filled one
+/// 48-column panel and a sliver and streamed the whole weight matrix again.
+pub(crate) struct Gathered<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) plane: usize,
+    pub(crate) offs: &'a [usize],
+    pub(crate) base: &'a [usize],
+}
+
+impl PackB for Gathered<'_> {
+    fn check(&self, k: usize, n: usize) -> candle_core::Result<()> {
+        let taps = self.offs.len();
+        if k == 0 || n == 0 {
+            return Ok(());
+        }
+        if taps == 0 || !k.is_multiple_of(taps) || self.base.len() < n {
+            candle_core::bail!("sgemm: {k} rows over {taps} taps, {n} columns over {} bases", self.base.len());
+        }
+        let max_off = self.offs.iter().copied().max().unwrap_or(0);
+        let max_base = self.base[..n].iter().copied().max().unwrap_or(0);
+        let last = (k / taps - 1) * self.plane + max_off + max_base;
+        if last >= self.data.len() {
+            candle_core::bail!("sgemm: gathered operand needs index {last}, has {}", self.data.len());
+        }
+        Ok(())
+    }
+
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let taps = self.offs.len();
+        let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(NR);
+        for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
+            let j = j0 + jp * NR;
+            let w = NR.min(j0 + nc - j);
+            // (panel column, base, length) of each run of consecutive bases.
+            runs.clear();
+            for (c, &b) in self.base[j..j + w].iter().enumerate() {
+                match runs.last_mut() {
+                    Some((c0, b0, len)) if *b0 + *len == b && *c0 + *len == c => *len += 1,
+                    _ => runs.push((c, b, 1)),
+                }
+            }
+            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+                let r = k0 + p;
+                let src = &self.data[(r / taps) * self.plane + self.offs[r % taps]..];
+                for &(c0, b0, len) in &runs {
+                    row[c0..c0 + len].copy_from_slice(&src[b0..b0 + len]);
+                }
+                row[w..].fill(0.0);
+            }
+        }
+    }
+}
+
 /// `row[..w] = src[..w]`, zeros after: a fixed-size (inlined, vectorised) copy for full rows.
 #[inline(always)]
 fn copy_row(row: &mut [f32], src: &[f32], w: usize) {

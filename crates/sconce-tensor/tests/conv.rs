@@ -159,32 +159,40 @@ fn input_gradients_of_a_batch_equal_each_image_alone() -> Result<()> {
 }
 
 #[test]
-fn weight_gradients_of_a_batch_on_small_maps_match_f64() -> Result<()> {
-    // Small output maps (grid ≤ 256 positions) with a deep weight (C·kh·kw ≥ 192) take the
-    // weight gradient of the whole batch as one product whose depth runs over the images; f64
-    // takes the per-image im2col path, the reference. Padded 3×3 (7×7 and 13×13 maps: image
-    // boundaries inside and across depth blocks), strided 3×3, and an unpadded 1×1 read in place.
+fn batches_of_small_maps_match_f64() -> Result<()> {
+    // In f32, small maps run over the whole batch at once: forwards (and stride-1 input
+    // gradients) with ≤ 64 output pixels as one product over every image's output positions,
+    // weight gradients with grids of ≤ 256 positions and C·kh·kw ≥ 192 as one product whose
+    // depth runs over the images. f64 takes the per-image im2col path: the reference. Padded
+    // 3×3 (image boundaries inside and across depth blocks), strided 3×3, an unpadded 1×1 read
+    // in place, 70 images (two chunks of images for both), and a single image.
     let cases = [
         ([5, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
         ([3, 24, 13, 13], [16, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([4, 32, 14, 13], [8, 32, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
         ([6, 256, 7, 7], [16, 256, 1, 1], Conv2dConfig::default()),
+        ([70, 24, 8, 8], [8, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([1, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
-        let x = random(xs, 70 + i as u64)?;
+        let x64 = random(xs, 70 + i as u64)?;
         let w64 = random(ws, 80 + i as u64)?;
-        let gy = random(conv2d(&x, &w64, None, cfg)?.dims(), 90 + i as u64)?;
-        let dw = |dtype: DType| -> Result<Tensor> {
+        let gy = random(conv2d(&x64, &w64, None, cfg)?.dims(), 90 + i as u64)?;
+        let run = |dtype: DType| -> Result<[Tensor; 3]> {
+            let x = Var::from_tensor(&x64.to_dtype(dtype)?)?;
             let w = Var::from_tensor(&w64.to_dtype(dtype)?)?;
-            let y = conv2d(&x.to_dtype(dtype)?, w.as_tensor(), None, cfg)?;
+            let y = conv2d(x.as_tensor(), w.as_tensor(), None, cfg)?;
             let g = (&y * gy.to_dtype(dtype)?)?.sum_all()?.backward()?;
-            Ok(g.get(w.as_tensor()).context("dw")?.to_dtype(DType::F64)?)
+            let dx = g.get(x.as_tensor()).context("dx")?;
+            let dw = g.get(w.as_tensor()).context("dw")?;
+            Ok([y.to_dtype(DType::F64)?, dx.to_dtype(DType::F64)?, dw.to_dtype(DType::F64)?])
         };
-        let (want, got) = (dw(DType::F64)?, dw(DType::F32)?);
-        let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
-        let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert!(diff <= 1e-5 * scale, "case {i}: |dw f32 - dw f64| = {diff} (scale {scale})");
+        let (want, got) = (run(DType::F64)?, run(DType::F32)?);
+        for (name, (want, got)) in ["y", "dx", "dw"].iter().zip(want.iter().zip(&got)) {
+            let scale = want.abs()?.max_all()?.to_scalar::<f64>()?;
+            let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(diff <= 1e-5 * scale, "case {i} {name}: |f32 - f64| = {diff} (scale {scale})");
+        }
     }
     Ok(())
 }

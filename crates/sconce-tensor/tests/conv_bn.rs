@@ -229,6 +229,9 @@ fn residual_ops_equal_conv_batch_norm_add_relu() -> Result<()> {
         // One image: the product's columns are split over the pool.
         ([1, 8, 16, 16], [24, 8, 1, 1], Conv2dConfig::default()),
         ([1, 4, 20, 20], [12, 4, 3, 3], Conv2dConfig::default().padding(1)),
+        // 66 images of 8×8: the batched small-map product in two chunks of images (64 + 2),
+        // the epilogue's residual indexed by the image's place in the whole batch.
+        ([66, 2, 8, 8], [3, 2, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 300 + 10 * i as u64;

@@ -36,6 +36,9 @@ const BATCH_MAX_GRID: usize = 256;
 /// 11.1/9.6 vs 10.8/10.8 ms; 1×1 1024 → 256: 4.3/3.9 vs 4.6/4.8 ms), the per-image grid
 /// wasting fewer columns there (222 of 256 used vs 61 of 96 at 7×7).
 const GATHER_MAX_P: usize = 64;
+/// Columns (forward) or depth (weight gradient) of one batched product of small maps: the
+/// images are taken in chunks of at most this many positions.
+const BATCH_COLS: usize = 4096;
 
 /// `y = y·scale[o] + shift[o]` (`+ residual`), then `max(·, 0)` when `relu`, over an image's
 /// `O` planes: a batch norm in eval mode folded into the convolution that feeds it, and a
@@ -199,41 +202,47 @@ impl Geom {
         a: &PackedA,
         epi: Option<&Epilogue<'_, f32>>,
     ) -> candle_core::Result<()> {
-        let (n, o, p, img_len) = (self.n, self.o, self.p(), self.image_len());
+        let (o, p, img_len) = (self.o, self.p(), self.image_len());
         let src_len = if sp.pad { self.c * sp.plane } else { img_len };
-        let xp_len = if sp.pad { n * src_len } else { 0 };
-        let cols = n * p;
-        let base: Vec<usize> = (0..n)
+        // Images per product: at most BATCH_COLS columns, so that the scratch stays bounded
+        // for any batch size.
+        let per = (BATCH_COLS / p.max(1)).clamp(1, self.n.max(1));
+        let base: Vec<usize> = (0..per)
             .flat_map(|img| {
                 (0..self.oh).flat_map(move |oy| (0..self.ow).map(move |ox| img * src_len + oy * sp.wq + ox))
             })
             .collect();
-        <f32 as crate::kernel::Real>::with_scratch(xp_len + o * cols, |scratch| {
+        let xp_len = if sp.pad { per * src_len } else { 0 };
+        <f32 as crate::kernel::Real>::with_scratch(xp_len + o * per * p, |scratch| {
             let (xp, c) = scratch.split_at_mut(xp_len);
-            let data: &[f32] = if sp.pad {
-                xp.par_chunks_exact_mut(src_len)
-                    .zip(x.par_chunks_exact(img_len))
-                    .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
-                xp
-            } else {
-                x
-            };
-            let b = Gathered { data, plane: sp.plane, offs: &sp.offs, base: &base };
-            sgemm_packed(cols, &mut c[..], cols, false, a, &b, rayon::current_num_threads())?;
-            let c = &*c;
-            out.par_chunks_exact_mut(o * p).enumerate().for_each(|(img, y)| {
-                for (oc, yo) in y.chunks_exact_mut(p).enumerate() {
-                    for (d, &v) in yo.iter_mut().zip(&c[oc * cols + img * p..][..p]) {
-                        d.write(v);
+            for (chunk, (x, out)) in x.chunks(per * img_len).zip(out.chunks_mut(per * o * p)).enumerate() {
+                let cols = x.len() / img_len * p;
+                let data: &[f32] = if sp.pad {
+                    xp.par_chunks_exact_mut(src_len)
+                        .zip(x.par_chunks_exact(img_len))
+                        .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
+                    xp
+                } else {
+                    x
+                };
+                let b = Gathered { data, plane: sp.plane, offs: &sp.offs, base: &base[..cols] };
+                let c = &mut c[..o * cols];
+                sgemm_packed(cols, &mut c[..], cols, false, a, &b, rayon::current_num_threads())?;
+                let c = &*c;
+                out.par_chunks_exact_mut(o * p).enumerate().for_each(|(img, y)| {
+                    for (oc, yo) in y.chunks_exact_mut(p).enumerate() {
+                        for (d, &v) in yo.iter_mut().zip(&c[oc * cols + img * p..][..p]) {
+                            d.write(v);
+                        }
                     }
-                }
-                if let Some(e) = epi {
-                    // SAFETY: the loop above wrote every element of `y`, and `MaybeUninit<f32>`
-                    // has `f32`'s layout.
-                    let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
-                    e.apply(img, y, p);
-                }
-            });
+                    if let Some(e) = epi {
+                        // SAFETY: the loop above wrote every element of `y`, and
+                        // `MaybeUninit<f32>` has `f32`'s layout.
+                        let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
+                        e.apply(chunk * per + img, y, p);
+                    }
+                });
+            }
             Ok(())
         })
     }
@@ -507,31 +516,38 @@ impl Geom {
         sp: &ShiftPlan,
         boff: &[usize],
     ) -> candle_core::Result<()> {
-        let (k, p, o, n, ng) = (self.k(), self.p(), self.o, self.n, sp.n_grid);
-        let (img_len, depth) = (self.image_len(), n * ng);
+        let (k, p, o, ng, img_len) = (self.k(), self.p(), self.o, sp.n_grid, self.image_len());
         let src_len = if sp.pad { self.c * sp.plane } else { img_len };
-        let xp_len = if sp.pad { n * src_len } else { 0 };
+        // Images per product: a depth of at most BATCH_COLS, so that the scratch stays bounded
+        // for any batch size; the chunks accumulate into `dw`.
+        let per = (BATCH_COLS / ng.max(1)).clamp(1, self.n.max(1));
+        let xp_len = if sp.pad { per * src_len } else { 0 };
         let grid_len = if sp.compact { o * ng } else { 0 };
-        <f32 as crate::kernel::Real>::with_scratch(o * depth + xp_len + grid_len, |scratch| {
-            let (a_all, rest) = scratch.split_at_mut(o * depth);
+        <f32 as crate::kernel::Real>::with_scratch(o * per * ng + xp_len + grid_len, |scratch| {
+            let (a_all, rest) = scratch.split_at_mut(o * per * ng);
             let (xp, grid) = rest.split_at_mut(xp_len);
-            for (img, dy_img) in dy.chunks_exact(o * p).enumerate() {
-                let g = self.dy_on_grid(dy_img, grid, sp);
-                for (row, src) in a_all.chunks_exact_mut(depth).zip(g.chunks_exact(ng)) {
-                    row[img * ng..(img + 1) * ng].copy_from_slice(src);
+            for (x, dy) in x.chunks(per * img_len).zip(dy.chunks(per * o * p)) {
+                let depth = x.len() / img_len * ng;
+                let a_all = &mut a_all[..o * depth];
+                for (img, dy_img) in dy.chunks_exact(o * p).enumerate() {
+                    let g = self.dy_on_grid(dy_img, grid, sp);
+                    for (row, src) in a_all.chunks_exact_mut(depth).zip(g.chunks_exact(ng)) {
+                        row[img * ng..(img + 1) * ng].copy_from_slice(src);
+                    }
                 }
+                let data: &[f32] = if sp.pad {
+                    xp.par_chunks_exact_mut(src_len)
+                        .zip(x.par_chunks_exact(img_len))
+                        .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
+                    xp
+                } else {
+                    x
+                };
+                let a = Strided { data: a_all, rs: depth, cs: 1 };
+                let b = ImageColumns { data, offs: boff, seg: ng, stride: src_len };
+                sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())?;
             }
-            let data: &[f32] = if sp.pad {
-                xp.par_chunks_exact_mut(src_len)
-                    .zip(x.par_chunks_exact(img_len))
-                    .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
-                xp
-            } else {
-                x
-            };
-            let a = Strided { data: a_all, rs: depth, cs: 1 };
-            let b = ImageColumns { data, offs: boff, seg: ng, stride: src_len };
-            sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())
+            Ok(())
         })
     }
 }

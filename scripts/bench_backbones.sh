@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 B="${CARGO_TARGET_DIR:-$HOME/.cache/sconce-target}/release/examples/benchmark"
 REPEAT="${REPEAT:-1}"
-export MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=536870912 MALLOC_ARENA_MAX=1
+export MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=536870912 MALLOC_ARENA_MAX=1
 while read -r model bench batch img steps warmup; do
     for ((r = 0; r < REPEAT; r++)); do
         rust() { "$B" --model "$model" --bench "$bench" --batch-size "$batch" --img-size "$img" --steps "$steps" --warmup "$warmup" --json; }

@@ -8,16 +8,19 @@ same glibc MALLOC_* settings as the Rust bench)
 import json
 import pathlib
 
+from benchutil import same_allocator
+
+same_allocator()  # before torch is imported: glibc reads the settings at start-up
+
 import torch
 import torch.nn.functional as F
 
-from benchutil import median_time, same_allocator
+from benchutil import median_time
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-losses/benches/reference_torch.json"
 
 
 def main():
-    same_allocator()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     x = (torch.randn(8, 1, 250, 250) * 3).requires_grad_()

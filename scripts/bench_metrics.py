@@ -7,17 +7,20 @@ Run: .venv-ref/bin/python scripts/bench_metrics.py
 import json
 import pathlib
 
+from benchutil import same_allocator
+
+same_allocator()  # before torch is imported: glibc reads the settings at start-up
+
 import torch
 from torchmetrics.classification import BinaryJaccardIndex, MulticlassJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
-from benchutil import median_time, same_allocator
+from benchutil import median_time
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-metrics/benches/reference_torch.json"
 
 
 def main():
-    same_allocator()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     logits = torch.randn(8, 1, 250, 250)

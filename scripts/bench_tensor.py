@@ -12,10 +12,14 @@ import pathlib
 import platform
 import sys
 
+from benchutil import same_allocator
+
+same_allocator()  # before torch is imported: glibc reads the settings at start-up
+
 import torch
 import torch.nn.functional as F
 
-from benchutil import median_time, same_allocator
+from benchutil import median_time
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/sconce-tensor/benches/reference_torch.json"
 THREADS = 2
@@ -82,7 +86,6 @@ def cases():
 
 
 def main():
-    same_allocator()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     ap = argparse.ArgumentParser()

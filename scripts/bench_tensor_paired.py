@@ -33,14 +33,18 @@ def bench_exe():
 
 
 def target_dir():
-    return pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve()
 
 
 def ours(exe, bid, env):
-    subprocess.run([exe, "--bench", f"^{re.escape(bid)}$"], cwd=ROOT / "crates/sconce-tensor", env=env,
-                   check=True, capture_output=True)
     group, fn = bid.rsplit("/", 1)
     est = target_dir() / "criterion" / group.replace("/", "_") / fn / "new/estimates.json"
+    # A stale estimate must not pass for this run's (an id the bench no longer has).
+    est.unlink(missing_ok=True)
+    subprocess.run([exe, "--bench", f"^{re.escape(bid)}$"], cwd=ROOT / "crates/sconce-tensor", env=env,
+                   check=True, capture_output=True)
+    if not est.exists():
+        sys.exit(f"the bench ran no benchmark {bid!r}")
     return json.loads(est.read_text())["median"]["point_estimate"] / 1e9
 
 
@@ -58,7 +62,8 @@ def main():
     ref = json.loads((ROOT / "crates/sconce-tensor/benches/reference_torch.json").read_text())
     ids = [b for b in ref["seconds"] if re.search(args.only, b)]
     exe = bench_exe()
-    env = {**os.environ, **ALLOCATOR_ENV, "CARGO_TARGET_DIR": str(target_dir())}
+    defaults = {} if "SCONCE_MALLOC_DEFAULTS" in os.environ else ALLOCATOR_ENV
+    env = {**os.environ, **defaults, "CARGO_TARGET_DIR": str(target_dir())}
     rows = []
     for bid in ids:
         ratios, o_s, t_s = [], [], []

@@ -7,6 +7,7 @@ import time
 # comparison get the same glibc malloc settings.
 ALLOCATOR_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4000000000",
+    "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": "100000000000",
     "MALLOC_TOP_PAD_": "536870912",
     "MALLOC_ARENA_MAX": "1",
@@ -14,10 +15,12 @@ ALLOCATOR_ENV = {
 
 
 def same_allocator():
-    """Re-executes the script with ALLOCATOR_ENV unless it is set (glibc reads it at start-up)."""
+    """Re-executes the script with ALLOCATOR_ENV unless it is set (glibc reads it at start-up).
+    Call it before importing torch: the re-executed interpreter imports everything again."""
     if "MALLOC_TOP_PAD_" in os.environ or "SCONCE_MALLOC_DEFAULTS" in os.environ:
         return
-    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **ALLOCATOR_ENV})
+    # sys.orig_argv keeps the interpreter's own flags (-u, -X ...).
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **ALLOCATOR_ENV})
 
 
 def median_time(fn, warmup=3, min_time=3.0, min_iters=10):

@@ -9,10 +9,14 @@
 //! its own peak. glibc reads these settings only at start-up, from the environment, so
 //! [`tune_allocator`] re-executes the program once with them set.
 
-/// The environment [`tune_allocator`] sets: no `mmap` for tensors (threshold 4 GB), never trim
-/// the heap, grow it by 512 MiB at a time, one arena for all threads.
-pub const ALLOCATOR_ENV: [(&str, &str); 4] = [
+/// The environment [`tune_allocator`] sets: no `mmap` for tensors (threshold 4 GB; and no
+/// `mmap`ped blocks at all, because glibc before 2.35 refuses thresholds above 32 MiB and would
+/// otherwise keep the 128 KiB default with its adaptation switched off), never trim the heap,
+/// grow it by 512 MiB at a time, one arena for all threads. `scripts/benchutil.py` and
+/// `scripts/bench_backbones.sh` give the PyTorch side the same (a test holds them equal).
+pub const ALLOCATOR_ENV: [(&str, &str); 5] = [
     ("MALLOC_MMAP_THRESHOLD_", "4000000000"),
+    ("MALLOC_MMAP_MAX_", "0"),
     ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
     ("MALLOC_TOP_PAD_", "536870912"),
     ("MALLOC_ARENA_MAX", "1"),
@@ -21,6 +25,7 @@ pub const ALLOCATOR_ENV: [(&str, &str); 4] = [
 /// What [`tune_allocator`] did, when it returned (when it applies the settings it does not return:
 /// the process is replaced by a copy of itself).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AllocatorTuning {
     /// The settings (or the caller's own `MALLOC_TOP_PAD_`) are already in the environment.
     AlreadySet,
@@ -85,9 +90,26 @@ mod tests {
         for (k, v) in ALLOCATOR_ENV {
             assert!(k.starts_with("MALLOC_"), "{k}");
             assert!(k.ends_with('_') || k == "MALLOC_ARENA_MAX", "{k}");
-            assert!(v.parse::<u64>().is_ok_and(|n| n > 0), "{k}={v}");
+            assert!(v.parse::<u64>().is_ok(), "{k}={v}");
         }
         let top_pad = ALLOCATOR_ENV.iter().find(|(k, _)| *k == "MALLOC_TOP_PAD_");
         assert!(top_pad.is_some(), "tune_allocator detects its own settings by MALLOC_TOP_PAD_");
+    }
+
+    #[test]
+    fn the_pytorch_side_gets_the_same_settings() {
+        // The benchmark scripts give PyTorch the same settings: every `KEY=value` (shell) or
+        // `"KEY": "value"` (Python) pair is in them.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (file, fmt) in [("scripts/benchutil.py", "py"), ("scripts/bench_backbones.sh", "sh")] {
+            let Ok(text) = std::fs::read_to_string(root.join(file)) else {
+                // Packaged alone (crates.io), the scripts are not there.
+                continue;
+            };
+            for (k, v) in ALLOCATOR_ENV {
+                let pair = if fmt == "py" { format!("\"{k}\": \"{v}\"") } else { format!("{k}={v}") };
+                assert!(text.contains(&pair), "{file} lacks {pair}");
+            }
+        }
     }
 }

@@ -113,9 +113,7 @@ criterion_group!(benches, bench_conv, bench_pool_resize);
 
 fn main() {
     // Keep freed tensors' memory between iterations, as the examples do (docs/benchmarks.md).
-    if let sconce_core::AllocatorTuning::Failed(e) = sconce_core::tune_allocator() {
-        eprintln!("allocator settings not applied: {e}");
-    }
+    sconce_testutil::bench_allocator();
     benches();
     Criterion::default().configure_from_args().final_summary();
     sconce_testutil::print_ratios(

@@ -346,22 +346,24 @@ impl PackB for Gathered<'_> {
 
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         let taps = self.offs.len();
-        let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(NR);
         for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
             let j = j0 + jp * NR;
             let w = NR.min(j0 + nc - j);
             // (panel column, base, length) of each run of consecutive bases.
-            runs.clear();
+            let mut runs = [(0usize, 0usize, 0usize); NR];
+            let mut nr = 0;
             for (c, &b) in self.base[j..j + w].iter().enumerate() {
-                match runs.last_mut() {
-                    Some((c0, b0, len)) if *b0 + *len == b && *c0 + *len == c => *len += 1,
-                    _ => runs.push((c, b, 1)),
+                if nr > 0 && runs[nr - 1].1 + runs[nr - 1].2 == b {
+                    runs[nr - 1].2 += 1;
+                } else {
+                    runs[nr] = (c, b, 1);
+                    nr += 1;
                 }
             }
             for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
                 let r = k0 + p;
                 let src = &self.data[(r / taps) * self.plane + self.offs[r % taps]..];
-                for &(c0, b0, len) in &runs {
+                for &(c0, b0, len) in &runs[..nr] {
                     row[c0..c0 + len].copy_from_slice(&src[b0..b0 + len]);
                 }
                 row[w..].fill(0.0);
@@ -1215,6 +1217,99 @@ mod tests {
         let mut c = [0f32; 1];
         let a = Strided { data: &data, rs: 10, cs: 1 };
         assert!(sgemm(1, 1, 10, &mut c[..], 1, false, &a, &Columns { data: &data, offs: &[1] }, 1).is_err());
+        Ok(())
+    }
+
+    /// `A·B` for an operand given element-wise: `B[p][j] = b(p, j)`, in f64.
+    fn naive_fn(m: usize, n: usize, k: usize, a: &Strided<'_>, b: impl Fn(usize, usize) -> f32) -> Vec<f64> {
+        let mut dense = vec![0f32; k * n];
+        for p in 0..k {
+            for j in 0..n {
+                dense[p * n + j] = b(p, j);
+            }
+        }
+        naive(m, n, k, a, &Strided { data: &dense, rs: n, cs: 1 })
+    }
+
+    fn assert_product(what: &str, c: &[f32], want: &[f64]) {
+        for (i, (&g, &w)) in c.iter().zip(want).enumerate() {
+            assert!((f64::from(g) - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what} at {i}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn image_columns_run_the_depth_over_images() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        // B[i·seg + q][j] = data[i·stride + offs[j] + q]: segments shorter and longer than a
+        // depth block (so blocks start inside an image), widths around NR, both thread counts.
+        for &(m, n, seg, images) in &[(3, 5, 7, 4), (8, 48, 61, 8), (9, 50, 200, 3), (16, 97, 49, 5)] {
+            let stride = n * 5 + seg + 3;
+            let data = lcg(seg as u64, images * stride);
+            let offs: Vec<usize> = (0..n).map(|j| j * 5 + (j % 3)).collect();
+            let k = images * seg;
+            let a_data = lcg(m as u64 + 2, m * k);
+            let a = Strided { data: &a_data, rs: k, cs: 1 };
+            let want = naive_fn(m, n, k, &a, |p, j| data[(p / seg) * stride + offs[j] + p % seg]);
+            for threads in [1, 2] {
+                let mut c = vec![0f32; m * n];
+                let b = ImageColumns { data: &data, offs: &offs, seg, stride };
+                sgemm(m, n, k, &mut c[..], n, false, &a, &b, threads)?;
+                assert_product(&format!("{m}x{n} seg {seg} x{images}"), &c, &want);
+            }
+        }
+        // A depth that is not whole images, and a last image running past the data: errors.
+        let data = vec![0f32; 20];
+        let a = Strided { data: &data, rs: 10, cs: 1 };
+        let mut c = [0f32; 2];
+        let b = |stride| ImageColumns { data: &data, offs: &[0, 1], seg: 5, stride };
+        assert!(sgemm(1, 2, 7, &mut c[..], 2, false, &a, &b(10), 1).is_err());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &b(15), 1).is_err());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &b(10), 1).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn gathered_columns_read_shifted_rows_at_their_bases() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        // B[c·taps + t][j] = data[c·plane + offs[t] + base[j]], bases in runs of 7 (a 7×7 map's
+        // rows on a 9-wide grid) across images, and a single-column run.
+        let (plane, offs) = (100usize, [0usize, 1, 2, 9, 10, 11, 18, 19, 20]);
+        let images = 3;
+        let mut base: Vec<usize> = (0..images)
+            .flat_map(|i| (0..7).flat_map(move |oy| (0..7).map(move |ox| i * 24 * plane + oy * 9 + ox)))
+            .collect();
+        base.push(5);
+        let (m, n, k) = (10, base.len(), 24 * offs.len());
+        let data = lcg(11, images * 24 * plane);
+        let a_data = lcg(12, m * k);
+        let a = Strided { data: &a_data, rs: k, cs: 1 };
+        let want = naive_fn(m, n, k, &a, |r, j| data[(r / offs.len()) * plane + offs[r % offs.len()] + base[j]]);
+        let packed = PackedA::new(m, k, &a)?;
+        for threads in [1, 2] {
+            let mut c = vec![0f32; m * n];
+            sgemm_packed(
+                n,
+                &mut c[..],
+                n,
+                false,
+                &packed,
+                &Gathered { data: &data, plane, offs: &offs, base: &base },
+                threads,
+            )?;
+            assert_product(&format!("gathered, {threads} threads"), &c, &want);
+        }
+        // Fewer bases than columns, and a base reading past the data: errors.
+        let mut c = vec![0f32; m * n];
+        let short = Gathered { data: &data, plane, offs: &offs, base: &base[..n - 1] };
+        assert!(sgemm_packed(n, &mut c[..], n, false, &packed, &short, 1).is_err());
+        let mut far = base.clone();
+        far[0] = data.len();
+        let far = Gathered { data: &data, plane, offs: &offs, base: &far };
+        assert!(sgemm_packed(n, &mut c[..], n, false, &packed, &far, 1).is_err());
         Ok(())
     }
 

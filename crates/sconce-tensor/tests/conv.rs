@@ -166,14 +166,24 @@ fn batches_of_small_maps_match_f64() -> Result<()> {
     // depth runs over the images. f64 takes the per-image im2col path: the reference. Padded
     // 3×3 (image boundaries inside and across depth blocks), strided 3×3, an unpadded 1×1 read
     // in place, 70 images (two chunks of images for both), and a single image.
-    let cases = [
+    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 8] = [
         ([5, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
         ([3, 24, 13, 13], [16, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([4, 32, 14, 13], [8, 32, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
         ([6, 256, 7, 7], [16, 256, 1, 1], Conv2dConfig::default()),
         ([70, 24, 8, 8], [8, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([1, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
+        // Dilated (batched too), and grouped (per image, whatever the map size).
+        ([6, 24, 7, 7], [16, 24, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
+        ([6, 48, 7, 7], [16, 24, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
     ];
+    // The batched paths split their products over the pool and need more than one thread
+    // (forwards also N·P ≥ 2·48·threads): run on a pool of two whatever the machine has.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(|| check_small_map_batches(&cases))
+}
+
+fn check_small_map_batches(cases: &[([usize; 4], [usize; 4], Conv2dConfig)]) -> Result<()> {
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let x64 = random(xs, 70 + i as u64)?;
         let w64 = random(ws, 80 + i as u64)?;

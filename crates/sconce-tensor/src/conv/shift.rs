@@ -39,6 +39,8 @@ const GATHER_MAX_P: usize = 64;
 /// Columns (forward) or depth (weight gradient) of one batched product of small maps: the
 /// images are taken in chunks of at most this many positions.
 const BATCH_COLS: usize = 4096;
+/// ... and at most this many values of (padded) input per chunk (64 MiB).
+const BATCH_SOURCE: usize = 1 << 24;
 
 /// `y = y·scale[o] + shift[o]` (`+ residual`), then `max(·, 0)` when `relu`, over an image's
 /// `O` planes: a batch norm in eval mode folded into the convolution that feeds it, and a
@@ -203,10 +205,8 @@ impl Geom {
         epi: Option<&Epilogue<'_, f32>>,
     ) -> candle_core::Result<()> {
         let (o, p, img_len) = (self.o, self.p(), self.image_len());
-        let src_len = if sp.pad { self.c * sp.plane } else { img_len };
-        // Images per product: at most BATCH_COLS columns, so that the scratch stays bounded
-        // for any batch size.
-        let per = (BATCH_COLS / p.max(1)).clamp(1, self.n.max(1));
+        let src_len = self.source_len(sp);
+        let per = self.images_per_product(p, src_len);
         let base: Vec<usize> = (0..per)
             .flat_map(|img| {
                 (0..self.oh).flat_map(move |oy| (0..self.ow).map(move |ox| img * src_len + oy * sp.wq + ox))
@@ -217,14 +217,7 @@ impl Geom {
             let (xp, c) = scratch.split_at_mut(xp_len);
             for (chunk, (x, out)) in x.chunks(per * img_len).zip(out.chunks_mut(per * o * p)).enumerate() {
                 let cols = x.len() / img_len * p;
-                let data: &[f32] = if sp.pad {
-                    xp.par_chunks_exact_mut(src_len)
-                        .zip(x.par_chunks_exact(img_len))
-                        .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
-                    xp
-                } else {
-                    x
-                };
+                let data = self.sources(x, xp, sp);
                 let b = Gathered { data, plane: sp.plane, offs: &sp.offs, base: &base[..cols] };
                 let c = &mut c[..o * cols];
                 sgemm_packed(cols, &mut c[..], cols, false, a, &b, rayon::current_num_threads())?;
@@ -245,6 +238,34 @@ impl Geom {
             }
             Ok(())
         })
+    }
+
+    /// Values per image of the planes the taps read ([`Self::sources`]).
+    fn source_len(&self, sp: &ShiftPlan) -> usize {
+        if sp.pad { self.c * sp.plane } else { self.image_len() }
+    }
+
+    /// Images per batched product of small maps: at most [`BATCH_COLS`] columns (or depth) of
+    /// `cols` each and [`BATCH_SOURCE`] values of padded input, so that the scratch stays
+    /// bounded for any batch size and image size.
+    fn images_per_product(&self, cols: usize, src_len: usize) -> usize {
+        let by_cols = BATCH_COLS / cols.max(1);
+        let by_source = BATCH_SOURCE / src_len.max(1);
+        by_cols.min(by_source).clamp(1, self.n.max(1))
+    }
+
+    /// The input planes of a chunk of images (one group), `[N, C, planes]` with a stride of
+    /// [`Self::source_len`]: padded into `xp` in parallel, or `x` itself without padding.
+    fn sources<'a>(&self, x: &'a [f32], xp: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
+        if !sp.pad {
+            return x;
+        }
+        let (src_len, img_len) = (self.source_len(sp), self.image_len());
+        let xp = &mut xp[..x.len() / img_len * src_len];
+        xp.par_chunks_exact_mut(src_len)
+            .zip(x.par_chunks_exact(img_len))
+            .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
+        xp
     }
 
     /// The input planes the taps read: a padded copy in `xp`, or `x` itself without padding.
@@ -300,7 +321,10 @@ impl Geom {
                 &owned
             }
         };
-        if self.n > 1 && self.g == 1 && self.p() <= GATHER_MAX_P {
+        // Enough columns for every thread (the product splits only its columns; with fewer,
+        // images in parallel keep both cores busy).
+        let threads = rayon::current_num_threads();
+        if self.n > 1 && self.g == 1 && self.p() <= GATHER_MAX_P && self.n * self.p() >= 2 * NR * threads {
             return self.forward_gathered(x, out, sp, &packed[0], epi);
         }
         let image =
@@ -517,10 +541,9 @@ impl Geom {
         boff: &[usize],
     ) -> candle_core::Result<()> {
         let (k, p, o, ng, img_len) = (self.k(), self.p(), self.o, sp.n_grid, self.image_len());
-        let src_len = if sp.pad { self.c * sp.plane } else { img_len };
-        // Images per product: a depth of at most BATCH_COLS, so that the scratch stays bounded
-        // for any batch size; the chunks accumulate into `dw`.
-        let per = (BATCH_COLS / ng.max(1)).clamp(1, self.n.max(1));
+        let src_len = self.source_len(sp);
+        // The chunks of images accumulate into `dw`.
+        let per = self.images_per_product(ng, src_len);
         let xp_len = if sp.pad { per * src_len } else { 0 };
         let grid_len = if sp.compact { o * ng } else { 0 };
         <f32 as crate::kernel::Real>::with_scratch(o * per * ng + xp_len + grid_len, |scratch| {
@@ -535,14 +558,7 @@ impl Geom {
                         row[img * ng..(img + 1) * ng].copy_from_slice(src);
                     }
                 }
-                let data: &[f32] = if sp.pad {
-                    xp.par_chunks_exact_mut(src_len)
-                        .zip(x.par_chunks_exact(img_len))
-                        .for_each(|(xp_img, x_img)| self.pad_into(x_img, xp_img, sp));
-                    xp
-                } else {
-                    x
-                };
+                let data = self.sources(x, xp, sp);
                 let a = Strided { data: a_all, rs: depth, cs: 1 };
                 let b = ImageColumns { data, offs: boff, seg: ng, stride: src_len };
                 sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())?;

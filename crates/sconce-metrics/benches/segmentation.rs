@@ -53,7 +53,10 @@ criterion_group!(benches, bench);
 
 fn main() {
     // Keep freed tensors' memory between iterations, as the examples do (docs/benchmarks.md).
-    sconce_testutil::bench_allocator();
+    // (Inline in each bench: sconce-testutil depends on no sconce crate.)
+    if let sconce_core::AllocatorTuning::Failed(e) = sconce_core::tune_allocator() {
+        eprintln!("allocator settings not applied: {e}");
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     sconce_testutil::print_ratios(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference_torch.json"));

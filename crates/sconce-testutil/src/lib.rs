@@ -123,14 +123,6 @@ pub fn check_case_multi(fx: &Fixture, case: &serde_json::Value, f: impl Fn(&[Ten
     Ok(())
 }
 
-/// First thing in a bench's `main`: the allocator settings of `sconce_core::tune_allocator`
-/// (the examples' and the PyTorch scripts'), so both sides of a ratio keep freed memory alike.
-pub fn bench_allocator() {
-    if let sconce_core::AllocatorTuning::Failed(e) = sconce_core::tune_allocator() {
-        eprintln!("allocator settings not applied: {e}");
-    }
-}
-
 /// After a criterion run: reads criterion's median estimates and a reference timing file
 /// (`{"seconds": {"group/shape/fwd": s, ...}}`, written by a script in `scripts/`) and prints
 /// `ours / reference` per benchmark.

@@ -93,10 +93,12 @@ fn main() -> Result<()> {
             Tensor::from_vec((0..batch).map(|i| (i % num_classes) as u32).collect::<Vec<_>>(), batch, &Device::Cpu)?
         };
         let step_inner = || -> Result<()> {
-            let y = model.forward_t(&x, train)?;
             if !train {
+                // As timm's benchmark runs inference under `torch.no_grad()`.
+                sconce::no_grad(|| model.forward_t(&x, false))?;
                 return Ok(());
             }
+            let y = model.forward_t(&x, true)?;
             let loss = if segmentation {
                 (sconce::tensor::softplus(&y)? - (&y * &target)?)?.mean_all()?
             } else {

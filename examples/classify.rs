@@ -99,7 +99,8 @@ fn predict(args: &common::Args) -> Result<()> {
     let x = sconce::hub::eval_transform(img.as_raw(), ih as usize, iw as usize, &cfg.pretrained_cfg, resize)?;
     let [_, h, wd] = cfg.pretrained_cfg.input_size;
     let x = Tensor::from_vec(x, (1, 3, h, wd), &Device::Cpu)?;
-    let probs: Vec<f32> = sconce::tensor::softmax(&model.forward_t(&x, false)?, 1)?.flatten_all()?.to_vec1()?;
+    let probs: Vec<f32> =
+        sconce::tensor::softmax(&sconce::no_grad(|| model.forward_t(&x, false))?, 1)?.flatten_all()?.to_vec1()?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let top: usize = args.get("top", 5)?;

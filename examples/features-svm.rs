@@ -47,7 +47,7 @@ fn features(backbone: &dyn sconce::Backbone, ds: Arc<dyn Dataset>, min: usize) -
         } else {
             b.x
         };
-        let maps = backbone.forward_features(&x, false)?;
+        let maps = sconce::no_grad(|| backbone.forward_features(&x, false))?;
         let last = maps.last().context("backbone returned no feature maps")?;
         let pooled = last.mean(3)?.mean(2)?; // [N, C]
         dim = pooled.dim(1)?;

@@ -214,7 +214,7 @@ fn write_grid(path: &Path, model: &dyn ModuleT, val: &dyn Dataset, pipeline: &Pi
         let s = pipeline.apply(val.get(i)?, &mut sconce::SeededRng::new(0))?;
         (h, w) = (s.height, s.width);
         let x = Tensor::from_vec(s.image.clone(), (1, 3, h, w), &Device::Cpu)?;
-        let y = model.forward_t(&x, false)?;
+        let y = sconce::no_grad(|| model.forward_t(&x, false))?;
         let pred: Vec<f32> = foreground(&y)?.flatten_all()?.to_vec1()?;
         let gt: Vec<f32> = match &s.target {
             sconce::data::Target::Mask(m) => m.iter().map(|&v| f32::from(v.min(1))).collect(),
@@ -351,7 +351,7 @@ fn predict(args: &common::Args, image: &str) -> Result<()> {
         (cfg.img_size, cfg.img_size),
         sconce::tensor::Interpolation::Bilinear { align_corners: false },
     )?;
-    let y = model.forward_t(&x, false)?;
+    let y = sconce::no_grad(|| model.forward_t(&x, false))?;
     let y = sconce::tensor::resize(&y, (oh, ow), sconce::tensor::Interpolation::Bilinear { align_corners: false })?;
     let mask = foreground(&y)?;
     let out = PathBuf::from(args.opt("out").map(String::from).unwrap_or_else(|| {

@@ -76,12 +76,13 @@ impl DenseLayer {
     fn forward(&self, inputs: &[Tensor], train: bool) -> candle_core::Result<Tensor> {
         // Training: two pre-activation convolutions, so neither `relu(norm1(x))` (as wide as
         // the concatenation) nor `relu(norm2(·))` is kept for the backward pass.
-        let x = Tensor::cat(inputs, 1)?;
         if !train {
-            // Eval: norm2 (and its ReLU) folds into conv1's epilogue instead.
-            let y = self.norm2.forward_conv_t(&self.conv1, &self.norm1.forward_relu_t(&x, false)?, false, true)?;
+            // Eval: norm2 (and its ReLU) folds into conv1's epilogue instead, and under
+            // `no_grad` conv1 reads the inputs in place (no concatenation, no activation).
+            let y = self.norm1.forward_cat_relu_conv_eval(inputs, &self.conv1, Some((&self.norm2, true)))?;
             return self.conv2.forward(&y);
         }
+        let x = Tensor::cat(inputs, 1)?;
         let y = self.norm1.forward_relu_conv_t(&x, &self.conv1, true)?;
         self.norm2.forward_relu_conv_t(&y, &self.conv2, true)
     }

@@ -52,7 +52,21 @@ fn eval_case(fx: &Fixture, name: &str, build: impl FnOnce(&Builder) -> Result<Bo
         assert_close(&format!("{name} feature {i}"), f, &fx.get(c, &format!("feature.{i}"))?, RTOL, ATOL)?;
     }
     let y = model.forward_t(&x, false)?;
-    assert_close(&format!("{name} logits"), &y, &fx.get(c, "logits")?, RTOL, ATOL)
+    assert_close(&format!("{name} logits"), &y, &fx.get(c, "logits")?, RTOL, ATOL)?;
+    // Inference without autograd history (DenseNet then reads its concatenations in place).
+    let (feats, y) = sconce_core::no_grad(|| -> Result<_> {
+        Ok((model.forward_features(&x, false)?, model.forward_t(&x, false)?))
+    })?;
+    for (i, f) in feats.iter().enumerate() {
+        assert_close(
+            &format!("{name} feature {i} under no_grad"),
+            f,
+            &fx.get(c, &format!("feature.{i}"))?,
+            RTOL,
+            ATOL,
+        )?;
+    }
+    assert_close(&format!("{name} logits under no_grad"), &y, &fx.get(c, "logits")?, RTOL, ATOL)
 }
 
 #[test]
@@ -79,8 +93,11 @@ fn seg_case(fx: &Fixture, name: &str, model: &str, opts: ModelOptions) -> Result
     let m = create_model(model, &builder(&store), &opts)?;
     assert_eq!(store.num_parameters() as u64, c["params"].as_u64().context("params")?, "{name} parameter count");
     fill(&store)?;
-    let y = m.forward_t(&fx.get(c, "input")?, false)?;
-    assert_close(&format!("{name} logits"), &y, &fx.get(c, "logits")?, RTOL, ATOL)
+    let x = fx.get(c, "input")?;
+    let y = m.forward_t(&x, false)?;
+    assert_close(&format!("{name} logits"), &y, &fx.get(c, "logits")?, RTOL, ATOL)?;
+    let y = sconce_core::no_grad(|| m.forward_t(&x, false))?;
+    assert_close(&format!("{name} logits under no_grad"), &y, &fx.get(c, "logits")?, RTOL, ATOL)
 }
 
 #[test]

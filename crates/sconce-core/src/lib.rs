@@ -10,6 +10,7 @@
 //! | [`Fit`], [`Predict`], [`ParamGuard`], [`Validate`] | classical estimators (SVMs) and checked hyper-parameters |
 //! | [`LoadReport`] | the outcome of matching a weight file to a model |
 //! | [`SeededRng`], [`Init`] | reproducible random numbers and PyTorch's initialisers |
+//! | [`no_grad`], [`set_grad_enabled`], [`grad_enabled`] | inference without autograd history (PyTorch's `torch.no_grad`) |
 //! | [`tune_allocator`] | glibc settings that keep freed tensor memory between training steps |
 //! | [`check`] | input checks (rank, finiteness, label range) that return errors, not panics |
 //!
@@ -30,6 +31,7 @@ mod activation;
 mod alloc;
 pub mod check;
 mod error;
+mod grad;
 mod init;
 mod rng;
 mod traits;
@@ -38,6 +40,7 @@ mod weights;
 pub use activation::Activation;
 pub use alloc::{ALLOCATOR_ENV, AllocatorTuning, tune_allocator};
 pub use error::{Error, Result};
+pub use grad::{grad_enabled, no_grad, set_grad_enabled};
 pub use init::{FanMode, Init, Nonlinearity, calculate_gain, fans};
 pub use rng::{SeededRng, SplitMix64};
 pub use traits::{Backbone, Fit, HeadSpec, Loss, OutputEncoding, ParamGuard, Predict, TargetKind, Validate};

@@ -151,6 +151,55 @@ impl BatchNorm2d {
         conv.forward(&self.forward_relu_t(x, train)?)
     }
 
+    /// `conv(relu(self(cat(parts, 1))))` in eval mode, then `post`'s batch norm (and a ReLU when
+    /// its flag is set): a DenseNet layer's `norm1 → relu1 → conv1 → norm2 → relu2`. For a 1×1
+    /// convolution without bias, stride, padding or groups, under [`sconce_core::no_grad`], the
+    /// parts are read in place ([`sconce_tensor::cat_batch_norm_relu_conv1x1_eval`]: neither
+    /// the concatenation nor the activation is written); otherwise the ops in a row.
+    ///
+    /// # Errors
+    /// As [`Self::forward_relu_t`], [`Conv2d`]'s forward pass and `post`'s; parts of another
+    /// batch size, map size or dtype.
+    pub fn forward_cat_relu_conv_eval(
+        &self,
+        parts: &[Tensor],
+        conv: &Conv2d,
+        post: Option<(&BatchNorm2d, bool)>,
+    ) -> candle_core::Result<Tensor> {
+        let pointwise = conv.bias().is_none()
+            && conv.weight().dims().get(2..) == Some(&[1, 1][..])
+            && *conv.config() == sconce_tensor::Conv2dConfig::default();
+        if pointwise {
+            let (mean, var) = (self.running_mean.get(), self.running_var.get());
+            let pre = self.eval_params(&mean, &var);
+            let post_stats = post.map(|(bn, relu)| (bn.running_mean.get(), bn.running_var.get(), bn, relu));
+            let post_params = post_stats.as_ref().map(|(m, v, bn, relu)| (bn.eval_params(m, v), *relu));
+            return sconce_tensor::cat_batch_norm_relu_conv1x1_eval(
+                parts,
+                &pre,
+                conv.weight().as_tensor(),
+                post_params.as_ref().map(|(p, relu)| (p, *relu)),
+            )
+            .map_err(Error::into_candle);
+        }
+        let y = conv.forward(&self.forward_relu_t(&Tensor::cat(parts, 1)?, false)?)?;
+        match post {
+            None => Ok(y),
+            Some((bn, relu)) => bn.forward_impl(&y, false, relu).map_err(Error::into_candle),
+        }
+    }
+
+    /// This layer's eval-mode parameters, with its running statistics `mean` and `var`.
+    fn eval_params<'a>(&'a self, mean: &'a Tensor, var: &'a Tensor) -> sconce_tensor::BatchNormParams<'a> {
+        sconce_tensor::BatchNormParams {
+            running_mean: mean,
+            running_var: var,
+            weight: self.weight.as_tensor(),
+            bias: self.bias.as_tensor(),
+            eps: self.eps,
+        }
+    }
+
     /// [`Self::forward_conv_t`] on `cat([a, pad(b)], 1)`, `b` zero-padded to `a`'s size as
     /// [`sconce_tensor::conv2d_batch_norm_cat_train`] pads it (extra row/column at the
     /// bottom/right): a U-Net decoder's skip concatenation and first convolution. In training,

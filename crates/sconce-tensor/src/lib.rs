@@ -4,7 +4,7 @@
 //! | area | functions |
 //! |---|---|
 //! | batch norm | [`batch_norm_train`] (fused, memory-lean backward), [`batch_norm_eval`], [`update_running_stats`]; with a fused ReLU: [`batch_norm_relu_train`], [`batch_norm_relu_eval`] |
-//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`]; [`conv2d_batch_norm_train`] (conv, batch norm and ReLU as one autograd node), [`conv2d_batch_norm_eval`] (batch norm folded into the conv); a residual block's last step [`conv2d_batch_norm_add_relu_train`], [`conv2d_batch_norm_add_relu_eval`]; a U-Net decoder's skip concatenation and first conv [`conv2d_batch_norm_cat_train`]; a pre-activation conv (DenseNet) [`batch_norm_relu_conv2d_train`] |
+//! | convolution | [`conv2d`] with [`Conv2dConfig`] (stride, padding, dilation, groups); [`conv_transpose2d`]; [`conv2d_batch_norm_train`] (conv, batch norm and ReLU as one autograd node), [`conv2d_batch_norm_eval`] (batch norm folded into the conv); a residual block's last step [`conv2d_batch_norm_add_relu_train`], [`conv2d_batch_norm_add_relu_eval`]; a U-Net decoder's skip concatenation and first conv [`conv2d_batch_norm_cat_train`]; a pre-activation conv (DenseNet) [`batch_norm_relu_conv2d_train`], and in eval mode over the concatenation's parts in place [`cat_batch_norm_relu_conv1x1_eval`] |
 //! | activation | [`relu`] (one pass each way, PyTorch's gradient at 0), [`add_relu`] (a residual block's `relu(a + b)`) |
 //! | stable math | [`sigmoid`], [`softplus`], [`log_sigmoid`], [`logsumexp`], [`log_softmax`], [`softmax`], [`one_hot`] |
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
@@ -20,6 +20,7 @@ mod batch_norm;
 mod bias;
 mod conv;
 mod conv_bn;
+mod dense;
 pub mod gradcheck;
 mod kernel;
 mod matmul;
@@ -39,6 +40,7 @@ pub use conv_bn::{
     batch_norm_relu_conv2d_train, conv2d_batch_norm_add_relu_eval, conv2d_batch_norm_add_relu_train,
     conv2d_batch_norm_cat_train, conv2d_batch_norm_eval, conv2d_batch_norm_train,
 };
+pub use dense::{BatchNormParams, cat_batch_norm_relu_conv1x1_eval};
 pub use pool::{
     AvgPool2d, MaxPool2d, adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d,
 };

@@ -372,6 +372,131 @@ impl PackB for Gathered<'_> {
     }
 }
 
+/// Row `k` of a [`CatRows`] operand: one channel of one input of a concatenation, image `i`'s
+/// plane at `data[part][offset + i·stride ..]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CatRow {
+    pub(crate) part: usize,
+    pub(crate) offset: usize,
+    pub(crate) stride: usize,
+}
+
+/// The input of a 1×1 convolution over `relu(bn(cat(parts)))` without the concatenation or the
+/// activation in memory: `B[k][i·p + q] = max(x·scale[k] + shift[k], 0)` (no `max` without
+/// `relu`) for `x = data[part][offset + i·stride + q]` of row `k`'s [`CatRow`], applied while
+/// packing. Columns run over the `images` images' `p` positions each. DenseNet's layers each
+/// concatenated every earlier feature map and wrote its batch norm's output before the product
+/// read it: two copies of an input that grows with every layer.
+pub(crate) struct CatRows<'a> {
+    pub(crate) data: &'a [&'a [f32]],
+    pub(crate) rows: &'a [CatRow],
+    pub(crate) p: usize,
+    pub(crate) images: usize,
+    pub(crate) scale: &'a [f32],
+    pub(crate) shift: &'a [f32],
+    pub(crate) relu: bool,
+}
+
+impl PackB for CatRows<'_> {
+    fn check(&self, k: usize, n: usize) -> candle_core::Result<()> {
+        if k == 0 || n == 0 {
+            return Ok(());
+        }
+        if k > self.rows.len() || k > self.scale.len() || k > self.shift.len() || n > self.images * self.p {
+            candle_core::bail!(
+                "sgemm: {k}x{n} product over {} rows ({} scales, {} shifts) of {} images of {}",
+                self.rows.len(),
+                self.scale.len(),
+                self.shift.len(),
+                self.images,
+                self.p
+            );
+        }
+        let last_image = (n - 1) / self.p;
+        for r in &self.rows[..k] {
+            let Some(d) = self.data.get(r.part) else {
+                candle_core::bail!("sgemm: row of part {} of {}", r.part, self.data.len())
+            };
+            if r.offset + last_image * r.stride + self.p > d.len() {
+                candle_core::bail!("sgemm: a concatenated row runs past its part's {} values", d.len());
+            }
+        }
+        Ok(())
+    }
+
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        // SAFETY: packers only run inside `sgemm`, which checked `available()`.
+        unsafe { self.pack_avx512(k0, kc, j0, nc, dst) }
+    }
+}
+
+impl CatRows<'_> {
+    /// [`PackB::pack`], compiled for AVX-512 so that [`affine_into`] inlines: a full row is
+    /// three loads, multiply-adds, maxima and stores.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        // (panel, panel column, image, position, length) of each run within one image, then row
+        // by row across all panels: each row of the block is read front to back (a stream the
+        // prefetcher follows), not one panel's slice of every row at a time.
+        let mut runs = Vec::with_capacity(nc.div_ceil(NR) + nc.div_ceil(self.p.max(1)) + 1);
+        for (jp, j) in (j0..j0 + nc).step_by(NR).enumerate() {
+            let w = NR.min(j0 + nc - j);
+            let mut c = 0;
+            while c < w {
+                let (img, q) = ((j + c) / self.p, (j + c) % self.p);
+                let len = (self.p - q).min(w - c);
+                runs.push((jp, c, img, q, len));
+                c += len;
+            }
+        }
+        let last = nc - (nc.div_ceil(NR) - 1) * NR;
+        for pr in 0..kc {
+            let k = k0 + pr;
+            let r = self.rows[k];
+            let src = self.data[r.part];
+            let (s, t) = (self.scale[k], self.shift[k]);
+            for &(jp, c0, img, q, len) in &runs {
+                let row = &mut dst[(jp * kc + pr) * NR..][..NR];
+                let from = &src[r.offset + img * r.stride + q..][..len];
+                affine_into(&mut row[c0..c0 + len], from, s, t, self.relu);
+            }
+            if last < NR {
+                let jp = nc.div_ceil(NR) - 1;
+                dst[(jp * kc + pr) * NR + last..][..NR - last].fill(0.0);
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[i]·s + t`, then `max(·, 0)` when `relu` (NaN to 0, as the batch-norm kernels);
+/// a fixed-size loop for full panel rows.
+#[inline(always)]
+fn affine_into(dst: &mut [f32], src: &[f32], s: f32, t: f32, relu: bool) {
+    #[inline(always)]
+    fn run(dst: &mut [f32], src: &[f32], s: f32, t: f32, relu: bool) {
+        if relu {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                let a = v * s + t;
+                *d = if a > 0.0 { a } else { 0.0 };
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v * s + t;
+            }
+        }
+    }
+    if dst.len() == NR
+        && let (Some(d), Some(x)) = (dst.first_chunk_mut::<NR>(), src.first_chunk::<NR>())
+    {
+        run(d, x, s, t, relu);
+    } else {
+        run(dst, src, s, t, relu);
+    }
+}
+
 /// `row[..w] = src[..w]`, zeros after: a fixed-size (inlined, vectorised) copy for full rows.
 #[inline(always)]
 fn copy_row(row: &mut [f32], src: &[f32], w: usize) {
@@ -655,9 +780,11 @@ fn product<B: PackB + ?Sized>(
         // passed, and `apack` is `pack_a`'s output for `m×k`.
         unsafe { run(m, k, 0, n, out, ldc, accumulate, apack, b) };
     } else {
-        let per = n.div_ceil(tasks).div_ceil(NR) * NR;
+        // Task boundaries on 16-column vectors, not whole panels: 392 columns (a batch of 7×7
+        // maps) split 240 | 152 by panels left one core idle a sixth of the time.
+        let bound = |t: usize| if t == tasks { n } else { (t * n / tasks).div_ceil(16) * 16 };
         (0..tasks).into_par_iter().for_each(|t| {
-            let (lo, hi) = (t * per, ((t + 1) * per).min(n));
+            let (lo, hi) = (bound(t), bound(t + 1).min(n));
             if lo < hi {
                 // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)`.
                 unsafe { run(m, k, lo, hi, out, ldc, accumulate, apack, b) };

@@ -32,7 +32,9 @@
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // `scope` runs its body on a worker (injected and waited for once from outside the pool,
     // inline on a worker) and returns the body's value.
-    rayon::scope(|_| f())
+    // The caller's gradient mode (`sconce_core::no_grad`) goes along to the worker.
+    let grad = sconce_core::grad_enabled();
+    rayon::scope(|_| sconce_core::set_grad_enabled(grad, f))
 }
 
 #[cfg(test)]
@@ -58,6 +60,14 @@ mod tests {
         assert_eq!(threads, 3);
         assert!(on_worker);
         Ok(())
+    }
+
+    #[test]
+    fn the_gradient_mode_goes_along() {
+        // From outside the pool (injected) and from a worker (inline).
+        assert!(!sconce_core::no_grad(|| on_pool(sconce_core::grad_enabled)));
+        assert!(on_pool(sconce_core::grad_enabled));
+        assert!(!on_pool(|| sconce_core::no_grad(|| on_pool(sconce_core::grad_enabled))));
     }
 
     #[test]

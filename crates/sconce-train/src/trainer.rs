@@ -222,7 +222,7 @@ impl<'a> Trainer<'a> {
     /// [`Error::HeadCheck`] for a configuration that cannot train (softmax over one channel,
     /// targets the loss cannot take, ...).
     pub fn check_head(&self, batch: &Batch) -> Result<Vec<Finding>> {
-        let logits = sconce_tensor::on_pool(|| self.model.forward_t(&batch.x, false))?;
+        let logits = sconce_core::no_grad(|| sconce_tensor::on_pool(|| self.model.forward_t(&batch.x, false)))?;
         let findings =
             HeadChecker::new(logits.dims(), self.cfg.final_activation, self.loss).targets(&batch.y).enforce()?;
         for f in &findings {
@@ -301,10 +301,13 @@ impl<'a> Trainer<'a> {
         let (mut total, mut n) = (0.0, 0usize);
         for b in val.batches(0)? {
             let b = b?;
-            let (logits, l) = sconce_tensor::on_pool(|| -> Result<(Tensor, f64)> {
-                let logits = self.model.forward_t(&b.x, false)?;
-                let l = self.loss.loss(&logits, &b.y)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                Ok((logits, l))
+            // Evaluation needs no autograd history (as PyTorch's `torch.no_grad()`).
+            let (logits, l) = sconce_core::no_grad(|| {
+                sconce_tensor::on_pool(|| -> Result<(Tensor, f64)> {
+                    let logits = self.model.forward_t(&b.x, false)?;
+                    let l = self.loss.loss(&logits, &b.y)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    Ok((logits, l))
+                })
             })?;
             let bs = b.x.dim(0)?;
             total += l * bs as f64;

@@ -98,6 +98,14 @@ impl BnTrain {
 
     /// [`Self::run`], adding `residual` when given; callers check its length.
     fn run_with<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
+        let (scale, shift) = self.coefficients(x, g, b);
+        affine_planes_add(x, self.d, self.relu, residual, |ch| (scale[ch], shift[ch]))
+    }
+
+    /// The batch statistics of `x` (recorded for the backward pass and [`Self::stats`]) as the
+    /// per-channel `(scale, shift)` of the forward map `y = x·scale + shift`: what
+    /// [`Self::run`] applies, for ops that apply it themselves (while packing a product).
+    pub(crate) fn coefficients<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
         // Two passes per channel in f64: the mean, then the centred sum of squares.
@@ -109,13 +117,14 @@ impl BnTrain {
             })
             .collect();
         let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
-        let inv: Vec<f64> = stats.iter().map(|s| 1.0 / (s.1 + self.eps).sqrt()).collect();
-        let y = affine_planes_add(x, self.d, self.relu, residual, |ch| {
-            let scale = inv[ch] * f64_of(g[ch]);
-            (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
-        });
+        let (scale, shift) = (0..c)
+            .map(|ch| {
+                let scale = (1.0 / (stats[ch].1 + self.eps).sqrt()) * f64_of(g[ch]);
+                (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
+            })
+            .unzip();
         let _ = self.saved.set((mean, stats.iter().map(|s| s.1).collect()));
-        y
+        (scale, shift)
     }
 }
 

@@ -169,7 +169,7 @@ impl Geom {
         self.oh * self.ow
     }
     /// A 1×1, stride-1, unpadded convolution reads its input as the column matrix directly.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
     pub(crate) fn weight_len(&self) -> usize {

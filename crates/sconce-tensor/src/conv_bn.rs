@@ -671,6 +671,22 @@ impl Kernel3 for BnReluConv {
             candle_core::bail!("{}: {} batch-norm parameters for {c} channels", Self::NAME, gb.len());
         }
         let (gamma, beta) = gb.split_at(c);
+        let g = &self.geom;
+        // A 1×1 convolution applies the batch norm and ReLU while packing its input: the
+        // activation is never written (nor read back).
+        if g.pointwise()
+            && g.g == 1
+            && crate::sgemm::available()
+            && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w))
+        {
+            let (scale, shift) = self.bn.coefficients(x, gamma, beta);
+            if let (Some(sf), Some(tf)) = (T::as_f32(&scale), T::as_f32(&shift)) {
+                let y = crate::dense::conv1x1_affine_relu(xf, g.n, g.c, g.h * g.w, wf, g.o, sf, tf)?;
+                if let Some(y) = T::from_f32_vec(y) {
+                    return Ok(y);
+                }
+            }
+        }
         let a = self.bn.run(x, gamma, beta);
         self.geom.forward(&a, w)
     }

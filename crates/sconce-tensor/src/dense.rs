@@ -153,6 +153,27 @@ pub fn cat_batch_norm_relu_conv1x1_eval(
     }
 }
 
+/// `conv1x1(relu(x·scale + shift))` (per input channel, no bias) on the AVX-512 path, the
+/// affine map and ReLU applied while packing: `x` `[N, C, P]`, `w` `[O, C]`, out `[N, O, P]`.
+/// A training-mode pre-activation convolution's forward pass (`batch_norm_relu_conv2d_train`)
+/// without writing and reading back the activation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv1x1_affine_relu(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    p: usize,
+    w: &[f32],
+    o: usize,
+    scale: &[f32],
+    shift: &[f32],
+) -> candle_core::Result<Vec<f32>> {
+    if w.len() != o * c || scale.len() != c || shift.len() != c {
+        candle_core::bail!("{NAME}: {} weights, {} scales, {} shifts for {o}x{c}", w.len(), scale.len(), shift.len());
+    }
+    Plan { n, p, o, channels: &[c] }.run(&[x], w, scale, shift, None)
+}
+
 /// The fast path's sizes: `n` images of `p` positions, `o` output channels, the parts' channels.
 struct Plan<'a> {
     n: usize,

@@ -686,9 +686,20 @@ pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
 /// A left operand packed once for several products (a convolution's weights, shared by every
 /// image of the batch).
 pub(crate) struct PackedA {
+    /// A buffer from [`APOOL`] of at least `len` values; the packed operand is `data[..len]`.
     data: Vec<f32>,
+    len: usize,
     m: usize,
     k: usize,
+}
+
+/// Buffers kept per thread for [`PackedA`]: a convolution packs its weights on every call (for
+/// ResNet50's forward pass 100 MB), and a fresh zeroed buffer each time cost a memset as long
+/// as the packing (2 % of an inference step).
+const APOOL_MAX: usize = 4;
+
+thread_local! {
+    static APOOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl PackedA {
@@ -698,9 +709,38 @@ impl PackedA {
     /// When `a` is shorter than `m×k` needs.
     pub(crate) fn new(m: usize, k: usize, a: &Strided<'_>) -> candle_core::Result<Self> {
         a.check_dims(m, k, "left operand")?;
-        let mut data = vec![0f32; m.div_ceil(MR) * MR * k];
-        pack_a_par(m, k, a, &mut data);
-        Ok(PackedA { data, m, k })
+        let len = m.div_ceil(MR) * MR * k;
+        // The smallest pooled buffer that is large enough, else a new one.
+        let pooled = APOOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let best = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+            best.map(|i| pool.swap_remove(i))
+        });
+        let mut data = pooled.unwrap_or_else(|| vec![0f32; len]);
+        pack_a_par(m, k, a, &mut data[..len]);
+        Ok(PackedA { data, len, m, k })
+    }
+
+    /// The packed operand.
+    fn packed(&self) -> &[f32] {
+        &self.data[..self.len]
+    }
+}
+
+impl Drop for PackedA {
+    /// Returns the buffer to this thread's pool, which keeps the largest [`APOOL_MAX`].
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        APOOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < APOOL_MAX {
+                pool.push(data);
+            } else if let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].len())
+                && pool[i].len() < data.len()
+            {
+                pool[i] = data;
+            }
+        });
     }
 }
 
@@ -719,7 +759,7 @@ pub(crate) fn sgemm_packed<'c, B: PackB + ?Sized>(
 ) -> candle_core::Result<()> {
     let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate)? else { return Ok(()) };
     b.check(a.k, n)?;
-    product(a.m, n, a.k, out, ldc, accumulate, &a.data, b, threads);
+    product(a.m, n, a.k, out, ldc, accumulate, a.packed(), b, threads);
     Ok(())
 }
 

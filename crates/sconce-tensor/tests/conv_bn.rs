@@ -461,6 +461,10 @@ fn pre_activation_op_equals_batch_norm_relu_then_conv() -> Result<()> {
         ([2, 4, 11, 8], [6, 4, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
         ([2, 4, 8, 8], [6, 2, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
         ([2, 32, 14, 14], [32, 32, 3, 3], Conv2dConfig::default().padding(1)),
+        // 1×1 in f32 applies the batch norm while packing: images sharing a product, and maps
+        // of more than 4096 positions one image per product.
+        ([3, 40, 14, 14], [32, 40, 1, 1], Conv2dConfig::default()),
+        ([2, 6, 70, 70], [8, 6, 1, 1], Conv2dConfig::default()),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 500 + 10 * i as u64;

@@ -8,9 +8,12 @@
 //! batch norm is a per-channel scale and shift applied to each image's convolution output as
 //! soon as it is computed (still in cache), with no tensor or graph node of its own.
 
+#![allow(unsafe_code)]
+
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 use sconce_core::Result;
 
 use crate::batch_norm::{BatchStats, BnTrain, ScaleShift, eval_coefficients};
@@ -478,21 +481,44 @@ impl CatPlan {
         if a.len() != self.n * self.ca * hw || b.len() != self.n * self.cb * bhw {
             candle_core::bail!("conv2d_batch_norm_cat: inputs do not match {self:?}");
         }
-        let mut x = vec![T::zero(); self.n * (self.ca + self.cb) * hw];
-        for ((xi, ai), bi) in x
-            .chunks_exact_mut((self.ca + self.cb) * hw)
-            .zip(a.chunks_exact(self.ca * hw))
-            .zip(b.chunks_exact(self.cb * bhw))
-        {
-            let (xa, xb) = xi.split_at_mut(self.ca * hw);
-            xa.copy_from_slice(ai);
-            for (plane, src) in xb.chunks_exact_mut(hw).zip(bi.chunks_exact(bhw)) {
-                for (r, row) in src.chunks_exact(self.wb).enumerate() {
-                    let start = (self.top + r) * self.w + self.left;
-                    plane[start..start + self.wb].copy_from_slice(row);
+        // Every element is written once: `a`'s planes, then `b`'s rows with zeros around them
+        // (no zero fill of the whole buffer first).
+        let len = self.n * (self.ca + self.cb) * hw;
+        let mut x: Vec<T> = Vec::with_capacity(len);
+        let (top, left, wb, w) = (self.top, self.left, self.wb, self.w);
+        x.spare_capacity_mut()[..len]
+            .par_chunks_exact_mut((self.ca + self.cb) * hw)
+            .zip(a.par_chunks_exact(self.ca * hw))
+            .zip(b.par_chunks_exact(self.cb * bhw))
+            .for_each(|((xi, ai), bi)| {
+                let (xa, xb) = xi.split_at_mut(self.ca * hw);
+                for (d, &v) in xa.iter_mut().zip(ai) {
+                    d.write(v);
                 }
-            }
-        }
+                for (plane, src) in xb.chunks_exact_mut(hw).zip(bi.chunks_exact(bhw)) {
+                    let (above, rest) = plane.split_at_mut(top * w);
+                    above.iter_mut().for_each(|d| {
+                        d.write(T::zero());
+                    });
+                    let (rows, below) = rest.split_at_mut(self.hb * w);
+                    for (dst, row) in rows.chunks_exact_mut(w).zip(src.chunks_exact(wb)) {
+                        let (l, r) = dst.split_at_mut(left);
+                        let (mid, r) = r.split_at_mut(wb);
+                        for d in l.iter_mut().chain(r.iter_mut()) {
+                            d.write(T::zero());
+                        }
+                        for (d, &v) in mid.iter_mut().zip(row) {
+                            d.write(v);
+                        }
+                    }
+                    below.iter_mut().for_each(|d| {
+                        d.write(T::zero());
+                    });
+                }
+            });
+        // SAFETY: the images tile `x`; in each, `a`'s planes and every row of `b`'s planes
+        // (above, beside and below `b`'s window included) were written above.
+        unsafe { x.set_len(len) };
         Ok(x)
     }
 }

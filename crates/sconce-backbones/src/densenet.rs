@@ -192,6 +192,7 @@ impl DenseNet {
             }
             y = Tensor::cat(&parts, 1)?;
             drop(parts);
+
             if let Some(t) = self.transitions.get(b) {
                 let skip = t.norm.forward_relu_t(&y, train)?;
                 feats.push(skip.clone());
@@ -202,6 +203,13 @@ impl DenseNet {
             }
         }
         feats.push(self.norm5.forward_t(&y, train)?);
+        if !sconce_core::grad_enabled() {
+            // Under `no_grad` the layers' 1×1 convolutions read their inputs in place and keep
+            // no history; what candle still recorded around them (each layer's 3×3
+            // convolution, the concatenations, the stem) would give some parameters a partial
+            // gradient. Cut it: no parameter of the network gets one.
+            return Ok(feats.iter().map(Tensor::detach).collect());
+        }
         Ok(feats)
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
-use sconce_backbones::{ClassicUnet, ModelOptions, ResNet, ResNetConfig, create_model};
+use sconce_backbones::{ClassicUnet, DenseNet, DenseNetConfig, ModelOptions, ResNet, ResNetConfig, create_model};
 use sconce_core::{Error, SeededRng};
 use sconce_layers::{LoadOptions, ParamStore};
 
@@ -61,6 +61,36 @@ fn assert_overfits(losses: &[f32], end_below: f32) -> Result<()> {
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     if !(last < end_below && last < first * 0.1) {
         bail!("loss fell only from {first} to {last}: {losses:?}");
+    }
+    Ok(())
+}
+
+/// Under `no_grad` DenseNet's layers keep no history: a backward pass through its output must
+/// give its parameters no gradient at all rather than a partial one (the classifier, fed a
+/// constant, gets its full gradient), and with gradients enabled every parameter gets one.
+#[test]
+fn densenet_under_no_grad_gives_its_parameters_no_partial_gradient() -> Result<()> {
+    let store = ParamStore::new();
+    let cfg = DenseNetConfig {
+        growth_rate: 8,
+        block_config: [2, 2, 2, 2],
+        num_init_features: 16,
+        bn_size: 2,
+        in_channels: 3,
+        num_classes: 4,
+    };
+    let model = DenseNet::new(&store.builder(5, DType::F32, &Device::Cpu), &cfg)?;
+    let x = random(&[2, 3, 32, 32], 6)?;
+    for grad in [false, true] {
+        let y = sconce_core::set_grad_enabled(grad, || model.forward_t(&x, false))?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        for (name, var) in store.named_vars() {
+            let got = grads.get(var.as_tensor()).is_some();
+            let want = grad || name.starts_with("classifier");
+            if got != want {
+                bail!("{name}: gradient {got} with gradients enabled {grad}");
+            }
+        }
     }
     Ok(())
 }

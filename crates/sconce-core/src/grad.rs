@@ -35,10 +35,15 @@ pub fn set_grad_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
 /// Runs `f` without gradients, as inference under `torch.no_grad()`: sconce's fused kernels
 /// may then skip what only a backward pass needs (DenseNet's eval-mode layers read their
 /// concatenated inputs in place instead of copying them into one tensor) and return tensors
-/// with no autograd history. Do not call `backward` on anything computed inside: parameters
-/// before such a kernel get no gradient. candle's own ops still record their graph.
+/// with no autograd history. Do not call `backward` on anything computed inside. candle's own
+/// ops still record their graph, so unlike PyTorch nothing fails: a model whose forward pass
+/// took such a path detaches its outputs (DenseNet does), so that its parameters get no
+/// gradient rather than a partial one.
 ///
-/// The mode is per thread; `sconce_tensor::on_pool` carries it to the pool worker it runs on.
+/// The mode is per thread, as PyTorch's. `sconce_tensor::on_pool` carries it to the pool
+/// worker it runs on, but other rayon jobs do not inherit it: a job that a worker steals while
+/// it waits inside another thread's `no_grad` step sees that step's mode. Give concurrent
+/// training and inference threads pools of their own (`ThreadPool::install`).
 ///
 /// ```
 /// let y = sconce_core::no_grad(|| 2 + 2);

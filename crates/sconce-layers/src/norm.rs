@@ -182,10 +182,10 @@ impl BatchNorm2d {
             )
             .map_err(Error::into_candle);
         }
-        let y = conv.forward(&self.forward_relu_t(&Tensor::cat(parts, 1)?, false)?)?;
+        let a = self.forward_relu_t(&Tensor::cat(parts, 1)?, false)?;
         match post {
-            None => Ok(y),
-            Some((bn, relu)) => bn.forward_impl(&y, false, relu).map_err(Error::into_candle),
+            None => conv.forward(&a),
+            Some((bn, relu)) => bn.forward_conv_t(conv, &a, false, relu),
         }
     }
 

@@ -547,6 +547,11 @@ impl BnTrain {
         self.saved.clone()
     }
 
+    /// Whether a ReLU follows the batch norm.
+    pub(crate) fn relu(&self) -> bool {
+        self.relu
+    }
+
     /// Channels.
     pub(crate) fn channels(&self) -> usize {
         self.d.c

@@ -700,7 +700,9 @@ impl Kernel3 for BnReluConv {
         let g = &self.geom;
         // A 1×1 convolution applies the batch norm and ReLU while packing its input: the
         // activation is never written (nor read back).
-        if g.pointwise()
+        // (`batch_norm_relu_conv2d_train` always builds the op with its ReLU.)
+        if self.bn.relu()
+            && g.pointwise()
             && g.g == 1
             && crate::sgemm::available()
             && let (Some(xf), Some(wf)) = (T::as_f32(x), T::as_f32(w))

@@ -84,10 +84,17 @@ pub fn cat_batch_norm_relu_conv1x1_eval(
         let what = format!("{NAME} parts[{i}]");
         let d = nchw(part, &what)?;
         if d[0] != n || d[2] != h || d[3] != wd {
-            return Err(Error::shape(what, format!("[{n}, C, {h}, {wd}] (parts[0]'s batch and size)"), &d));
+            return Err(Error::shape(
+                what,
+                format!("[{n}, C, {h}, {wd}] (parts[0]'s batch and size: concatenate maps of one size)"),
+                &d,
+            ));
         }
         if part.dtype() != dtype {
-            return Err(Error::config(what, format!("dtype {:?} differs from parts[0]'s {dtype:?}", part.dtype())));
+            return Err(Error::config(
+                what,
+                format!("dtype {:?} differs from parts[0]'s {dtype:?}; convert every part to one dtype", part.dtype()),
+            ));
         }
         channels.push(d[1]);
     }
@@ -112,6 +119,9 @@ pub fn cat_batch_norm_relu_conv1x1_eval(
         Some((bn, relu)) => Some((bn.coefficients(o, dtype)?, relu, bn)),
         None => None,
     };
+    if n == 0 {
+        return Ok(Tensor::zeros((0, o, h, wd), dtype, &Device::Cpu)?);
+    }
     if dtype == DType::F32 && crate::sgemm::available() && !sconce_core::grad_enabled() {
         let p = h * wd;
         let contiguous = parts.iter().map(Tensor::contiguous).collect::<candle_core::Result<Vec<_>>>()?;
@@ -195,6 +205,9 @@ impl Plan<'_> {
         epi: Option<&Epilogue<'_, f32>>,
     ) -> candle_core::Result<Vec<f32>> {
         let (n, p, o) = (self.n, self.p, self.o);
+        if n == 0 || p == 0 {
+            return Ok(Vec::new());
+        }
         let c: usize = self.channels.iter().sum();
         for (d, &ci) in data.iter().zip(self.channels) {
             if d.len() != n * ci * p {
@@ -263,5 +276,55 @@ impl Plan<'_> {
         // SAFETY: every image's `o·p` values were written above (or an error returned).
         unsafe { out.set_len(n * o * p) };
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch_norm::BnTrain;
+    use crate::sgemm::{NR, PackB};
+
+    /// The fused forward's activation (packed by [`CatRows`] from [`BnTrain::coefficients`])
+    /// must equal [`BnTrain::replay`]'s bit for bit: the backward pass takes its ReLU mask and
+    /// weight-gradient operand from the replay.
+    #[test]
+    fn packed_activation_is_the_replay_bit_for_bit() -> Result<()> {
+        if !crate::sgemm::available() {
+            return Ok(());
+        }
+        let (n, c, p) = (3, 5, 29);
+        let mut s = 7u64;
+        let mut x: Vec<f32> = (0..n * c * p)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        // Values at the ReLU's edge after the affine map are likely among signed zeros and tiny
+        // numbers; an infinity too.
+        x[..4].copy_from_slice(&[0.0, -0.0, 1e-30, f32::INFINITY]);
+        let g = [0.7f32, -1.3, 2.0, 1e-3, 3.5];
+        let b = [0.1f32, 0.2, -0.3, 0.0, -1.0];
+        let dev = Device::Cpu;
+        let (gt, bt) = (Tensor::new(&g[..], &dev)?, Tensor::new(&b[..], &dev)?);
+        let bn = BnTrain::checked(&[n, c, 1, p], DType::F32, &gt, &bt, 1e-5, true)?;
+        let (scale, shift) = bn.coefficients(&x, &g, &b);
+        let replay = bn.replay(&x, &g, &b)?;
+        let data: [&[f32]; 1] = [&x];
+        let rows: Vec<CatRow> = (0..c).map(|k| CatRow { part: 0, offset: k * p, stride: c * p }).collect();
+        let op = CatRows { data: &data, rows: &rows, p, images: n, scale: &scale, shift: &shift, relu: true };
+        op.check(c, n * p)?;
+        let panels = (n * p).div_ceil(NR);
+        let mut packed = vec![f32::NAN; c * panels * NR];
+        op.pack(0, c, 0, n * p, &mut packed);
+        for k in 0..c {
+            for j in 0..panels * NR {
+                let got = packed[(j / NR * c + k) * NR + j % NR];
+                let want = if j < n * p { replay[(j / p) * c * p + k * p + j % p] } else { 0.0 };
+                assert_eq!(got.to_bits(), want.to_bits(), "channel {k} column {j}: {got} vs {want}");
+            }
+        }
+        Ok(())
     }
 }

@@ -697,6 +697,8 @@ pub(crate) struct PackedA {
 /// ResNet50's forward pass 100 MB), and a fresh zeroed buffer each time cost a memset as long
 /// as the packing (2 % of an inference step).
 const APOOL_MAX: usize = 4;
+/// ... holding at most this many values in all (64 MiB per thread).
+const APOOL_MAX_VALUES: usize = 1 << 24;
 
 thread_local! {
     static APOOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -728,17 +730,33 @@ impl PackedA {
 }
 
 impl Drop for PackedA {
-    /// Returns the buffer to this thread's pool, which keeps the largest [`APOOL_MAX`].
+    /// Returns the buffer to this thread's pool, which keeps the largest [`APOOL_MAX`] up to
+    /// [`APOOL_MAX_VALUES`] in all (at thread exit the buffer is simply freed).
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);
-        APOOL.with(|pool| {
+        if data.is_empty() || data.len() > APOOL_MAX_VALUES {
+            return;
+        }
+        let _ = APOOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
-            if pool.len() < APOOL_MAX {
-                pool.push(data);
-            } else if let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].len())
-                && pool[i].len() < data.len()
-            {
-                pool[i] = data;
+            if pool.len() >= APOOL_MAX {
+                // Replace the smallest buffer if this one is larger.
+                match (0..pool.len()).min_by_key(|&i| pool[i].len()) {
+                    Some(i) if pool[i].len() < data.len() => {
+                        pool.swap_remove(i);
+                    }
+                    _ => return,
+                }
+            }
+            pool.push(data);
+            // Then drop the smallest buffers until the pool fits its budget.
+            while pool.iter().map(Vec::len).sum::<usize>() > APOOL_MAX_VALUES {
+                match (0..pool.len()).min_by_key(|&i| pool[i].len()) {
+                    Some(i) => {
+                        pool.swap_remove(i);
+                    }
+                    None => break,
+                }
             }
         });
     }
@@ -1402,6 +1420,27 @@ mod tests {
         for (i, (&g, &w)) in c.iter().zip(want).enumerate() {
             assert!((f64::from(g) - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what} at {i}: {g} vs {w}");
         }
+    }
+
+    #[test]
+    fn a_pooled_packed_operand_never_shows_an_earlier_one() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        // A large operand of NaNs goes back to this thread's pool; a smaller one with a partial
+        // row panel (m % MR != 0) and a partial depth block then reuses its buffer.
+        let nan = vec![f32::NAN; 64 * 500];
+        drop(PackedA::new(64, 500, &Strided { data: &nan, rs: 500, cs: 1 })?);
+        let (m, k, n) = (13, 201, 50);
+        let a_data = lcg(5, m * k);
+        let b_data = lcg(6, k * n);
+        let a = Strided { data: &a_data, rs: k, cs: 1 };
+        let b = Strided { data: &b_data, rs: n, cs: 1 };
+        let packed = PackedA::new(m, k, &a)?;
+        let mut c = vec![0f32; m * n];
+        sgemm_packed(n, &mut c[..], n, false, &packed, &b, 1)?;
+        assert_product("pooled", &c, &naive(m, n, k, &a, &b));
+        Ok(())
     }
 
     #[test]

@@ -15,6 +15,9 @@
 /// `forward_t` runs on it; do the same around a hand-written loop (forward, loss, backward,
 /// optimizer step), whose backward pass would otherwise run from the calling thread.
 ///
+/// The caller's gradient mode (`sconce_core::no_grad`) goes along to the worker; rayon jobs
+/// spawned otherwise do not inherit it.
+///
 /// A panic in `f` propagates to the caller. Two things change with the thread: `f` runs on a
 /// worker's stack (rayon's default size; set `RUST_MIN_STACK` or build the global pool with a
 /// larger `stack_size` for extremely deep autograd graphs), and a worker waiting inside one

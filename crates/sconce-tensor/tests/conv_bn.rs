@@ -351,6 +351,8 @@ fn cat_op_equals_pad_cat_conv_batch_norm() -> Result<()> {
         ([2, 3, 11, 8], [2, 3, 10, 5], [4, 6, 3, 3], Conv2dConfig::default().stride(2).padding(1)),
         ([2, 2, 8, 8], [2, 2, 7, 7], [4, 2, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
         ([2, 16, 13, 13], [2, 16, 12, 12], [16, 32, 3, 3], Conv2dConfig::default().padding(1)),
+        // Zeros on every side of `b`'s window (top 2, left 2, bottom 2, right 2).
+        ([2, 2, 9, 9], [2, 3, 5, 5], [4, 5, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (as_, bs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 100 + 10 * i as u64;
@@ -465,6 +467,8 @@ fn pre_activation_op_equals_batch_norm_relu_then_conv() -> Result<()> {
         // of more than 4096 positions one image per product.
         ([3, 40, 14, 14], [32, 40, 1, 1], Conv2dConfig::default()),
         ([2, 6, 70, 70], [8, 6, 1, 1], Conv2dConfig::default()),
+        // 1024 positions: products of 4 images, the last chunk short.
+        ([6, 16, 32, 32], [8, 16, 1, 1], Conv2dConfig::default()),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 500 + 10 * i as u64;

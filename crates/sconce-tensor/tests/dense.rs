@@ -49,13 +49,30 @@ fn reference(parts: &[Tensor], pre: &[Tensor; 4], w: &Tensor, post: Option<(&[Te
     })
 }
 
+/// Whether the AVX-512 path (the one that reads the parts in place) runs on this CPU.
+fn fast_path() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let cpu = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let cpu = false;
+    cpu && std::env::var("SCONCE_NO_AVX512").is_err()
+}
+
 #[test]
 fn reads_the_parts_in_place_and_matches_the_ops_in_a_row() -> Result<()> {
+    // Two threads whatever the machine: large maps then take the images-in-parallel branch.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(parts_in_place_cases)
+}
+
+fn parts_in_place_cases() -> Result<()> {
     // (images, parts' channels, H, W, output channels): small maps share a product (7×7, 3×5),
     // large ones (70×70 > 4096 positions) run image by image; one image; channel counts that
     // are not multiples of the register tile's.
-    let cases: [(usize, &[usize], usize, usize, usize); 5] = [
+    let cases: [(usize, &[usize], usize, usize, usize); 6] = [
         (3, &[16, 8, 8], 7, 7, 24),
+        // 1024 positions: products of 4 images, the last one short.
+        (6, &[8, 8], 32, 32, 16),
         (5, &[5, 3], 3, 5, 7),
         (2, &[4, 6, 2], 70, 70, 16),
         (1, &[9], 11, 13, 10),
@@ -75,15 +92,20 @@ fn reads_the_parts_in_place_and_matches_the_ops_in_a_row() -> Result<()> {
             let want = reference(&parts, &pre, &w, post_mode.map(|r| (&post, r)))?;
             let parts32: Vec<Tensor> =
                 parts.iter().map(|p| p.to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
-            let (pre32, post32, w32) = (to_f32(&pre)?, to_f32(&post)?, w.to_dtype(DType::F32)?);
+            let (pre32, post32) = (to_f32(&pre)?, to_f32(&post)?);
+            // A parameter, as in a model: with gradients enabled the result has a history.
+            let w32 = Var::from_tensor(&w.to_dtype(DType::F32)?)?;
             let post_view = view(&post32);
             let pm = post_mode.map(|r| (&post_view, r));
-            let fast = no_grad(|| cat_batch_norm_relu_conv1x1_eval(&parts32, &view(&pre32), &w32, pm))?;
+            let fast = no_grad(|| cat_batch_norm_relu_conv1x1_eval(&parts32, &view(&pre32), w32.as_tensor(), pm))?;
             let what = format!("case {i} post {post_mode:?}");
             assert_close(&format!("{what}, no_grad"), &fast, &want, 1e-4, 1e-4)?;
+            // The in-place path ran (its result has no autograd history).
+            anyhow::ensure!(!fast_path() || !fast.track_op(), "{what}: no_grad took the differentiable path");
             // With gradients enabled: the ops in a row, in f32 and in f64.
-            let slow = cat_batch_norm_relu_conv1x1_eval(&parts32, &view(&pre32), &w32, pm)?;
+            let slow = cat_batch_norm_relu_conv1x1_eval(&parts32, &view(&pre32), w32.as_tensor(), pm)?;
             assert_close(&format!("{what}, grad"), &slow, &want, 1e-4, 1e-4)?;
+            anyhow::ensure!(slow.track_op(), "{what}: with gradients enabled the result lost its history");
             let post64 = view(&post);
             let exact = cat_batch_norm_relu_conv1x1_eval(&parts, &view(&pre), &w, post_mode.map(|r| (&post64, r)))?;
             assert_close(&format!("{what}, f64"), &exact, &want, 1e-12, 1e-12)?;
@@ -107,6 +129,20 @@ fn with_gradients_enabled_it_stays_differentiable() -> Result<()> {
             anyhow::bail!("a gradient is missing");
         };
         assert_close("gradient", g, r, 1e-12, 1e-12)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn an_empty_batch_gives_an_empty_output() -> Result<()> {
+    let dev = Device::Cpu;
+    let parts = [Tensor::zeros((0, 3, 5, 5), DType::F32, &dev)?, Tensor::zeros((0, 2, 5, 5), DType::F32, &dev)?];
+    let pre = to_f32(&bn_params(5, 1)?)?;
+    let w = Tensor::zeros((4, 5, 1, 1), DType::F32, &dev)?;
+    for grad in [false, true] {
+        let y =
+            sconce_core::set_grad_enabled(grad, || cat_batch_norm_relu_conv1x1_eval(&parts, &view(&pre), &w, None))?;
+        assert_eq!(y.dims(), &[0, 4, 5, 5], "gradients {grad}");
     }
     Ok(())
 }

@@ -275,7 +275,10 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
     ("crates/sconce-losses/src/ce.rs", "the logits' gradient written into uninitialised capacity, every element"),
     ("crates/sconce-tensor/src/bias.rs", "the biased output written into uninitialised capacity, plane by plane"),
     ("crates/sconce-losses/src/bce.rs", "the gradient written into uninitialised capacity by the forward pass"),
-    ("crates/sconce-tensor/src/conv_bn.rs", "the skip concatenation written into uninitialised capacity, every element"),
+    (
+        "crates/sconce-tensor/src/conv_bn.rs",
+        "the skip concatenation written into uninitialised capacity, every element",
+    ),
     ("crates/sconce-tensor/src/dense.rs", "DenseNet's eval output written into uninitialised capacity, every element"),
 ];
 

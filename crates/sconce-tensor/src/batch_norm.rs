@@ -69,12 +69,40 @@ impl BnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dx, dg, db) = self.backward_with(x, g, res, grad, None)?;
+        Ok((dx.reshape(x.shape())?, dg, db))
+    }
+
+    /// [`Self::backward`] with `dx` written into zero-padded planes: `[N, C, h + 2ph, w + 2pw]`
+    /// (flat), each plane's `h×w` values at `(ph, pw)`. The layout a stride-1 convolution's
+    /// backward reads `dY` in (its input gradient convolves the padded `dY`; its weight
+    /// gradient reads `dY` on the grid, which is the padded plane from `(ph, pw)` on), so that
+    /// neither pads a copy of it.
+    pub(crate) fn backward_padded(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+        (h, w, ph, pw): (usize, usize, usize, usize),
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        self.backward_with(x, g, res, grad, Some((h, w, ph, pw)))
+    }
+
+    fn backward_with(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+        pad: Option<(usize, usize, usize, usize)>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let gamma = g.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone(), gamma, relu: self.relu };
+        let op = BnBackward { d: self.d, eps: self.eps, saved: self.saved.clone(), gamma, relu: self.relu, pad };
         let all = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
-        let len = x.elem_count();
         let c = self.d.c;
-        let dx = all.narrow(0, 0, len)?.reshape(x.shape())?;
+        let len = all.elem_count() - 2 * c;
+        let dx = all.narrow(0, 0, len)?;
         let dg = all.narrow(0, len, c)?;
         let db = all.narrow(0, len + c, c)?;
         Ok((dx, dg, db))
@@ -269,6 +297,9 @@ struct BnBackward {
     /// γ per channel.
     gamma: Vec<f64>,
     relu: bool,
+    /// `dx` into zero-padded planes when given: `(h, w, ph, pw)`, each `h×w` plane at
+    /// `(ph, pw)` of an `(h + 2ph)×(w + 2pw)` one.
+    pad: Option<(usize, usize, usize, usize)>,
 }
 
 impl BnBackward {
@@ -292,34 +323,57 @@ impl BnBackward {
             })
             .collect();
         // `[dx | dγ | dβ]`, every element written below (no zeroing pass).
-        let len = x.len() + 2 * c;
+        let (h, w, ph, pw) = self.pad.unwrap_or((1, hw, 0, 0));
+        if h * w != hw {
+            candle_core::bail!("batch_norm backward: padded planes of {h}x{w} for {hw} values per plane");
+        }
+        let (hq, wq) = (h + 2 * ph, w + 2 * pw);
+        let out_plane = hq * wq;
+        let len = n * c * out_plane + 2 * c;
         let mut out: Vec<T> = Vec::with_capacity(len);
-        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
-        dx.par_chunks_mut(hw).zip(x.par_chunks(hw)).zip(dy.par_chunks(hw)).zip(y.par_chunks(hw)).enumerate().for_each(
-            |(plane, (((dx, x), dy), y))| {
+        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(n * c * out_plane);
+        dx.par_chunks_mut(out_plane)
+            .zip(x.par_chunks(hw))
+            .zip(dy.par_chunks(hw))
+            .zip(y.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (((dx, x), dy), y))| {
                 let ch = plane % c;
                 let (s, sx) = sums[ch];
                 let k = self.gamma[ch] * inv[ch];
                 // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m) = a·dy + b·(x − mean) + e, centred first
                 // so a large mean does not cost precision in f32.
-                simd(InputGrad::<T, RELU> {
-                    dx,
-                    dy,
-                    y,
-                    x,
-                    a: T::from_f64(k),
-                    bx: T::from_f64(-k * inv[ch] * sx / m),
-                    e: T::from_f64(-k * s / m),
-                    mean: T::from_f64(mean[ch]),
-                });
-            },
-        );
+                let (a, bx, e) = (T::from_f64(k), T::from_f64(-k * inv[ch] * sx / m), T::from_f64(-k * s / m));
+                let mean = T::from_f64(mean[ch]);
+                if self.pad.is_none() {
+                    simd(InputGrad::<T, RELU> { dx, dy, y, x, a, bx, e, mean });
+                    return;
+                }
+                let zero = |d: &mut [MaybeUninit<T>]| {
+                    for v in d {
+                        v.write(T::zero());
+                    }
+                };
+                let (top, rest) = dx.split_at_mut(ph * wq);
+                let (rows, bottom) = rest.split_at_mut(h * wq);
+                zero(top);
+                zero(bottom);
+                for (r, row) in rows.chunks_exact_mut(wq).enumerate() {
+                    let (left, rest) = row.split_at_mut(pw);
+                    let (mid, right) = rest.split_at_mut(w);
+                    zero(left);
+                    zero(right);
+                    let at = r * w..(r + 1) * w;
+                    let (dy, y, x) = (&dy[at.clone()], &y[at.clone()], &x[at]);
+                    simd(InputGrad::<T, RELU> { dx: mid, dy, y, x, a, bx, e, mean });
+                }
+            });
         for ch in 0..c {
             rest[ch].write(T::from_f64(sums[ch].1));
             rest[c + ch].write(T::from_f64(sums[ch].0));
         }
-        // SAFETY: every plane of `dx` (the planes tile it) and all `2c` values of `rest` were
-        // written above.
+        // SAFETY: every plane of `dx` (the planes tile it; padded ones border and rows) and all
+        // `2c` values of `rest` were written above.
         unsafe { out.set_len(len) };
         Ok(out)
     }

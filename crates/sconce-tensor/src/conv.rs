@@ -386,6 +386,25 @@ impl Geom {
         if self.pointwise() { None } else { self.adjoint_conv() }
     }
 
+    /// `(ph, pw)` when this convolution's backward can take its output gradient as zero-padded
+    /// planes ([`Conv2dBackward::with_padded_dy`]): the AVX-512 path, stride 1, one group, an
+    /// output as large as the input with some padding, and a padded `dY` plane that is both the
+    /// input gradient's padded input and the weight gradient's grid — a "same" convolution
+    /// (`2·ph = dh·(kh − 1)`, likewise in width), as every 3×3 convolution of a U-Net.
+    pub(crate) fn padded_dy_layout(&self) -> Option<(usize, usize)> {
+        let same = 2 * self.ph == self.dh * (self.kh - 1) && 2 * self.pw == self.dw * (self.kw - 1);
+        let ok = crate::sgemm::available()
+            && self.sh == 1
+            && self.sw == 1
+            && self.g == 1
+            && self.oh == self.h
+            && self.ow == self.w
+            && (self.ph > 0 || self.pw > 0)
+            && same
+            && self.shift_plan().is_some();
+        ok.then_some((self.ph, self.pw))
+    }
+
     /// The convolution of [`Self::input_grad_as_conv`], pointwise ones included (for those the
     /// im2col path multiplies by `Wᵀ` directly).
     fn adjoint_conv(&self) -> Option<Geom> {
@@ -591,8 +610,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Conv2dBackward { geom: self.geom, need_dx: x.track_op(), need_dw: w.track_op(), transposed: false }
-            .grads(x, w, grad)
+        Conv2dBackward::new(self.geom, x.track_op(), w.track_op()).grads(x, w, grad)
     }
 }
 
@@ -604,15 +622,68 @@ pub(crate) struct Conv2dBackward {
     need_dx: bool,
     need_dw: bool,
     transposed: bool,
+    /// `dy` comes as zero-padded planes ([`Geom::padded_dy_layout`]).
+    dy_padded: bool,
 }
 
 impl Conv2dBackward {
     /// The backward pass of the (not transposed) convolution `geom`.
     pub(crate) fn new(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
-        Self { geom, need_dx, need_dw, transposed: false }
+        Self { geom, need_dx, need_dw, transposed: false, dy_padded: false }
+    }
+
+    /// [`Self::new`] for an `f32` output gradient given as zero-padded planes
+    /// (`[N, O, OH + 2ph, OW + 2pw]`, for a geometry with [`Geom::padded_dy_layout`]): the input
+    /// gradient convolves it as it is and the weight gradient reads it on the grid in place.
+    pub(crate) fn with_padded_dy(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
+        Self { geom, need_dx, need_dw, transposed: false, dy_padded: true }
+    }
+
+    /// [`Self::run`] for a padded `dy` (f32 only).
+    fn run_padded<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        let (Some(xf), Some(wf), Some(dyf)) = (T::as_f32(x), T::as_f32(w), T::as_f32(dy)) else {
+            candle_core::bail!("conv2d backward: a padded output gradient is f32 only");
+        };
+        if g.padded_dy_layout().is_none() {
+            candle_core::bail!("conv2d backward: no padded output gradient for the geometry {g:?}");
+        }
+        let dx_len = if self.need_dx { g.n * g.image_len() } else { 0 };
+        let dw_len = if self.need_dw { g.weight_len() } else { 0 };
+        let mut out: Vec<f32> = Vec::with_capacity(dx_len + dw_len);
+        let (dx, dw) = out.spare_capacity_mut()[..dx_len + dw_len].split_at_mut(dx_len);
+        if self.need_dx {
+            let (Some(conv), Some(_)) = (g.adjoint_conv(), g.shift_plan()) else {
+                candle_core::bail!("conv2d backward: no adjoint convolution for {g:?}");
+            };
+            let Some(mut sp) = conv.shift_plan() else {
+                candle_core::bail!("conv2d backward: no shift plan for {g:?}")
+            };
+            sp.input_padded = true;
+            conv.forward_shifted_with(dyf, &g.flip_transpose(wf), dx, &sp, None, None)?;
+        }
+        if self.need_dw {
+            dw.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+            // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
+            let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
+            let Some(mut sp) = g.shift_plan() else { candle_core::bail!("conv2d backward: no shift plan for {g:?}") };
+            sp.dy_padded = true;
+            g.weight_grad_shifted(xf, dyf, dw, &sp)?;
+        }
+        // SAFETY: the forward pass wrote all of `dx` and the block above all of `dw`.
+        unsafe { out.set_len(dx_len + dw_len) };
+        match T::from_f32_vec(out) {
+            Some(v) => Ok(v),
+            None => candle_core::bail!("conv2d backward: a padded output gradient is f32 only"),
+        }
     }
 
     fn run<T: Real>(&self, x: &[T], w: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        if self.dy_padded {
+            return self.run_padded(x, w, dy);
+        }
         let g = &self.geom;
         let x_len = if self.transposed { g.n * g.o * g.p() } else { g.n * g.image_len() };
         let dx_len = if self.need_dx { x_len } else { 0 };
@@ -861,8 +932,14 @@ impl CustomOp2 for ConvTranspose2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Conv2dBackward { geom: self.geom, need_dx: x.track_op(), need_dw: w.track_op(), transposed: true }
-            .grads(x, w, grad)
+        Conv2dBackward {
+            geom: self.geom,
+            need_dx: x.track_op(),
+            need_dw: w.track_op(),
+            transposed: true,
+            dy_padded: false,
+        }
+        .grads(x, w, grad)
     }
 }
 

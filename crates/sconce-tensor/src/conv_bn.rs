@@ -66,8 +66,18 @@ impl ConvBnCore {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Tensor, Tensor)> {
         let Some(z) = self.z.get() else { candle_core::bail!("{name} backward without a recorded forward pass") };
+        let g = &self.geom;
+        // A "same" convolution in f32 takes `dz` as the padded planes that both of its
+        // gradients read: the batch norm writes it so, and neither pads a copy of it.
+        if z.dtype() == candle_core::DType::F32
+            && let Some((ph, pw)) = g.padded_dy_layout()
+        {
+            let (dzp, dg, db) = self.bn.backward_padded(z, gamma, res, grad, (g.oh, g.ow, ph, pw))?;
+            let (dx, dw) = Conv2dBackward::with_padded_dy(*g, need_dx, need_dw).grads(x, w, &dzp)?;
+            return Ok((dx, dw, dg, db));
+        }
         let (dz, dg, db) = self.bn.backward(z, gamma, res, grad)?;
-        let (dx, dw) = Conv2dBackward::new(self.geom, need_dx, need_dw).grads(x, w, &dz)?;
+        let (dx, dw) = Conv2dBackward::new(*g, need_dx, need_dw).grads(x, w, &dz)?;
         Ok((dx, dw, dg, db))
     }
 }

@@ -454,6 +454,49 @@ fn run_pre(fused: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 5]) -> Result<Vec<
     Ok(out)
 }
 
+/// "Same" stride-1 convolutions take the batch norm's `dz` as padded planes: the input
+/// gradient convolves them as they are, the weight gradient reads them on the grid. Every
+/// weight-gradient path (dot products, batched small maps, per-image products over the pool,
+/// partial sums) and both input-gradient paths (per image, batched small maps), on a
+/// two-thread pool, against the ops in a row.
+#[test]
+fn padded_output_gradients_give_the_ops_in_a_row() -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(|| -> Result<()> {
+        let p1 = Conv2dConfig::default().padding(1);
+        let cases = [
+            // dot-product weight gradient (≤ 64 outputs, ≥ 512 grid positions), two images and one
+            ([2, 4, 24, 24], [8, 4, 3, 3], p1),
+            ([1, 4, 24, 24], [8, 4, 3, 3], p1),
+            // small maps: batched weight gradient and batched input gradient
+            ([4, 24, 7, 7], [32, 24, 3, 3], p1),
+            // per-image products over the pool (> 64 outputs, C·9 ≥ 192)
+            ([2, 24, 18, 18], [72, 24, 3, 3], p1),
+            // a 5×5 kernel, a dilated one, a non-square input
+            ([2, 3, 11, 9], [4, 3, 5, 5], Conv2dConfig::default().padding(2)),
+            ([2, 3, 10, 12], [4, 3, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
+        ];
+        for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
+            let seed = 900 + 10 * i as u64;
+            let o = ws[0];
+            let x = random(xs, seed, 0.3)?;
+            let w = (random(ws, seed + 1, 0.0)? / ((ws[1] * ws[2] * ws[3]) as f64).sqrt())?;
+            let (g, b) = (random(&[o], seed + 2, 1.0)?, random(&[o], seed + 3, 0.2)?);
+            let gy = random(conv2d(&x, &w, None, cfg)?.dims(), seed + 4, 0.0)?;
+            for relu_after in [false, true] {
+                let f = |t: &Tensor| t.to_dtype(DType::F32);
+                let inputs = [&f(&x)?, &f(&w)?, &f(&g)?, &f(&b)?, &f(&gy)?];
+                let got = run(true, relu_after, cfg, inputs)?;
+                let want = run(false, relu_after, cfg, inputs)?;
+                for (k, name) in ["y", "mean", "var", "dx", "dw", "dgamma", "dbeta"].iter().enumerate() {
+                    assert_close(&format!("padded case {i} relu {relu_after} {name}"), &got[k], &want[k], 1e-4, 1e-4)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn pre_activation_op_equals_batch_norm_relu_then_conv() -> Result<()> {
     let cases = [

@@ -123,6 +123,15 @@ pub(super) struct ShiftPlan {
     pad: bool,
     /// Whether the grid has extra columns to drop (`wq ≠ OW`).
     compact: bool,
+    /// The forward input is given already padded (`[N, C, planes]`, as [`Geom::pad_into`]
+    /// lays it out): a convolution over a padded `dz` that its producer wrote in place.
+    pub(super) input_padded: bool,
+    /// The weight gradient's `dY` is given as padded planes of `hq×wq` per channel (for a
+    /// stride-1 convolution whose output is as large as its input, `dY` on the grid is such a
+    /// plane read from [`Self::dy_off`]).
+    pub(super) dy_padded: bool,
+    /// Where the output grid starts in a padded `dY` plane: `ph·wq + pw`.
+    dy_off: usize,
 }
 
 impl Geom {
@@ -154,6 +163,9 @@ impl Geom {
             n_grid: (self.oh - 1) * wq + self.ow,
             pad: self.ph > 0 || self.pw > 0 || sh > 1 || sw > 1,
             compact: wq != self.ow,
+            input_padded: false,
+            dy_padded: false,
+            dy_off: self.ph * wq + self.pw,
         })
     }
 
@@ -204,7 +216,7 @@ impl Geom {
         a: &PackedA,
         epi: Option<&Epilogue<'_, f32>>,
     ) -> candle_core::Result<()> {
-        let (o, p, img_len) = (self.o, self.p(), self.image_len());
+        let (o, p, img_len) = (self.o, self.p(), self.x_len(sp));
         let src_len = self.source_len(sp);
         let per = self.images_per_product(p, src_len);
         let base: Vec<usize> = (0..per)
@@ -212,7 +224,7 @@ impl Geom {
                 (0..self.oh).flat_map(move |oy| (0..self.ow).map(move |ox| img * src_len + oy * sp.wq + ox))
             })
             .collect();
-        let xp_len = if sp.pad { per * src_len } else { 0 };
+        let xp_len = if sp.pad && !sp.input_padded { per * src_len } else { 0 };
         <f32 as crate::kernel::Real>::with_scratch(xp_len + o * per * p, |scratch| {
             let (xp, c) = scratch.split_at_mut(xp_len);
             for (chunk, (x, out)) in x.chunks(per * img_len).zip(out.chunks_mut(per * o * p)).enumerate() {
@@ -257,7 +269,7 @@ impl Geom {
     /// The input planes of a chunk of images (one group), `[N, C, planes]` with a stride of
     /// [`Self::source_len`]: padded into `xp` in parallel, or `x` itself without padding.
     fn sources<'a>(&self, x: &'a [f32], xp: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
-        if !sp.pad {
+        if !sp.pad || sp.input_padded {
             return x;
         }
         let (src_len, img_len) = (self.source_len(sp), self.image_len());
@@ -276,6 +288,34 @@ impl Geom {
         } else {
             x
         }
+    }
+
+    /// Values per image of the forward input as given: padded planes when
+    /// [`ShiftPlan::input_padded`], else `C·H·W`.
+    fn x_len(&self, sp: &ShiftPlan) -> usize {
+        if sp.input_padded { self.source_len(sp) } else { self.image_len() }
+    }
+
+    /// Group `gi`'s planes the taps read from one image as given ([`Self::x_len`] values).
+    fn group_source<'a>(&self, x_img: &'a [f32], gi: usize, xp: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
+        let cg = self.cg();
+        if sp.input_padded {
+            &x_img[gi * cg * sp.plane..(gi + 1) * cg * sp.plane]
+        } else {
+            let hw = self.h * self.w;
+            self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp)
+        }
+    }
+
+    /// Values per output channel of `dY` as given: a padded plane when
+    /// [`ShiftPlan::dy_padded`], else `OH·OW`.
+    fn dy_stride(&self, sp: &ShiftPlan) -> usize {
+        if sp.dy_padded { sp.plane } else { self.p() }
+    }
+
+    /// Row stride of `dY` on the grid ([`Self::dy_on_grid`]'s channels).
+    fn grid_stride(sp: &ShiftPlan) -> usize {
+        if sp.dy_padded { sp.plane } else { sp.n_grid }
     }
 
     /// Forward pass into `out` (`N·O·OH·OW`, every element written: it may start
@@ -302,11 +342,10 @@ impl Geom {
         packed_weights: Option<&PackedA>,
     ) -> candle_core::Result<()> {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
-        let hw = self.h * self.w;
-        if out.len() != self.n * self.o * p || x.len() != self.n * self.image_len() || wt.len() != self.weight_len() {
+        if out.len() != self.n * self.o * p || x.len() != self.n * self.x_len(sp) || wt.len() != self.weight_len() {
             candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
         }
-        let xp_len = if sp.pad { cg * sp.plane } else { 0 };
+        let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
         // The weights are packed once per group, for every image.
@@ -331,7 +370,7 @@ impl Geom {
             |scratch: &mut [f32], img: usize, y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
                 let (xp, grid) = scratch.split_at_mut(xp_len);
                 for (gi, a) in packed.iter().enumerate() {
-                    let src = self.source(&x[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                    let src = self.group_source(x, gi, xp, sp);
                     let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
                     let yg = &mut y[gi * og * p..(gi + 1) * og * p];
                     if sp.compact {
@@ -356,7 +395,7 @@ impl Geom {
                 Ok(())
             };
         let scratch_len = xp_len + grid_len;
-        let (out_len, img_len) = (self.o * p, self.image_len());
+        let (out_len, img_len) = (self.o * p, self.x_len(sp));
         if gemm_threads > 1 {
             <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| {
                 out.chunks_mut(out_len).zip(x.chunks(img_len)).enumerate().try_for_each(|(i, (y, x))| image(s, i, y, x))
@@ -371,6 +410,11 @@ impl Geom {
     /// One group's output gradient `[O/g, OH·OW]` laid out on the grid (zeros in the extra
     /// columns of each row), in `grid`; `dy` itself when the grid has no extra columns.
     fn dy_on_grid<'a>(&self, dyg: &'a [f32], grid: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
+        if sp.dy_padded {
+            // The padded plane read from the grid's start: the pad columns between its rows
+            // are the grid's zero columns.
+            return &dyg[sp.dy_off..];
+        }
         if !sp.compact {
             return dyg;
         }
@@ -395,16 +439,18 @@ impl Geom {
         dw: &mut [f32],
         sp: &ShiftPlan,
     ) -> candle_core::Result<()> {
-        let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
+        let (k, og, cg) = (self.k(), self.og(), self.cg());
         let hw = self.h * self.w;
-        let (img_len, out_len) = (self.image_len(), self.o * p);
+        let (img_len, dys) = (self.image_len(), self.dy_stride(sp));
+        let out_len = self.o * dys;
         if x.len() != self.n * img_len || dy.len() != self.n * out_len || dw.len() != self.weight_len() {
             candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
         }
+        let rs = Self::grid_stride(sp);
         let taps = sp.offs.len();
         let boff: Vec<usize> = (0..k).map(|r| (r / taps) * sp.plane + sp.offs[r % taps]).collect();
         let xp_len = if sp.pad { cg * sp.plane } else { 0 };
-        let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
+        let grid_len = if sp.compact && !sp.dy_padded { og * sp.n_grid } else { 0 };
         let (chunks, _) = self.plan();
         // With enough columns in dW (C/g·kh·kw ≥ 4 panels), the images run one after the other
         // and each product's columns are split over the pool, accumulating straight into `dw`:
@@ -416,14 +462,14 @@ impl Geom {
         let dot = og <= DOT_MAX_O && taps > 1 && sp.n_grid >= DOT_MIN_LEN;
         if dot && self.n < threads && threads > 1 {
             // Fewer images than threads: each image's dW columns are split over the pool.
-            let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
+            let a_offs: Vec<usize> = (0..og).map(|o| o * rs).collect();
             return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
                 let (xp, grid) = scratch.split_at_mut(xp_len);
                 let per = k.div_ceil(threads).max(1);
                 for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                     for gi in 0..self.g {
                         let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                        let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
+                        let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                         let parts = boff
                             .par_chunks(per)
                             .map(|cols| -> candle_core::Result<Vec<f32>> {
@@ -448,7 +494,7 @@ impl Geom {
         }
         if dot {
             let per_chunk = self.n.div_ceil(chunks.max(threads).clamp(1, self.n.max(1))).max(1);
-            let a_offs: Vec<usize> = (0..og).map(|o| o * sp.n_grid).collect();
+            let a_offs: Vec<usize> = (0..og).map(|o| o * rs).collect();
             let partials: Vec<Vec<f32>> = x
                 .par_chunks(per_chunk * img_len)
                 .zip(dy.par_chunks(per_chunk * out_len))
@@ -461,7 +507,7 @@ impl Geom {
                             for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                                 for gi in 0..self.g {
                                     let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                                    let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
+                                    let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                                     let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
                                     sgemm_nt_rows(sp.n_grid, a_data, &a_offs, src, &boff, dwg)?;
                                 }
@@ -488,8 +534,8 @@ impl Geom {
                 for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                     for gi in 0..self.g {
                         let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                        let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
-                        let a = Strided { data: a_data, rs: sp.n_grid, cs: 1 };
+                        let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
+                        let a = Strided { data: a_data, rs, cs: 1 };
                         let b = Columns { data: src, offs: &boff };
                         sgemm(og, k, sp.n_grid, &mut dw[gi * og * k..(gi + 1) * og * k], k, true, &a, &b, threads)?;
                     }
@@ -508,8 +554,8 @@ impl Geom {
                     for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                         for gi in 0..self.g {
                             let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
-                            let a_data = self.dy_on_grid(&dy_img[gi * og * p..(gi + 1) * og * p], grid, sp);
-                            let a = Strided { data: a_data, rs: sp.n_grid, cs: 1 };
+                            let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
+                            let a = Strided { data: a_data, rs, cs: 1 };
                             let b = Columns { data: src, offs: &boff };
                             let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
                             sgemm(og, k, sp.n_grid, dwg, k, true, &a, &b, 1)?;
@@ -540,22 +586,23 @@ impl Geom {
         sp: &ShiftPlan,
         boff: &[usize],
     ) -> candle_core::Result<()> {
-        let (k, p, o, ng, img_len) = (self.k(), self.p(), self.o, sp.n_grid, self.image_len());
+        let (k, o, ng, img_len) = (self.k(), self.o, sp.n_grid, self.image_len());
         let src_len = self.source_len(sp);
         // The chunks of images accumulate into `dw`.
         let per = self.images_per_product(ng, src_len);
         let xp_len = if sp.pad { per * src_len } else { 0 };
-        let grid_len = if sp.compact { o * ng } else { 0 };
+        let grid_len = if sp.compact && !sp.dy_padded { o * ng } else { 0 };
+        let (dys, rs) = (self.dy_stride(sp), Self::grid_stride(sp));
         <f32 as crate::kernel::Real>::with_scratch(o * per * ng + xp_len + grid_len, |scratch| {
             let (a_all, rest) = scratch.split_at_mut(o * per * ng);
             let (xp, grid) = rest.split_at_mut(xp_len);
-            for (x, dy) in x.chunks(per * img_len).zip(dy.chunks(per * o * p)) {
+            for (x, dy) in x.chunks(per * img_len).zip(dy.chunks(per * o * dys)) {
                 let depth = x.len() / img_len * ng;
                 let a_all = &mut a_all[..o * depth];
-                for (img, dy_img) in dy.chunks_exact(o * p).enumerate() {
+                for (img, dy_img) in dy.chunks_exact(o * dys).enumerate() {
                     let g = self.dy_on_grid(dy_img, grid, sp);
-                    for (row, src) in a_all.chunks_exact_mut(depth).zip(g.chunks_exact(ng)) {
-                        row[img * ng..(img + 1) * ng].copy_from_slice(src);
+                    for (oc, row) in a_all.chunks_exact_mut(depth).enumerate() {
+                        row[img * ng..(img + 1) * ng].copy_from_slice(&g[oc * rs..oc * rs + ng]);
                     }
                 }
                 let data = self.sources(x, xp, sp);

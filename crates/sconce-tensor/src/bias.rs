@@ -107,6 +107,47 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+/// `y[i·c·plane + ch·plane + q] += b[ch]` in place (a fused op's bias, added to its fresh
+/// output).
+pub(crate) fn add_in_place<T: Real>(y: &mut [T], b: &[T], plane: usize) {
+    let c = b.len();
+    if c == 0 || plane == 0 {
+        return;
+    }
+    y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+        let bv = b[i % c];
+        simd(AddInPlace { y: p, b: bv });
+    });
+}
+
+/// `y += b` over one plane.
+struct AddInPlace<'a, T> {
+    y: &'a mut [T],
+    b: T,
+}
+
+impl<T: Real> pulp::WithSimd for AddInPlace<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let b = self.b;
+        for v in self.y.iter_mut() {
+            *v += b;
+        }
+    }
+}
+
+/// The bias gradient `Σ over images and the plane, per channel` (`[C]`) of `grad`
+/// (`[N, C, ...]`, `plane` values per channel), in `dtype`.
+pub(crate) fn bias_grad(
+    grad: &Tensor,
+    c: usize,
+    plane: usize,
+    dtype: candle_core::DType,
+) -> candle_core::Result<Tensor> {
+    grad.contiguous()?.apply_op1_no_bwd(&ChannelSums { c, plane })?.to_dtype(dtype)
+}
+
 /// `dy → Σ over images and the plane, per channel` (`[C]`).
 struct ChannelSums {
     c: usize,

@@ -1017,9 +1017,82 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Con
     if (geom.oh, geom.ow) != (h, wd) {
         return Err(Error::config("conv_transpose2d", format!("inconsistent geometry for input {h}x{wd} and {cfg:?}")));
     }
-    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { geom })?;
     match bias {
-        None => Ok(y),
-        Some(b) => crate::bias::add_channel_bias(&y, b, "conv_transpose2d"),
+        None => Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { geom })?),
+        Some(b) => {
+            let c = geom.c;
+            if b.dims() != [c] {
+                return Err(Error::shape("conv_transpose2d bias", format!("[{c}] (one per output channel)"), b.dims()));
+            }
+            if b.dtype() != x.dtype() {
+                return Err(Error::config(
+                    "conv_transpose2d bias dtype",
+                    format!("must match the input's {:?}; convert the bias", x.dtype()),
+                ));
+            }
+            // One op: the bias goes onto the fresh output, and the output before the bias is
+            // not a graph node (no gradient buffer, zero fill and add, of its own).
+            Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvTranspose2dBiasOp { geom })?)
+        }
+    }
+}
+
+/// `conv_transpose2d(x, w) + b` as one op (`b` per output channel).
+struct ConvTranspose2dBiasOp {
+    geom: Geom,
+}
+
+impl Kernel3 for ConvTranspose2dBiasOp {
+    const NAME: &'static str = "conv_transpose2d";
+    fn kernel<T: Real>(&self, x: &[T], w: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        if b.len() != g.c {
+            candle_core::bail!("{}: {} biases for {} output channels", Self::NAME, b.len(), g.c);
+        }
+        let mut y = vec![T::zero(); g.n * g.image_len()];
+        g.input_grad_into(w, x, &mut y)?;
+        crate::bias::add_in_place(&mut y, b, g.h * g.w);
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for ConvTranspose2dBiasOp {
+    fn name(&self) -> &'static str {
+        "sconce-conv-transpose2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (out, _) = cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom;
+        let (dx, dw) = Conv2dBackward {
+            geom: g,
+            need_dx: x.track_op(),
+            need_dw: w.track_op(),
+            transposed: true,
+            dy_padded: false,
+        }
+        .grads(x, w, grad)?;
+        let db = if b.track_op() { Some(crate::bias::bias_grad(grad, g.c, g.h * g.w, b.dtype())?) } else { None };
+        Ok((dx, dw, db))
     }
 }

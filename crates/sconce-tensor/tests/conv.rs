@@ -255,6 +255,11 @@ fn conv_transpose2d_matches_pytorch_and_finite_differences() -> Result<()> {
     assert!(r.max_abs_err < 1e-6, "input grad: {r:?}");
     let r = check_gradient(|t| conv_transpose2d(&x, t, Some(&b), &cfg), &w, 1e-6, 2)?;
     assert!(r.max_abs_err < 1e-6, "weight grad: {r:?}");
+    // The bias is part of the op (no graph node of its own): its gradient too.
+    let r = check_gradient(|t| conv_transpose2d(&x, &w, Some(t), &cfg), &b, 1e-6, 3)?;
+    assert!(r.max_abs_err < 1e-6, "bias grad: {r:?}");
+    let wrong_b = random(&[3], 44)?;
+    assert!(matches!(conv_transpose2d(&x, &w, Some(&wrong_b), &cfg), Err(Error::Shape { .. })));
     let bad = ConvTranspose2dConfig::default().stride(2).output_padding(2);
     assert!(matches!(conv_transpose2d(&x, &w, None, &bad), Err(Error::Config { .. })));
     let wrong_w = random(&[4, 2, 3, 3], 43)?;

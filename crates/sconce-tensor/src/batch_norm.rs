@@ -323,6 +323,14 @@ impl BnBackward {
             })
             .collect();
         // `[dx | dγ | dβ]`, every element written below (no zeroing pass).
+        if x.len() != n * c * hw || y.len() != x.len() || dy.len() != x.len() {
+            candle_core::bail!(
+                "batch_norm backward: {} inputs, {} outputs, {} gradients for {n}x{c}x{hw}",
+                x.len(),
+                y.len(),
+                dy.len()
+            );
+        }
         let (h, w, ph, pw) = self.pad.unwrap_or((1, hw, 0, 0));
         if h * w != hw {
             candle_core::bail!("batch_norm backward: padded planes of {h}x{w} for {hw} values per plane");

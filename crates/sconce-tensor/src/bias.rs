@@ -102,9 +102,22 @@ impl CustomOp2 for BiasAdd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = grad.contiguous()?.apply_op1_no_bwd(&ChannelSums { c: self.c, plane: self.plane })?;
-        Ok((Some(grad.clone()), Some(db.to_dtype(b.dtype())?)))
+        Ok((Some(grad.clone()), Some(bias_grad(grad, self.c, self.plane, b.dtype())?)))
     }
+}
+
+/// Checks that `b` is a bias for `c` output channels of `dtype` (`what` names the op).
+pub(crate) fn check_bias(b: &Tensor, c: usize, dtype: candle_core::DType, what: &str) -> Result<()> {
+    if b.dims() != [c] {
+        return Err(Error::shape(format!("{what} bias"), format!("[{c}] (one per output channel)"), b.dims()));
+    }
+    if b.dtype() != dtype {
+        return Err(Error::config(
+            format!("{what} bias dtype"),
+            format!("must match the input's {dtype:?}; convert the bias with .to_dtype"),
+        ));
+    }
+    Ok(())
 }
 
 /// `y[i·c·plane + ch·plane + q] += b[ch]` in place (a fused op's bias, added to its fresh
@@ -169,9 +182,9 @@ impl candle_core::CustomOp1 for ChannelSums {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         use crate::kernel::contiguous_slice;
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.run(contiguous_slice::<f32>(s, l, "bias_add backward")?)),
-            CpuStorage::F64(_) => CpuStorage::F64(self.run(contiguous_slice::<f64>(s, l, "bias_add backward")?)),
-            other => candle_core::bail!("bias_add backward: expected f32 or f64, got {:?}", other.dtype()),
+            CpuStorage::F32(_) => CpuStorage::F32(self.run(contiguous_slice::<f32>(s, l, "bias gradient")?)),
+            CpuStorage::F64(_) => CpuStorage::F64(self.run(contiguous_slice::<f64>(s, l, "bias gradient")?)),
+            other => candle_core::bail!("bias gradient: expected f32 or f64, got {:?}", other.dtype()),
         };
         Ok((out, Shape::from(self.c)))
     }
@@ -181,12 +194,7 @@ impl candle_core::CustomOp1 for ChannelSums {
 /// Checks `b`'s shape and dtype against `what`.
 pub(crate) fn add_channel_bias(y: &Tensor, b: &Tensor, what: &str) -> Result<Tensor> {
     let c = y.dims().get(1).copied().unwrap_or(0);
-    if b.dims() != [c] {
-        return Err(Error::shape(format!("{what} bias"), format!("[{c}] (one per output channel)"), b.dims()));
-    }
-    if b.dtype() != y.dtype() {
-        return Err(Error::config(format!("{what} bias dtype"), format!("must match the input's {:?}", y.dtype())));
-    }
+    check_bias(b, c, y.dtype(), what)?;
     let plane = y.dims().iter().skip(2).product::<usize>();
     if y.elem_count() == 0 {
         return Ok((y + b

@@ -632,6 +632,11 @@ impl Conv2dBackward {
         Self { geom, need_dx, need_dw, transposed: false, dy_padded: false }
     }
 
+    /// The backward pass of a transposed convolution whose adjoint is `geom` (see the type).
+    pub(crate) fn transposed(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
+        Self { geom, need_dx, need_dw, transposed: true, dy_padded: false }
+    }
+
     /// [`Self::new`] for an `f32` output gradient given as zero-padded planes
     /// (`[N, O, OH + 2ph, OW + 2pw]`, for a geometry with [`Geom::padded_dy_layout`]): the input
     /// gradient convolves it as it is and the weight gradient reads it on the grid in place.
@@ -932,14 +937,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Conv2dBackward {
-            geom: self.geom,
-            need_dx: x.track_op(),
-            need_dw: w.track_op(),
-            transposed: true,
-            dy_padded: false,
-        }
-        .grads(x, w, grad)
+        Conv2dBackward::transposed(self.geom, x.track_op(), w.track_op()).grads(x, w, grad)
     }
 }
 
@@ -1020,16 +1018,7 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Con
     match bias {
         None => Ok(x.contiguous()?.apply_op2(&w.contiguous()?, ConvTranspose2dOp { geom })?),
         Some(b) => {
-            let c = geom.c;
-            if b.dims() != [c] {
-                return Err(Error::shape("conv_transpose2d bias", format!("[{c}] (one per output channel)"), b.dims()));
-            }
-            if b.dtype() != x.dtype() {
-                return Err(Error::config(
-                    "conv_transpose2d bias dtype",
-                    format!("must match the input's {:?}; convert the bias", x.dtype()),
-                ));
-            }
+            crate::bias::check_bias(b, geom.c, x.dtype(), "conv_transpose2d")?;
             // One op: the bias goes onto the fresh output, and the output before the bias is
             // not a graph node (no gradient buffer, zero fill and add, of its own).
             Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvTranspose2dBiasOp { geom })?)
@@ -1084,14 +1073,7 @@ impl CustomOp3 for ConvTranspose2dBiasOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom;
-        let (dx, dw) = Conv2dBackward {
-            geom: g,
-            need_dx: x.track_op(),
-            need_dw: w.track_op(),
-            transposed: true,
-            dy_padded: false,
-        }
-        .grads(x, w, grad)?;
+        let (dx, dw) = Conv2dBackward::transposed(g, x.track_op(), w.track_op()).grads(x, w, grad)?;
         let db = if b.track_op() { Some(crate::bias::bias_grad(grad, g.c, g.h * g.w, b.dtype())?) } else { None };
         Ok((dx, dw, db))
     }

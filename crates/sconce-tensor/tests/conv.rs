@@ -260,6 +260,8 @@ fn conv_transpose2d_matches_pytorch_and_finite_differences() -> Result<()> {
     assert!(r.max_abs_err < 1e-6, "bias grad: {r:?}");
     let wrong_b = random(&[3], 44)?;
     assert!(matches!(conv_transpose2d(&x, &w, Some(&wrong_b), &cfg), Err(Error::Shape { .. })));
+    let f32_b = b.to_dtype(DType::F32)?;
+    assert!(matches!(conv_transpose2d(&x, &w, Some(&f32_b), &cfg), Err(Error::Config { .. })));
     let bad = ConvTranspose2dConfig::default().stride(2).output_padding(2);
     assert!(matches!(conv_transpose2d(&x, &w, None, &bad), Err(Error::Config { .. })));
     let wrong_w = random(&[4, 2, 3, 3], 43)?;
@@ -352,10 +354,13 @@ fn f32_transposed_convolution_agrees_with_the_f64_path() -> Result<()> {
         ([1, 8, 5, 5], [8, 3, 1, 1], ConvTranspose2dConfig::default()),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
-        let run = |dtype: DType| -> Result<[Vec<f64>; 3]> {
+        let run = |dtype: DType| -> Result<[Vec<f64>; 4]> {
             let x = Var::from_tensor(&random(xs, 500 + i as u64)?.to_dtype(dtype)?)?;
             let w = Var::from_tensor(&random(ws, 600 + i as u64)?.to_dtype(dtype)?)?;
-            let y = conv_transpose2d(x.as_tensor(), w.as_tensor(), None, cfg)?;
+            // With a bias (one op with it) in every case but the last.
+            let b = Var::from_tensor(&random(&[ws[1]], 800 + i as u64)?.to_dtype(dtype)?)?;
+            let bias = (i + 1 < cases.len()).then(|| b.as_tensor());
+            let y = conv_transpose2d(x.as_tensor(), w.as_tensor(), bias, cfg)?;
             let gy = random(y.dims(), 700 + i as u64)?.to_dtype(dtype)?;
             let grads = (&y * &gy)?.sum_all()?.backward()?;
             let flat = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?) };
@@ -363,10 +368,14 @@ fn f32_transposed_convolution_agrees_with_the_f64_path() -> Result<()> {
                 flat(&y)?,
                 flat(grads.get(x.as_tensor()).context("dx")?)?,
                 flat(grads.get(w.as_tensor()).context("dw")?)?,
+                match bias {
+                    Some(_) => flat(grads.get(b.as_tensor()).context("db")?)?,
+                    None => Vec::new(),
+                },
             ])
         };
         let (want, got) = (run(DType::F64)?, run(DType::F32)?);
-        for (what, (g, e)) in ["y", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+        for (what, (g, e)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
             let scale = e.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             let err = g.iter().zip(e).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             assert!(err <= 2e-5 * scale, "case {i} {what}: max error {err} (scale {scale})");

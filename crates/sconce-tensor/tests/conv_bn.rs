@@ -469,12 +469,17 @@ fn padded_output_gradients_give_the_ops_in_a_row() -> Result<()> {
             ([2, 4, 24, 24], [8, 4, 3, 3], p1),
             ([1, 4, 24, 24], [8, 4, 3, 3], p1),
             // small maps: batched weight gradient and batched input gradient
-            ([4, 24, 7, 7], [32, 24, 3, 3], p1),
+            ([8, 24, 7, 7], [32, 24, 3, 3], p1),
             // per-image products over the pool (> 64 outputs, C·9 ≥ 192)
             ([2, 24, 18, 18], [72, 24, 3, 3], p1),
             // a 5×5 kernel, a dilated one, a non-square input
             ([2, 3, 11, 9], [4, 3, 5, 5], Conv2dConfig::default().padding(2)),
             ([2, 3, 10, 12], [4, 3, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
+            // dot products on a non-square map with a 5×5 kernel
+            ([1, 4, 20, 26], [8, 4, 5, 5], Conv2dConfig::default().padding(2)),
+            // padding on one axis only: no extra grid columns (3×1), or no padded rows (1×3)
+            ([2, 3, 9, 11], [4, 3, 3, 1], Conv2dConfig { padding: (1, 0), ..Conv2dConfig::default() }),
+            ([2, 3, 9, 11], [4, 3, 1, 3], Conv2dConfig { padding: (0, 1), ..Conv2dConfig::default() }),
         ];
         for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
             let seed = 900 + 10 * i as u64;

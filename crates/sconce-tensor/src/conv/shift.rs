@@ -119,7 +119,8 @@ pub(super) struct ShiftPlan {
     offs: Vec<usize>,
     /// Grid columns computed per output channel: `(OH − 1)·wq + OW`.
     n_grid: usize,
-    /// Whether the input needs a copy (any padding or stride).
+    /// Whether the taps read padded planes (any padding or stride): a padded copy of the input,
+    /// or the input itself when it comes padded ([`Self::input_padded`]).
     pad: bool,
     /// Whether the grid has extra columns to drop (`wq ≠ OW`).
     compact: bool,
@@ -267,7 +268,8 @@ impl Geom {
     }
 
     /// The input planes of a chunk of images (one group), `[N, C, planes]` with a stride of
-    /// [`Self::source_len`]: padded into `xp` in parallel, or `x` itself without padding.
+    /// [`Self::source_len`]: padded into `xp` in parallel, or `x` itself without padding or
+    /// when it comes padded ([`ShiftPlan::input_padded`]).
     fn sources<'a>(&self, x: &'a [f32], xp: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
         if !sp.pad || sp.input_padded {
             return x;
@@ -331,7 +333,8 @@ impl Geom {
     }
 
     /// [`Self::forward_shifted`] with an optional per-channel epilogue applied to each image's
-    /// output as soon as it is complete.
+    /// output as soon as it is complete. `x` is `N·C·H·W`, or padded planes ([`Self::x_len`]
+    /// per image) with [`ShiftPlan::input_padded`].
     pub(super) fn forward_shifted_with(
         &self,
         x: &[f32],
@@ -348,7 +351,6 @@ impl Geom {
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
-        // The weights are packed once per group, for every image.
         // The weights are packed once per group (or by the caller, one group), for every image.
         let owned;
         let packed: &[PackedA] = match packed_weights {
@@ -408,7 +410,9 @@ impl Geom {
     }
 
     /// One group's output gradient `[O/g, OH·OW]` laid out on the grid (zeros in the extra
-    /// columns of each row), in `grid`; `dy` itself when the grid has no extra columns.
+    /// columns of each row), in `grid`; `dy` itself when the grid has no extra columns; with
+    /// [`ShiftPlan::dy_padded`], a view into the padded planes (channel rows then
+    /// [`Self::grid_stride`] = a plane apart instead of `n_grid`).
     fn dy_on_grid<'a>(&self, dyg: &'a [f32], grid: &'a mut [f32], sp: &ShiftPlan) -> &'a [f32] {
         if sp.dy_padded {
             // The padded plane read from the grid's start: the pad columns between its rows
@@ -432,6 +436,8 @@ impl Geom {
 
     /// Weight gradient `dW = Σ_n dY_n · colsᵀ` (`dw` zeroed, `O·C/g·kh·kw`): `dY` laid out on
     /// the grid (zeros in the extra columns) times the transposed windows of the padded input.
+    /// `dY` is `N·O·OH·OW`, or padded planes ([`Self::dy_stride`] per channel) with
+    /// [`ShiftPlan::dy_padded`].
     pub(super) fn weight_grad_shifted(
         &self,
         x: &[f32],

@@ -33,7 +33,8 @@ fn backward_ones(y: &Tensor, x: &Var) -> bool {
 }
 
 /// `(name, x shape, w shape, stride, padding)`: ResNet50's 3×3 and 1×1 convolutions at batch 8
-/// on 224×224 images, and its 7×7 stem.
+/// on 224×224 images, its 7×7 stem, and the classic U-Net's (width 16, the `segment` model's)
+/// 3×3 convolutions at 250² and 125² with batch 4.
 type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize);
 
 const CONVS: &[ConvCase] = &[
@@ -46,6 +47,8 @@ const CONVS: &[ConvCase] = &[
     ("3x3_c512_h7_b8", [8, 512, 7, 7], [512, 512, 3, 3], 1, 1),
     ("1x1_c2048_h7_b8", [8, 2048, 7, 7], [512, 2048, 1, 1], 1, 0),
     ("7x7_c3_h224_b8", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3),
+    ("3x3_c16_h250_b4", [4, 16, 250, 250], [16, 16, 3, 3], 1, 1),
+    ("3x3_c32_h125_b4", [4, 32, 125, 125], [32, 32, 3, 3], 1, 1),
 ];
 
 fn bench_conv(c: &mut Criterion) {

@@ -331,7 +331,7 @@ impl Geom {
     }
 
     /// [`Self::forward`] into a caller's buffer of `N·O·OH·OW` elements.
-    fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
+    pub(crate) fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
         if let Some(sp) = self.shift_plan()
             && let (Some(x), Some(wt)) = (T::as_f32(x), T::as_f32(wt))
             && let Some(out) = T::as_f32_mut(out)
@@ -624,24 +624,32 @@ pub(crate) struct Conv2dBackward {
     transposed: bool,
     /// `dy` comes as zero-padded planes ([`Geom::padded_dy_layout`]).
     dy_padded: bool,
+    /// `x` comes as the forward pass's padded planes ([`Geom::pad_batch`]; with `dy_padded`).
+    x_padded: bool,
 }
 
 impl Conv2dBackward {
     /// The backward pass of the (not transposed) convolution `geom`.
     pub(crate) fn new(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
-        Self { geom, need_dx, need_dw, transposed: false, dy_padded: false }
+        Self { geom, need_dx, need_dw, transposed: false, dy_padded: false, x_padded: false }
     }
 
     /// The backward pass of a transposed convolution whose adjoint is `geom` (see the type).
     pub(crate) fn transposed(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
-        Self { geom, need_dx, need_dw, transposed: true, dy_padded: false }
+        Self { geom, need_dx, need_dw, transposed: true, dy_padded: false, x_padded: false }
     }
 
     /// [`Self::new`] for an `f32` output gradient given as zero-padded planes
     /// (`[N, O, OH + 2ph, OW + 2pw]`, for a geometry with [`Geom::padded_dy_layout`]): the input
     /// gradient convolves it as it is and the weight gradient reads it on the grid in place.
     pub(crate) fn with_padded_dy(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
-        Self { geom, need_dx, need_dw, transposed: false, dy_padded: true }
+        Self { geom, need_dx, need_dw, transposed: false, dy_padded: true, x_padded: false }
+    }
+
+    /// [`Self::with_padded_dy`] with `x` given as [`Geom::pad_batch`]'s planes (see
+    /// [`Self::grads_from_padded`]).
+    pub(crate) fn with_padded_x_and_dy(geom: Geom, need_dx: bool, need_dw: bool) -> Self {
+        Self { geom, need_dx, need_dw, transposed: false, dy_padded: true, x_padded: true }
     }
 
     /// [`Self::run`] for a padded `dy` (f32 only).
@@ -675,6 +683,7 @@ impl Conv2dBackward {
             let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
             let Some(mut sp) = g.shift_plan() else { candle_core::bail!("conv2d backward: no shift plan for {g:?}") };
             sp.dy_padded = true;
+            sp.input_padded = self.x_padded;
             g.weight_grad_shifted(xf, dyf, dw, &sp)?;
         }
         // SAFETY: the forward pass wrote all of `dx` and the block above all of `dw`.
@@ -773,13 +782,26 @@ impl Conv2dBackward {
         w: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads_from_padded(x.shape(), x, w, grad)
+    }
+
+    /// [`Self::grads`] reading the input from `xp` (the padded planes for
+    /// [`Self::with_padded_x_and_dy`], else the input itself); `dx` gets the input's shape
+    /// `x_shape`.
+    pub(crate) fn grads_from_padded(
+        self,
+        x_shape: &Shape,
+        xp: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         if !self.need_dx && !self.need_dw {
             return Ok((None, None));
         }
         let (need_dx, need_dw) = (self.need_dx, self.need_dw);
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &self)?;
-        let dx_len = if need_dx { x.elem_count() } else { 0 };
-        let dx = if need_dx { Some(both.narrow(0, 0, dx_len)?.reshape(x.shape())?) } else { None };
+        let both = xp.apply_op3_no_bwd(w, &grad.contiguous()?, &self)?;
+        let dx_len = if need_dx { x_shape.elem_count() } else { 0 };
+        let dx = if need_dx { Some(both.narrow(0, 0, dx_len)?.reshape(x_shape)?) } else { None };
         let dw = if need_dw { Some(both.narrow(0, dx_len, w.elem_count())?.reshape(w.shape())?) } else { None };
         Ok((dx, dw))
     }

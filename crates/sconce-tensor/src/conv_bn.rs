@@ -26,6 +26,37 @@ struct ConvBnCore {
     geom: Geom,
     bn: BnTrain,
     z: Arc<OnceLock<Tensor>>,
+    /// For an `f32` "same" convolution whose weight gradient is wanted: the input's padded
+    /// planes ([`Geom::pad_batch`]), read by the forward pass and kept for the weight gradient.
+    xp: Option<Arc<OnceLock<Tensor>>>,
+}
+
+impl ConvBnCore {
+    /// The op's state before its forward pass; the padded input is kept when the weight
+    /// `w` is trained and gradients are recorded.
+    fn new(geom: Geom, bn: BnTrain, w: &Tensor) -> Self {
+        let keep = w.track_op() && sconce_core::grad_enabled() && geom.padded_dy_layout().is_some();
+        Self { geom, bn, z: Arc::new(OnceLock::new()), xp: keep.then(|| Arc::new(OnceLock::new())) }
+    }
+
+    /// `conv(x, w)`, through the kept padded planes when [`Self::xp`] asks for them.
+    fn conv<T: Real>(&self, name: &str, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
+        if let (Some(slot), Some(xf), Some(wf)) = (&self.xp, T::as_f32(x), T::as_f32(w))
+            && let Some(xp) = g.pad_batch(xf)?
+        {
+            let z = g.forward_from_padded(&xp, wf)?;
+            let len = xp.len();
+            if slot.set(Tensor::from_vec(xp, len, &Device::Cpu)?).is_err() {
+                candle_core::bail!("{name}: the op ran its forward pass twice");
+            }
+            return match T::from_f32_vec(z) {
+                Some(z) => Ok(z),
+                None => candle_core::bail!("{name}: an f32 result for another dtype"),
+            };
+        }
+        g.forward(x, w)
+    }
 }
 
 impl ConvBnCore {
@@ -39,7 +70,7 @@ impl ConvBnCore {
         residual: Option<&[T]>,
     ) -> candle_core::Result<Vec<T>> {
         let g = &self.geom;
-        let z = g.forward(x, w)?;
+        let z = self.conv(name, x, w)?;
         let (gamma, beta) = gb.split_at(self.bn.channels());
         let y = match residual {
             None => self.bn.run(&z, gamma, beta),
@@ -58,7 +89,7 @@ impl ConvBnCore {
     fn backward(
         &self,
         name: &str,
-        x: &Tensor,
+        x: Option<&Tensor>,
         w: &Tensor,
         (need_dx, need_dw): (bool, bool),
         gamma: &Tensor,
@@ -73,9 +104,16 @@ impl ConvBnCore {
             && let Some((ph, pw)) = g.padded_dy_layout()
         {
             let (dzp, dg, db) = self.bn.backward_padded(z, gamma, res, grad, (g.oh, g.ow, ph, pw))?;
-            let (dx, dw) = Conv2dBackward::with_padded_dy(*g, need_dx, need_dw).grads(x, w, &dzp)?;
+            let x_shape = Shape::from((g.n, g.c, g.h, g.w));
+            let (dx, dw) = match (self.xp.as_ref().and_then(|s| s.get()), x) {
+                (Some(xp), _) => Conv2dBackward::with_padded_x_and_dy(*g, need_dx, need_dw)
+                    .grads_from_padded(&x_shape, xp, w, &dzp)?,
+                (None, Some(x)) => Conv2dBackward::with_padded_dy(*g, need_dx, need_dw).grads(x, w, &dzp)?,
+                (None, None) => candle_core::bail!("{name} backward without its recorded input"),
+            };
             return Ok((dx, dw, dg, db));
         }
+        let Some(x) = x else { candle_core::bail!("{name} backward without its recorded input") };
         let (dz, dg, db) = self.bn.backward(z, gamma, res, grad)?;
         let (dx, dw) = Conv2dBackward::new(*g, need_dx, need_dw).grads(x, w, &dz)?;
         Ok((dx, dw, dg, db))
@@ -119,7 +157,8 @@ impl CustomOp3 for ConvBn {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gamma = gb.narrow(0, 0, self.0.bn.channels())?;
-        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, w, (x.track_op(), w.track_op()), &gamma, res, grad)?;
+        let (dx, dw, dg, db) =
+            self.0.backward(Self::NAME, Some(x), w, (x.track_op(), w.track_op()), &gamma, res, grad)?;
         Ok((dx, dw, Some(Tensor::cat(&[dg, db], 0)?)))
     }
 }
@@ -157,7 +196,7 @@ pub fn conv2d_batch_norm_train(
     let bn = BnTrain::checked(&[geom.n, geom.o, geom.oh, geom.ow], x.dtype(), weight, bias, eps, relu)?;
     let saved = bn.saved();
     let gb = Tensor::cat(&[weight, bias], 0)?;
-    let op = ConvBn(ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) });
+    let op = ConvBn(ConvBnCore::new(geom, bn, w));
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))
@@ -327,7 +366,8 @@ impl CustomOp3 for ConvBnAddRelu {
         let (wl, c) = (g.weight_len(), self.0.bn.channels());
         let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
         let gamma = wgb.narrow(0, wl, c)?;
-        let (dx, dw, dg, db) = self.0.backward(Self::NAME, x, &w, (x.track_op(), wgb.track_op()), &gamma, res, grad)?;
+        let (dx, dw, dg, db) =
+            self.0.backward(Self::NAME, Some(x), &w, (x.track_op(), wgb.track_op()), &gamma, res, grad)?;
         let dwgb = dw.map(|dw| weights_and(&dw, &[&dg, &db])).transpose()?;
         let dr = if r.track_op() { Some(crate::relu::relu_grad(res, grad)?) } else { None };
         Ok((dx, dwgb, dr))
@@ -369,7 +409,7 @@ pub fn conv2d_batch_norm_add_relu_train(
     check_residual(&geom, x, residual, "conv2d_batch_norm_add_relu_train")?;
     let saved = bn.saved();
     let wgb = weights_and(w, &[weight, bias])?;
-    let op = ConvBnAddRelu(ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) });
+    let op = ConvBnAddRelu(ConvBnCore::new(geom, bn, w));
     let y = x.contiguous()?.apply_op3(&wgb, &residual.contiguous()?, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))
@@ -552,9 +592,12 @@ impl Kernel3 for ConvBnCat {
         let x = self.plan.cat(a, b)?;
         let (w, gb) = wgb.split_at(wl);
         let y = self.core.forward(Self::NAME, &x, w, gb, None)?;
-        let x = Tensor::from_vec(x, (g.n, g.c, g.h, g.w), &Device::Cpu)?;
-        if self.x.set(x).is_err() {
-            candle_core::bail!("{}: the op ran its forward pass twice", Self::NAME);
+        // With the padded planes kept, the backward pass does not read the concatenation.
+        if self.core.xp.as_ref().is_none_or(|s| s.get().is_none()) {
+            let x = Tensor::from_vec(x, (g.n, g.c, g.h, g.w), &Device::Cpu)?;
+            if self.x.set(x).is_err() {
+                candle_core::bail!("{}: the op ran its forward pass twice", Self::NAME);
+            }
         }
         Ok(y)
     }
@@ -588,13 +631,13 @@ impl CustomOp3 for ConvBnCat {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(x) = self.x.get() else { candle_core::bail!("{} backward without a forward pass", Self::NAME) };
         let g = self.core.geom;
         let (wl, c) = (g.weight_len(), self.core.bn.channels());
         let w = wgb.narrow(0, 0, wl)?.reshape((g.o, g.c / g.g, g.kh, g.kw))?;
         let gamma = wgb.narrow(0, wl, c)?;
         let need_dx = a.track_op() || b.track_op();
-        let (dx, dw, dg, db) = self.core.backward(Self::NAME, x, &w, (need_dx, wgb.track_op()), &gamma, res, grad)?;
+        let (dx, dw, dg, db) =
+            self.core.backward(Self::NAME, self.x.get(), &w, (need_dx, wgb.track_op()), &gamma, res, grad)?;
         let dwgb = dw.map(|dw| weights_and(&dw, &[&dg, &db])).transpose()?;
         let p = self.plan;
         let (da, dbx) = match dx {
@@ -684,8 +727,7 @@ pub fn conv2d_batch_norm_cat_train(
     let saved = bn.saved();
     let plan = CatPlan { n, ca, cb, h, w: wd, hb, wb, top: (h - hb) / 2, left: (wd - wb) / 2 };
     let wgb = weights_and(w, &[weight, bias])?;
-    let op =
-        ConvBnCat { core: ConvBnCore { geom, bn, z: Arc::new(OnceLock::new()) }, plan, x: Arc::new(OnceLock::new()) };
+    let op = ConvBnCat { core: ConvBnCore::new(geom, bn, w), plan, x: Arc::new(OnceLock::new()) };
     let y = a.contiguous()?.apply_op3(&b.contiguous()?, &wgb, op)?;
     let stats = BnTrain::stats(&saved, &y)?;
     Ok((y, stats))

@@ -643,9 +643,65 @@ impl<'a> From<&'a mut [MaybeUninit<f32>]> for Out<'a> {
     }
 }
 
+/// Where a product's logical columns land in its output rows: a convolution on a padded grid
+/// computes `wq` columns per output row, of which the first `ow` are kept. Logical column
+/// `g` is output column `(g / wq)·ow + g % wq`, and is dropped when `g % wq ≥ ow`. The tiles
+/// write straight into the compact output instead of a grid that is then copied (a full
+/// read and write of the output per convolution).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub(crate) wq: usize,
+    pub(crate) ow: usize,
+}
+
+impl Grid {
+    /// Output columns per row for `n` logical columns.
+    fn physical(self, n: usize) -> usize {
+        if n == 0 { 0 } else { (n - 1) / self.wq * self.ow + ((n - 1) % self.wq).min(self.ow - 1) + 1 }
+    }
+}
+
+/// Where one 16-lane vector of a tile row goes in a [`Grid`] output: lanes of `mask[s]` at
+/// `row + off[s] + lane` (`s = 0`: the lanes in the first grid row, `s = 1`: those in the next;
+/// dropped columns in neither mask).
+#[derive(Clone, Copy, Default)]
+struct VecDst {
+    off: [isize; 2],
+    mask: [u16; 2],
+}
+
+impl Grid {
+    /// The destinations of the `16·V` columns from logical column `j` (all inside the
+    /// product), or `None` when a vector can span more than two grid rows (`wq < 16`).
+    fn vec_dsts<const V: usize>(self, j: usize) -> Option<[VecDst; V]> {
+        let Grid { wq, ow } = self;
+        if wq < 16 {
+            return None;
+        }
+        let mut out = [VecDst::default(); V];
+        for (v, d) in out.iter_mut().enumerate() {
+            let g0 = j + 16 * v;
+            let (r, c0) = (g0 / wq, g0 % wq);
+            // Lanes before `b` lie in grid row `r`, the others in row `r + 1` (column `l − b`).
+            let b = (wq - c0).min(16);
+            let lanes =
+                |lo: usize, hi: usize| -> u16 { if hi <= lo { 0 } else { (((1u32 << (hi - lo)) - 1) << lo) as u16 } };
+            if c0 < ow {
+                d.off[0] = (r * ow + c0) as isize;
+                d.mask[0] = lanes(0, b.min(ow - c0));
+            }
+            if b < 16 {
+                d.off[1] = ((r + 1) * ow) as isize - b as isize;
+                d.mask[1] = lanes(b, 16.min(b + ow));
+            }
+        }
+        Some(out)
+    }
+}
+
 /// A `*mut f32` that rayon tasks may share: each task writes a disjoint set of columns.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+struct SharedOut(*mut f32, Option<Grid>);
 // SAFETY: tasks write disjoint column ranges of the output (see `sgemm`), never the same element.
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
@@ -669,7 +725,7 @@ pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
-    let Some(out) = prepare(m, n, k, c.into(), ldc, accumulate)? else { return Ok(()) };
+    let Some(out) = prepare(m, n, k, c.into(), ldc, accumulate, None)? else { return Ok(()) };
     a.check_dims(m, k, "left operand")?;
     b.check(k, n)?;
     with_buf(&APACK, m.div_ceil(MR) * MR * k, |apack| {
@@ -775,7 +831,31 @@ pub(crate) fn sgemm_packed<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
-    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate)? else { return Ok(()) };
+    sgemm_packed_grid(n, c, ldc, accumulate, a, b, threads, None)
+}
+
+/// [`sgemm_packed`] with the logical columns mapped onto the output rows by `grid` (see
+/// [`Grid`]; `ldc` then bounds the output columns, `grid.physical(n)`).
+///
+/// # Errors
+/// As [`sgemm_packed`], and for a grid with `ow = 0` or `ow > wq`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_packed_grid<'c, B: PackB + ?Sized>(
+    n: usize,
+    c: impl Into<Out<'c>>,
+    ldc: usize,
+    accumulate: bool,
+    a: &PackedA,
+    b: &B,
+    threads: usize,
+    grid: Option<Grid>,
+) -> candle_core::Result<()> {
+    if let Some(g) = grid
+        && (g.ow == 0 || g.ow > g.wq)
+    {
+        candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns");
+    }
+    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate, grid)? else { return Ok(()) };
     b.check(a.k, n)?;
     product(a.m, n, a.k, out, ldc, accumulate, a.packed(), b, threads);
     Ok(())
@@ -790,6 +870,7 @@ fn prepare(
     c: Out<'_>,
     ldc: usize,
     accumulate: bool,
+    grid: Option<Grid>,
 ) -> candle_core::Result<Option<SharedOut>> {
     if !available() {
         candle_core::bail!("sgemm: this CPU has no AVX-512F");
@@ -804,19 +885,20 @@ fn prepare(
     if accumulate && !init {
         candle_core::bail!("sgemm: cannot accumulate into uninitialised memory");
     }
-    if ldc < n || c_len < (m - 1) * ldc + n {
-        candle_core::bail!("sgemm: output of {c_len} (row stride {ldc}) for {m}x{n}");
+    let cols = grid.map_or(n, |g| g.physical(n));
+    if ldc < cols || c_len < (m - 1) * ldc + cols {
+        candle_core::bail!("sgemm: output of {c_len} (row stride {ldc}) for {m}x{n} ({cols} output columns)");
     }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                // SAFETY: row `i < m` has `n ≤ ldc` elements inside the `c_len` checked above.
-                unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc), 0, n) };
+                // SAFETY: row `i < m` has `cols ≤ ldc` elements inside the `c_len` checked above.
+                unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc), 0, cols) };
             }
         }
         return Ok(None);
     }
-    Ok(Some(SharedOut(c_ptr)))
+    Ok(Some(SharedOut(c_ptr, grid)))
 }
 
 /// The product proper, columns split over `threads` rayon tasks.
@@ -895,8 +977,18 @@ unsafe fn run<B: PackB + ?Sized>(
                                 let rows = MR.min(m - ip * MR);
                                 // SAFETY: as in the packed loop below.
                                 unsafe {
-                                    let cp = c.0.add(ip * MR * ldc + j);
-                                    tile(kc, apanel.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, overwrite);
+                                    tile_at(
+                                        kc,
+                                        apanel.as_ptr(),
+                                        bp.as_ptr(),
+                                        c,
+                                        ip * MR,
+                                        ldc,
+                                        j,
+                                        rows,
+                                        cols,
+                                        overwrite,
+                                    );
                                 }
                             }
                             continue;
@@ -906,14 +998,60 @@ unsafe fn run<B: PackB + ?Sized>(
                             // SAFETY: every row offset plus `j + NR ≤ j_hi` lies inside `data`
                             // (checked for this block above); the tile lies in the caller's columns.
                             unsafe {
-                                let cp = c.0.add(ip * MR * ldc + j);
                                 if rows == MR {
                                     let bj = data.as_ptr().add(j);
-                                    kernel_rows(kc, apanel.as_ptr(), bj, roffs.as_ptr(), cp, ldc, overwrite);
+                                    let row = c.0.add(ip * MR * ldc);
+                                    match c.1.map(|g| (g, g.vec_dsts::<NV>(j))) {
+                                        None => kernel_rows(
+                                            kc,
+                                            apanel.as_ptr(),
+                                            bj,
+                                            roffs.as_ptr(),
+                                            row.add(j),
+                                            ldc,
+                                            overwrite,
+                                            None,
+                                        ),
+                                        Some((_, Some(d))) => kernel_rows(
+                                            kc,
+                                            apanel.as_ptr(),
+                                            bj,
+                                            roffs.as_ptr(),
+                                            row,
+                                            ldc,
+                                            overwrite,
+                                            Some(&d),
+                                        ),
+                                        Some((grid, None)) => {
+                                            let mut buf = [0f32; MR * NR];
+                                            kernel_rows(
+                                                kc,
+                                                apanel.as_ptr(),
+                                                bj,
+                                                roffs.as_ptr(),
+                                                buf.as_mut_ptr(),
+                                                NR,
+                                                true,
+                                                None,
+                                            );
+                                            scatter(&buf, row, ldc, j, MR, NR, grid, overwrite);
+                                        }
+                                    }
                                 } else {
                                     let bp = &mut bpack[..kc * NR];
                                     b.pack(k0, kc, j, cols, bp);
-                                    tile(kc, apanel.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, overwrite);
+                                    tile_at(
+                                        kc,
+                                        apanel.as_ptr(),
+                                        bp.as_ptr(),
+                                        c,
+                                        ip * MR,
+                                        ldc,
+                                        j,
+                                        rows,
+                                        cols,
+                                        overwrite,
+                                    );
                                 }
                             }
                         }
@@ -930,8 +1068,7 @@ unsafe fn run<B: PackB + ?Sized>(
                         // SAFETY: the panels hold `kc·MR` and `kc·NR` values; the tile's
                         // `rows×cols` elements lie in the caller's columns (see `run`'s contract).
                         unsafe {
-                            let cp = c.0.add(ip * MR * ldc + jc + jp * NR);
-                            tile(kc, apanel.as_ptr(), bpanel, cp, ldc, rows, cols, overwrite);
+                            tile_at(kc, apanel.as_ptr(), bpanel, c, ip * MR, ldc, jc + jp * NR, rows, cols, overwrite);
                         }
                     }
                 }
@@ -939,6 +1076,97 @@ unsafe fn run<B: PackB + ?Sized>(
             jc += nc;
         }
     });
+}
+
+/// [`tile`] at output row `row0`, logical column `j`: through [`scatter`] when the output is a
+/// [`Grid`].
+///
+/// # Safety
+/// As [`tile`], for the tile's elements of `c` after the grid mapping.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_at(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: SharedOut,
+    row0: usize,
+    ldc: usize,
+    j: usize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match c.1 {
+            None => tile(kc, a, b, c.0.add(row0 * ldc + j), ldc, rows, cols, overwrite),
+            Some(grid) => {
+                let row = c.0.add(row0 * ldc);
+                let full = rows == MR && cols.is_multiple_of(16);
+                match cols / 16 {
+                    1 if full && let Some(d) = grid.vec_dsts::<1>(j) => {
+                        kernel::<1>(kc, a, b, row, ldc, overwrite, Some(&d))
+                    }
+                    2 if full && let Some(d) = grid.vec_dsts::<2>(j) => {
+                        kernel::<2>(kc, a, b, row, ldc, overwrite, Some(&d))
+                    }
+                    NV if full && let Some(d) = grid.vec_dsts::<NV>(j) => {
+                        kernel::<NV>(kc, a, b, row, ldc, overwrite, Some(&d))
+                    }
+                    _ => {
+                        let mut buf = [0f32; MR * NR];
+                        tile(kc, a, b, buf.as_mut_ptr(), NR, MR, cols, true);
+                        scatter(&buf, row, ldc, j, rows, cols, grid, overwrite);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes (or adds) a `rows×cols` tile held in `buf` (row stride `NR`) at logical columns
+/// `j..j + cols` of the rows at `c` (stride `ldc`), mapped by `grid`: each run of columns
+/// inside one grid row goes to its output row, the grid's extra columns are dropped.
+///
+/// # Safety
+/// `c` is valid for `rows` rows of `grid.physical(j + cols)` floats with stride `ldc`, with
+/// no other writer to the tile's output columns.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn scatter(
+    buf: &[f32; MR * NR],
+    c: *mut f32,
+    ldc: usize,
+    j: usize,
+    rows: usize,
+    cols: usize,
+    grid: Grid,
+    overwrite: bool,
+) {
+    let Grid { wq, ow } = grid;
+    let mut g = j;
+    while g < j + cols {
+        let (r, col) = (g / wq, g % wq);
+        let end = (j + cols).min((r + 1) * wq);
+        if col < ow {
+            let len = ow.min(col + end - g) - col;
+            let (src, dst) = (g - j, r * ow + col);
+            for i in 0..rows {
+                let from = &buf[i * NR + src..][..len];
+                // SAFETY: `dst + len ≤ grid.physical(j + cols)` on row `i < rows` (contract).
+                let to = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + dst), len) };
+                if overwrite {
+                    to.copy_from_slice(from);
+                } else {
+                    for (t, &f) in to.iter_mut().zip(from) {
+                        *t += f;
+                    }
+                }
+            }
+        }
+        g = end;
+    }
 }
 
 /// One `rows×cols` (≤ MR×NR) tile of `C`: straight into `C` when full, else through a buffer.
@@ -961,9 +1189,9 @@ unsafe fn tile(
     // product (n = 64 gives panels of 48 and 16) then costs a third of a full one.
     let nv = cols.div_ceil(16);
     let run: unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool) = match nv {
-        1 => kernel::<1>,
-        2 => kernel::<2>,
-        _ => kernel::<NV>,
+        1 => |kc, a, b, c, ldc, o| unsafe { kernel::<1>(kc, a, b, c, ldc, o, None) },
+        2 => |kc, a, b, c, ldc, o| unsafe { kernel::<2>(kc, a, b, c, ldc, o, None) },
+        _ => |kc, a, b, c, ldc, o| unsafe { kernel::<NV>(kc, a, b, c, ldc, o, None) },
     };
     if rows == MR && cols == nv * 16 {
         // SAFETY: forwarded contract; the kernel writes `MR` rows of `16·nv = cols` floats.
@@ -992,15 +1220,25 @@ unsafe fn tile(
 /// floats with row stride `ldc`, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel<const V: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+    dst: Option<&[VecDst; V]>,
+) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers every pointer offset below.
     unsafe {
         // Ask for the C tile's lines now, so that their misses (a fresh output is rarely in
         // cache) overlap the FMA loop instead of stalling the stores at its end.
-        for i in 0..MR {
-            for v in 0..V {
-                _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
+        if dst.is_none() {
+            for i in 0..MR {
+                for v in 0..V {
+                    _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
+                }
             }
         }
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
@@ -1033,6 +1271,10 @@ unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mu
             a = a.add(MR);
             b = b.add(NR);
         }
+        if let Some(dst) = dst {
+            store_grid(&acc, c, ldc, overwrite, dst);
+            return;
+        }
         for (i, row) in acc.iter().enumerate() {
             for (v, &r) in row.iter().enumerate() {
                 let p = c.add(i * ldc + 16 * v);
@@ -1040,6 +1282,45 @@ unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mu
                     _mm512_storeu_ps(p, r);
                 } else {
                     _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), r));
+                }
+            }
+        }
+    }
+}
+
+/// Stores (or adds) a tile's `MR×V` vectors at their [`VecDst`]s, masked: rows at `c + i·ldc`.
+///
+/// # Safety
+/// Every masked lane's address lies in the caller's output (see [`Grid::vec_dsts`]); the CPU
+/// has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_grid<const V: usize>(
+    acc: &[[std::arch::x86_64::__m512; V]; MR],
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+    dst: &[VecDst; V],
+) {
+    use std::arch::x86_64::*;
+    for (i, row) in acc.iter().enumerate() {
+        for (&r, d) in row.iter().zip(dst) {
+            for s in 0..2 {
+                let m = d.mask[s];
+                if m == 0 {
+                    continue;
+                }
+                // Masked-off lanes are neither read nor written, so the base may lie before
+                // the row (the second run's lanes start at lane `b`).
+                let p = c.wrapping_offset((i * ldc) as isize + d.off[s]);
+                // SAFETY: the unmasked lanes lie in the output (contract).
+                unsafe {
+                    if overwrite {
+                        _mm512_mask_storeu_ps(p, m, r);
+                    } else {
+                        _mm512_mask_storeu_ps(p, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), r));
+                    }
                 }
             }
         }
@@ -1056,6 +1337,7 @@ unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, b: *const f32, c: *mu
 /// has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_rows(
     kc: usize,
     a: *const f32,
@@ -1064,13 +1346,16 @@ unsafe fn kernel_rows(
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
+    dst: Option<&[VecDst; NV]>,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers every pointer offset below.
     unsafe {
-        for i in 0..MR {
-            for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
+        if dst.is_none() {
+            for i in 0..MR {
+                for v in 0..NV {
+                    _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
+                }
             }
         }
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
@@ -1098,6 +1383,10 @@ unsafe fn kernel_rows(
             step(&mut acc, a.add(p * MR), b.add(*offs.add(p)));
             p += 1;
         }
+        if let Some(dst) = dst {
+            store_grid(&acc, c, ldc, overwrite, dst);
+            return;
+        }
         for (i, row) in acc.iter().enumerate() {
             for (v, &r) in row.iter().enumerate() {
                 let q = c.add(i * ldc + 16 * v);
@@ -1113,6 +1402,7 @@ unsafe fn kernel_rows(
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel_rows(
     _kc: usize,
     _a: *const f32,
@@ -1121,6 +1411,7 @@ unsafe fn kernel_rows(
     _c: *mut f32,
     _ldc: usize,
     _overwrite: bool,
+    _dst: Option<&[VecDst; NV]>,
 ) {
 }
 
@@ -1294,6 +1585,7 @@ unsafe fn kernel<const V: usize>(
     _c: *mut f32,
     _ldc: usize,
     _overwrite: bool,
+    _dst: Option<&[VecDst; V]>,
 ) {
 }
 
@@ -1556,6 +1848,83 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn grid_outputs_keep_only_each_rows_first_columns() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        // A 3×3 window over 30 planes of 20 columns per row: logical column g is output
+        // (g / 20)·ow + g % 20 when g % 20 < ow. Rows m read in place (≤ 32, with a partial row
+        // panel at 17) and packed (33, 40); ow = 18 (two dropped columns), 20 (none dropped),
+        // 5 (narrower than a vector); k over two depth blocks; both thread counts; overwrite
+        // and accumulate. The output carries a sentinel past its last column.
+        // wq = 9 < 16: a vector spans up to three grid rows and goes through the buffer.
+        for (wq, ows) in [(20, [18, 20, 5]), (9, [7, 9, 1])] {
+            grid_products(wq, &ows)?;
+        }
+        Ok(())
+    }
+
+    fn grid_products(wq: usize, ows: &[usize]) -> candle_core::Result<()> {
+        let (planes, plane) = (30, 22 * wq);
+        let offs = [0usize, 1, 2, wq, wq + 1, wq + 2, 2 * wq, 2 * wq + 1, 2 * wq + 2];
+        let k = planes * offs.len();
+        let n = 17 * wq + 9;
+        let data = lcg(21, planes * plane + 60);
+        let b_dense: Vec<f32> = (0..k)
+            .flat_map(|r| (0..n).map(move |j| (r, j)))
+            .map(|(r, j)| data[(r / 9) * plane + offs[r % 9] + j])
+            .collect();
+        for m in [8, 17, 32, 33, 40] {
+            let a_data = lcg(m as u64 + 5, m * k);
+            let a = Strided { data: &a_data, rs: k, cs: 1 };
+            let want = naive(m, n, k, &a, &Strided { data: &b_dense, rs: n, cs: 1 });
+            let packed = PackedA::new(m, k, &a)?;
+            for &ow in ows {
+                let grid = Grid { wq, ow };
+                let cols = grid.physical(n);
+                assert_eq!(cols, 17 * ow + ow.min(9), "physical extent for ow {ow}");
+                let ldc = cols + 3;
+                for threads in [1, 2] {
+                    for accumulate in [false, true] {
+                        let mut c = vec![0.5f32; m * ldc];
+                        let b = Shifted { data: &data, plane, offs: &offs };
+                        sgemm_packed_grid(n, &mut c[..], ldc, accumulate, &packed, &b, threads, Some(grid))?;
+                        for i in 0..m {
+                            let mut seen = vec![false; ldc];
+                            for g in (0..n).filter(|g| g % wq < ow) {
+                                let at = g / wq * ow + g % wq;
+                                seen[at] = true;
+                                let w = want[i * n + g] + if accumulate { 0.5 } else { 0.0 };
+                                let got = f64::from(c[i * ldc + at]);
+                                assert!(
+                                    (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                    "m{m} ow{ow} t{threads} acc{accumulate} row {i} col {g}: {got} vs {w}"
+                                );
+                            }
+                            for (at, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
+                                assert_eq!(c[i * ldc + at], 0.5, "m{m} ow{ow} row {i}: column {at} written");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if wq != 20 {
+            return Ok(());
+        }
+        // An output one element short, and a grid that keeps more columns than it has.
+        let a_data = lcg(1, 8 * k);
+        let packed = PackedA::new(8, k, &Strided { data: &a_data, rs: k, cs: 1 })?;
+        let b = Shifted { data: &data, plane, offs: &offs };
+        let grid = Grid { wq, ow: 18 };
+        let mut short = vec![0f32; 7 * grid.physical(n) + grid.physical(n) - 1];
+        assert!(sgemm_packed_grid(n, &mut short[..], grid.physical(n), false, &packed, &b, 1, Some(grid)).is_err());
+        let mut c = vec![0f32; 8 * n];
+        assert!(sgemm_packed_grid(n, &mut c[..], n, false, &packed, &b, 1, Some(Grid { wq, ow: wq + 1 })).is_err());
         Ok(())
     }
 

@@ -633,3 +633,37 @@ fn fused_ops_with_frozen_inputs_give_the_others_the_same_gradients() -> Result<(
     }
     Ok(())
 }
+
+/// In `f32`, a "same" convolution keeps its padded input for the weight gradient while that
+/// gradient is wanted, and reads its recorded input otherwise: with any input frozen, the
+/// other gradients are those of the ops in a row.
+#[test]
+fn f32_cat_op_with_frozen_inputs_matches_the_ops_in_a_row() -> Result<()> {
+    let cfg = Conv2dConfig::default().padding(1);
+    let f = |t: Tensor| t.to_dtype(DType::F32);
+    let (a, b) = (f(random(&[3, 5, 19, 17], 91, 0.2)?)?, f(random(&[3, 4, 18, 16], 92, 0.0)?)?);
+    let w = f((random(&[20, 9, 3, 3], 93, 0.0)? * 0.1)?)?;
+    let (g, beta) = (f(random(&[20], 94, 1.0)?)?, f(random(&[20], 95, 0.1)?)?);
+    let gy = f(random(&[3, 20, 19, 17], 96, 0.0)?)?;
+    let want = run_cat(false, true, &cfg, [&a, &b, &w, &g, &beta, &gy])?;
+    for frozen in [None, Some(0), Some(1), Some(2)] {
+        let vars: Vec<Option<Var>> = [&a, &b, &w, &g, &beta]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if Some(i) == frozen { Ok(None) } else { Var::from_tensor(t).map(Some) })
+            .collect::<candle_core::Result<_>>()?;
+        let t = |i: usize| -> Tensor {
+            vars[i].as_ref().map_or_else(|| [&a, &b, &w][i].clone(), |v| v.as_tensor().clone())
+        };
+        let (y, _) = conv2d_batch_norm_cat_train(&t(0), &t(1), &t(2), &cfg, &t(3), &t(4), 1e-5, true)?;
+        assert_close(&format!("f32 cat frozen {frozen:?} y"), &y, &want[0], 1e-4, 1e-4)?;
+        let grads = (&y * &gy)?.sum_all()?.backward()?;
+        for (i, v) in vars.iter().enumerate() {
+            if let Some(v) = v {
+                let got = grads.get(v.as_tensor()).context("missing gradient")?;
+                assert_close(&format!("f32 cat frozen {frozen:?} input {i}"), got, &want[3 + i], 1e-4, 1e-4)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 use super::Geom;
 use crate::sgemm::{
-    Columns, Gathered, ImageColumns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows, sgemm_packed,
+    Columns, Gathered, Grid, ImageColumns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows, sgemm_packed,
+    sgemm_packed_grid,
 };
 
 /// Weight gradients with at most this many output channels (per group) run as dot products
@@ -172,6 +173,20 @@ impl Geom {
 
     /// One group's channels `[C/g, H, W]` into zero-padded phase planes `[C/g, phases, hq, wq]`.
     fn pad_into(&self, x: &[f32], xp: &mut [f32], sp: &ShiftPlan) {
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `pad_uninit` writes only
+        // initialised values, so `xp` stays initialised.
+        let xp = unsafe { &mut *(std::ptr::from_mut(xp) as *mut [MaybeUninit<f32>]) };
+        self.pad_uninit(x, xp, sp);
+    }
+
+    /// [`Self::pad_into`] into memory that may start uninitialised: every element of the
+    /// planes is written.
+    fn pad_uninit(&self, x: &[f32], xp: &mut [MaybeUninit<f32>], sp: &ShiftPlan) {
+        let zero = |d: &mut [MaybeUninit<f32>]| {
+            for v in d {
+                v.write(0.0);
+            }
+        };
         let (h, w, ph, pw, sh, sw) = (self.h, self.w, self.ph, self.pw, self.sh, self.sw);
         let pl = sp.hq * sp.wq;
         for (xc, pc) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(sp.plane)) {
@@ -179,25 +194,25 @@ impl Geom {
                 for (i, dst) in plane.chunks_exact_mut(sp.wq).enumerate() {
                     let y = (sh * i + py) as isize - ph as isize;
                     if y < 0 || y >= h as isize {
-                        dst.fill(0.0);
+                        zero(dst);
                         continue;
                     }
                     let src = &xc[y as usize * w..(y as usize + 1) * w];
                     if sw == 1 {
-                        dst[..pw].fill(0.0);
-                        dst[pw..pw + w].copy_from_slice(src);
-                        dst[pw + w..].fill(0.0);
+                        zero(&mut dst[..pw]);
+                        dst[pw..pw + w].write_copy_of_slice(src);
+                        zero(&mut dst[pw + w..]);
                     } else {
                         // Column j reads x[sw·j + px − pw]: zeros left of the first j inside the
                         // row and from the first j past it, a strided copy in between.
                         let j_lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
                         let j_hi = (w + pw).saturating_sub(px).div_ceil(sw).clamp(j_lo, dst.len());
-                        dst[..j_lo].fill(0.0);
-                        dst[j_hi..].fill(0.0);
+                        zero(&mut dst[..j_lo]);
+                        zero(&mut dst[j_hi..]);
                         if j_lo < j_hi {
                             let first = sw * j_lo + px - pw;
                             for (d, &v) in dst[j_lo..j_hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                                *d = v;
+                                d.write(v);
                             }
                         }
                     }
@@ -349,7 +364,6 @@ impl Geom {
             candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
         }
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
-        let grid_len = if sp.compact { og * sp.n_grid } else { 0 };
         let (_, gemm_threads) = self.plan();
         // The weights are packed once per group (or by the caller, one group), for every image.
         let owned;
@@ -368,35 +382,28 @@ impl Geom {
         if self.n > 1 && self.g == 1 && self.p() <= GATHER_MAX_P && self.n * self.p() >= 2 * NR * threads {
             return self.forward_gathered(x, out, sp, &packed[0], epi);
         }
-        let image =
-            |scratch: &mut [f32], img: usize, y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
-                let (xp, grid) = scratch.split_at_mut(xp_len);
-                for (gi, a) in packed.iter().enumerate() {
-                    let src = self.group_source(x, gi, xp, sp);
-                    let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
-                    let yg = &mut y[gi * og * p..(gi + 1) * og * p];
-                    if sp.compact {
-                        sgemm_packed(sp.n_grid, &mut grid[..], sp.n_grid, false, a, &b, gemm_threads)?;
-                        for (o, yo) in yg.chunks_exact_mut(p).enumerate() {
-                            for (oy, row) in yo.chunks_exact_mut(self.ow).enumerate() {
-                                for (d, &v) in row.iter_mut().zip(&grid[o * sp.n_grid + oy * sp.wq..][..self.ow]) {
-                                    d.write(v);
-                                }
-                            }
-                        }
-                    } else {
-                        sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
-                    }
+        let image = |xp: &mut [f32], img: usize, y: &mut [MaybeUninit<f32>], x: &[f32]| -> candle_core::Result<()> {
+            for (gi, a) in packed.iter().enumerate() {
+                let src = self.group_source(x, gi, xp, sp);
+                let b = Shifted { data: src, plane: sp.plane, offs: &sp.offs };
+                let yg = &mut y[gi * og * p..(gi + 1) * og * p];
+                if sp.compact {
+                    // The tiles write the grid's kept columns straight into `y`.
+                    let grid = Grid { wq: sp.wq, ow: self.ow };
+                    sgemm_packed_grid(sp.n_grid, yg, p, false, a, &b, gemm_threads, Some(grid))?;
+                } else {
+                    sgemm_packed(p, yg, p, false, a, &b, gemm_threads)?;
                 }
-                if let Some(e) = epi {
-                    // SAFETY: the products (and compactions) above wrote every element of `y`, and
-                    // `MaybeUninit<f32>` has `f32`'s layout.
-                    let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
-                    e.apply(img, y, p);
-                }
-                Ok(())
-            };
-        let scratch_len = xp_len + grid_len;
+            }
+            if let Some(e) = epi {
+                // SAFETY: the products (and compactions) above wrote every element of `y`, and
+                // `MaybeUninit<f32>` has `f32`'s layout.
+                let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
+                e.apply(img, y, p);
+            }
+            Ok(())
+        };
+        let scratch_len = xp_len;
         let (out_len, img_len) = (self.o * p, self.x_len(sp));
         if gemm_threads > 1 {
             <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| {
@@ -407,6 +414,46 @@ impl Geom {
                 <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, i, y, x))
             })
         }
+    }
+
+    /// The whole batch's input as the zero-padded planes the taps read (`[N, C, planes]`,
+    /// [`Self::pad_into`]'s layout), for an `f32` "same" stride-1 convolution with padding
+    /// ([`Geom::padded_dy_layout`]); `None` for other geometries. A training step pads once and
+    /// both the forward pass ([`Self::forward_from_padded`]) and the weight gradient
+    /// ([`ShiftPlan::input_padded`]) read these planes: the weight gradient's own padded copy
+    /// of every image is gone.
+    pub(crate) fn pad_batch(&self, x: &[f32]) -> candle_core::Result<Option<Vec<f32>>> {
+        let Some(sp) = self.shift_plan() else { return Ok(None) };
+        if !sp.pad || self.padded_dy_layout().is_none() {
+            return Ok(None);
+        }
+        let (src_len, img_len) = (self.source_len(&sp), self.image_len());
+        if x.len() != self.n * img_len {
+            candle_core::bail!("conv2d: input of {} values for the geometry {self:?}", x.len());
+        }
+        let len = self.n * src_len;
+        let mut xp: Vec<f32> = Vec::with_capacity(len);
+        xp.spare_capacity_mut()[..len]
+            .par_chunks_exact_mut(src_len)
+            .zip(x.par_chunks_exact(img_len))
+            .for_each(|(xp_img, x_img)| self.pad_uninit(x_img, xp_img, &sp));
+        // SAFETY: `pad_uninit` wrote every element of each image's planes.
+        unsafe { xp.set_len(len) };
+        Ok(Some(xp))
+    }
+
+    /// The forward pass from [`Self::pad_batch`]'s planes.
+    pub(crate) fn forward_from_padded(&self, xp: &[f32], wt: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let Some(mut sp) = self.shift_plan() else {
+            candle_core::bail!("conv2d: no padded-input plan for the geometry {self:?}")
+        };
+        sp.input_padded = true;
+        let len = self.n * self.o * self.p();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        self.forward_shifted_with(xp, wt, &mut out.spare_capacity_mut()[..len], &sp, None, None)?;
+        // SAFETY: `forward_shifted_with` wrote all `len` elements (or returned an error above).
+        unsafe { out.set_len(len) };
+        Ok(out)
     }
 
     /// One group's output gradient `[O/g, OH·OW]` laid out on the grid (zeros in the extra
@@ -446,8 +493,7 @@ impl Geom {
         sp: &ShiftPlan,
     ) -> candle_core::Result<()> {
         let (k, og, cg) = (self.k(), self.og(), self.cg());
-        let hw = self.h * self.w;
-        let (img_len, dys) = (self.image_len(), self.dy_stride(sp));
+        let (img_len, dys) = (self.x_len(sp), self.dy_stride(sp));
         let out_len = self.o * dys;
         if x.len() != self.n * img_len || dy.len() != self.n * out_len || dw.len() != self.weight_len() {
             candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
@@ -455,7 +501,7 @@ impl Geom {
         let rs = Self::grid_stride(sp);
         let taps = sp.offs.len();
         let boff: Vec<usize> = (0..k).map(|r| (r / taps) * sp.plane + sp.offs[r % taps]).collect();
-        let xp_len = if sp.pad { cg * sp.plane } else { 0 };
+        let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact && !sp.dy_padded { og * sp.n_grid } else { 0 };
         let (chunks, _) = self.plan();
         // With enough columns in dW (C/g·kh·kw ≥ 4 panels), the images run one after the other
@@ -474,7 +520,7 @@ impl Geom {
                 let per = k.div_ceil(threads).max(1);
                 for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                     for gi in 0..self.g {
-                        let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                        let src = self.group_source(x_img, gi, xp, sp);
                         let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                         let parts = boff
                             .par_chunks(per)
@@ -512,7 +558,7 @@ impl Geom {
                             let (xp, grid) = scratch.split_at_mut(xp_len);
                             for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                                 for gi in 0..self.g {
-                                    let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                                    let src = self.group_source(x_img, gi, xp, sp);
                                     let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                                     let dwg = &mut part[gi * og * k..(gi + 1) * og * k];
                                     sgemm_nt_rows(sp.n_grid, a_data, &a_offs, src, &boff, dwg)?;
@@ -539,7 +585,7 @@ impl Geom {
                 let (xp, grid) = scratch.split_at_mut(xp_len);
                 for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                     for gi in 0..self.g {
-                        let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                        let src = self.group_source(x_img, gi, xp, sp);
                         let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                         let a = Strided { data: a_data, rs, cs: 1 };
                         let b = Columns { data: src, offs: &boff };
@@ -559,7 +605,7 @@ impl Geom {
                     let (xp, grid) = scratch.split_at_mut(xp_len);
                     for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {
                         for gi in 0..self.g {
-                            let src = self.source(&x_img[gi * cg * hw..(gi + 1) * cg * hw], xp, sp);
+                            let src = self.group_source(x_img, gi, xp, sp);
                             let a_data = self.dy_on_grid(&dy_img[gi * og * dys..(gi + 1) * og * dys], grid, sp);
                             let a = Strided { data: a_data, rs, cs: 1 };
                             let b = Columns { data: src, offs: &boff };
@@ -592,11 +638,11 @@ impl Geom {
         sp: &ShiftPlan,
         boff: &[usize],
     ) -> candle_core::Result<()> {
-        let (k, o, ng, img_len) = (self.k(), self.o, sp.n_grid, self.image_len());
+        let (k, o, ng, img_len) = (self.k(), self.o, sp.n_grid, self.x_len(sp));
         let src_len = self.source_len(sp);
         // The chunks of images accumulate into `dw`.
         let per = self.images_per_product(ng, src_len);
-        let xp_len = if sp.pad { per * src_len } else { 0 };
+        let xp_len = if sp.pad && !sp.input_padded { per * src_len } else { 0 };
         let grid_len = if sp.compact && !sp.dy_padded { o * ng } else { 0 };
         let (dys, rs) = (self.dy_stride(sp), Self::grid_stride(sp));
         <f32 as crate::kernel::Real>::with_scratch(o * per * ng + xp_len + grid_len, |scratch| {

@@ -10,6 +10,7 @@
 
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
@@ -41,21 +42,30 @@ impl ConvBnCore {
 
     /// `conv(x, w)`, through the kept padded planes when [`Self::xp`] asks for them.
     fn conv<T: Real>(&self, name: &str, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
-        let g = &self.geom;
-        if let (Some(slot), Some(xf), Some(wf)) = (&self.xp, T::as_f32(x), T::as_f32(w))
-            && let Some(xp) = g.pad_batch(xf)?
+        if self.xp.is_some()
+            && let Some(xf) = T::as_f32(x)
+            && let Some(xp) = self.geom.pad_batch(xf)?
         {
-            let z = g.forward_from_padded(&xp, wf)?;
+            return self.conv_planes(name, xp, w);
+        }
+        self.geom.forward(x, w)
+    }
+
+    /// `conv(x, w)` from `x`'s padded planes ([`Geom::pad_batch`]'s layout), kept for the
+    /// backward pass when [`Self::xp`] asks for them.
+    fn conv_planes<T: Real>(&self, name: &str, xp: Vec<f32>, w: &[T]) -> candle_core::Result<Vec<T>> {
+        let Some(wf) = T::as_f32(w) else { candle_core::bail!("{name}: padded planes need f32 weights") };
+        let z = self.geom.forward_from_padded(&xp, wf)?;
+        if let Some(slot) = &self.xp {
             let len = xp.len();
             if slot.set(Tensor::from_vec(xp, len, &Device::Cpu)?).is_err() {
                 candle_core::bail!("{name}: the op ran its forward pass twice");
             }
-            return match T::from_f32_vec(z) {
-                Some(z) => Ok(z),
-                None => candle_core::bail!("{name}: an f32 result for another dtype"),
-            };
         }
-        g.forward(x, w)
+        match T::from_f32_vec(z) {
+            Some(z) => Ok(z),
+            None => candle_core::bail!("{name}: an f32 result for another dtype"),
+        }
     }
 }
 
@@ -69,8 +79,19 @@ impl ConvBnCore {
         gb: &[T],
         residual: Option<&[T]>,
     ) -> candle_core::Result<Vec<T>> {
-        let g = &self.geom;
         let z = self.conv(name, x, w)?;
+        self.normalise(name, z, gb, residual)
+    }
+
+    /// The batch norm (and residual, ReLU) after the convolution `z`, recording `z`.
+    fn normalise<T: Real>(
+        &self,
+        name: &str,
+        z: Vec<T>,
+        gb: &[T],
+        residual: Option<&[T]>,
+    ) -> candle_core::Result<Vec<T>> {
+        let g = &self.geom;
         let (gamma, beta) = gb.split_at(self.bn.channels());
         let y = match residual {
             None => self.bn.run(&z, gamma, beta),
@@ -527,47 +548,63 @@ struct CatPlan {
 impl CatPlan {
     /// `cat([a, pad(b)], 1)` as one `[N, ca + cb, h, w]` buffer.
     fn cat<T: Real>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+        self.cat_padded(a, b, 0, 0)
+    }
+
+    /// [`Self::cat`] with every plane zero-padded by `ph` rows and `pw` columns on each side
+    /// (`[N, ca + cb, h + 2ph, w + 2pw]`, [`Geom::pad_batch`]'s layout for a stride-1
+    /// convolution): the convolution reads the concatenation without a padded copy of it.
+    fn cat_padded<T: Real>(&self, a: &[T], b: &[T], ph: usize, pw: usize) -> candle_core::Result<Vec<T>> {
         let (hw, bhw) = (self.h * self.w, self.hb * self.wb);
         if a.len() != self.n * self.ca * hw || b.len() != self.n * self.cb * bhw {
             candle_core::bail!("conv2d_batch_norm_cat: inputs do not match {self:?}");
         }
-        // Every element is written once: `a`'s planes, then `b`'s rows with zeros around them
-        // (no zero fill of the whole buffer first).
-        let len = self.n * (self.ca + self.cb) * hw;
+        let (w, wq) = (self.w, self.w + 2 * pw);
+        let plane = (self.h + 2 * ph) * wq;
+        // Every element is written once, row by row: zeros, then the row's values at `lead`
+        // (after the padding), then zeros (no zero fill of the whole buffer first).
+        let zero = |d: &mut [MaybeUninit<T>]| {
+            for v in d {
+                v.write(T::zero());
+            }
+        };
+        let put = |dst: &mut [MaybeUninit<T>], lead: usize, row: &[T]| {
+            let (l, rest) = dst.split_at_mut(lead);
+            let (mid, r) = rest.split_at_mut(row.len());
+            zero(l);
+            zero(r);
+            for (d, &v) in mid.iter_mut().zip(row) {
+                d.write(v);
+            }
+        };
+        let len = self.n * (self.ca + self.cb) * plane;
         let mut x: Vec<T> = Vec::with_capacity(len);
-        let (top, left, wb, w) = (self.top, self.left, self.wb, self.w);
+        let (top, hb, left, wb) = (self.top, self.hb, self.left, self.wb);
         x.spare_capacity_mut()[..len]
-            .par_chunks_exact_mut((self.ca + self.cb) * hw)
+            .par_chunks_exact_mut((self.ca + self.cb) * plane)
             .zip(a.par_chunks_exact(self.ca * hw))
             .zip(b.par_chunks_exact(self.cb * bhw))
             .for_each(|((xi, ai), bi)| {
-                let (xa, xb) = xi.split_at_mut(self.ca * hw);
-                for (d, &v) in xa.iter_mut().zip(ai) {
-                    d.write(v);
-                }
-                for (plane, src) in xb.chunks_exact_mut(hw).zip(bi.chunks_exact(bhw)) {
-                    let (above, rest) = plane.split_at_mut(top * w);
-                    above.iter_mut().for_each(|d| {
-                        d.write(T::zero());
-                    });
-                    let (rows, below) = rest.split_at_mut(self.hb * w);
-                    for (dst, row) in rows.chunks_exact_mut(w).zip(src.chunks_exact(wb)) {
-                        let (l, r) = dst.split_at_mut(left);
-                        let (mid, r) = r.split_at_mut(wb);
-                        for d in l.iter_mut().chain(r.iter_mut()) {
-                            d.write(T::zero());
-                        }
-                        for (d, &v) in mid.iter_mut().zip(row) {
-                            d.write(v);
+                let (xa, xb) = xi.split_at_mut(self.ca * plane);
+                for (dst, src) in xa.chunks_exact_mut(plane).zip(ai.chunks_exact(hw)) {
+                    for (i, drow) in dst.chunks_exact_mut(wq).enumerate() {
+                        match i.checked_sub(ph).filter(|&y| y < self.h) {
+                            Some(y) => put(drow, pw, &src[y * w..(y + 1) * w]),
+                            None => zero(drow),
                         }
                     }
-                    below.iter_mut().for_each(|d| {
-                        d.write(T::zero());
-                    });
+                }
+                for (dst, src) in xb.chunks_exact_mut(plane).zip(bi.chunks_exact(bhw)) {
+                    for (i, drow) in dst.chunks_exact_mut(wq).enumerate() {
+                        match i.checked_sub(ph + top).filter(|&y| y < hb) {
+                            Some(y) => put(drow, pw + left, &src[y * wb..(y + 1) * wb]),
+                            None => zero(drow),
+                        }
+                    }
                 }
             });
-        // SAFETY: the images tile `x`; in each, `a`'s planes and every row of `b`'s planes
-        // (above, beside and below `b`'s window included) were written above.
+        // SAFETY: the images tile `x`, the planes tile each image and the rows each plane;
+        // every row was written whole above.
         unsafe { x.set_len(len) };
         Ok(x)
     }
@@ -589,8 +626,18 @@ impl Kernel3 for ConvBnCat {
         if wgb.len() != wl + 2 * c {
             candle_core::bail!("{}: weights do not match the geometry {g:?}", Self::NAME);
         }
-        let x = self.plan.cat(a, b)?;
         let (w, gb) = wgb.split_at(wl);
+        // Training an f32 "same" convolution: the concatenation is written as the padded
+        // planes that the forward pass and the weight gradient read, and nothing else.
+        if self.core.xp.is_some()
+            && let (Some(af), Some(bf)) = (T::as_f32(a), T::as_f32(b))
+            && let Some((ph, pw)) = g.padded_dy_layout()
+        {
+            let xp = self.plan.cat_padded(af, bf, ph, pw)?;
+            let z = self.core.conv_planes(Self::NAME, xp, w)?;
+            return self.core.normalise(Self::NAME, z, gb, None);
+        }
+        let x = self.plan.cat(a, b)?;
         let y = self.core.forward(Self::NAME, &x, w, gb, None)?;
         // With the padded planes kept, the backward pass does not read the concatenation.
         if self.core.xp.as_ref().is_none_or(|s| s.get().is_none()) {

@@ -331,7 +331,7 @@ impl Geom {
     }
 
     /// [`Self::forward`] into a caller's buffer of `N·O·OH·OW` elements.
-    pub(crate) fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
+    fn forward_into<T: Real>(&self, x: &[T], wt: &[T], out: &mut [T]) -> candle_core::Result<()> {
         if let Some(sp) = self.shift_plan()
             && let (Some(x), Some(wt)) = (T::as_f32(x), T::as_f32(wt))
             && let Some(out) = T::as_f32_mut(out)

@@ -27,8 +27,9 @@ struct ConvBnCore {
     geom: Geom,
     bn: BnTrain,
     z: Arc<OnceLock<Tensor>>,
-    /// For an `f32` "same" convolution whose weight gradient is wanted: the input's padded
-    /// planes ([`Geom::pad_batch`]), read by the forward pass and kept for the weight gradient.
+    /// For a "same" convolution whose weight gradient is wanted: a slot for the input's padded
+    /// planes ([`Geom::pad_batch`]), filled (in `f32` only) by the forward pass, which reads
+    /// them, and read again by the weight gradient.
     xp: Option<Arc<OnceLock<Tensor>>>,
 }
 
@@ -639,12 +640,10 @@ impl Kernel3 for ConvBnCat {
         }
         let x = self.plan.cat(a, b)?;
         let y = self.core.forward(Self::NAME, &x, w, gb, None)?;
-        // With the padded planes kept, the backward pass does not read the concatenation.
-        if self.core.xp.as_ref().is_none_or(|s| s.get().is_none()) {
-            let x = Tensor::from_vec(x, (g.n, g.c, g.h, g.w), &Device::Cpu)?;
-            if self.x.set(x).is_err() {
-                candle_core::bail!("{}: the op ran its forward pass twice", Self::NAME);
-            }
+        // Here no padded planes were kept: the backward pass reads the concatenation.
+        let x = Tensor::from_vec(x, (g.n, g.c, g.h, g.w), &Device::Cpu)?;
+        if self.x.set(x).is_err() {
+            candle_core::bail!("{}: the op ran its forward pass twice", Self::NAME);
         }
         Ok(y)
     }

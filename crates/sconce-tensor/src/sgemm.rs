@@ -936,9 +936,9 @@ fn product<B: PackB + ?Sized>(
 /// Columns `[j_lo, j_hi)` of the product into `c`.
 ///
 /// # Safety
-/// `c` must be valid for writes at `i·ldc + j` for `i < m`, `j < j_hi`, with no other writer to
-/// those columns; `apack` is `pack_a`'s output for `m×k`; `b.check(k, n)` passed with
-/// `n ≥ j_hi`; the CPU has AVX-512F.
+/// `c` must be valid for writes at `i·ldc + j` for `i < m`, `j < j_hi` (with a [`Grid`] in `c`:
+/// `j < grid.physical(j_hi)`), with no other writer to those columns; `apack` is `pack_a`'s
+/// output for `m×k`; `b.check(k, n)` passed with `n ≥ j_hi`; the CPU has AVX-512F.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run<B: PackB + ?Sized>(
     m: usize,
@@ -1155,12 +1155,15 @@ unsafe fn scatter(
             for i in 0..rows {
                 let from = &buf[i * NR + src..][..len];
                 // SAFETY: `dst + len ≤ grid.physical(j + cols)` on row `i < rows` (contract).
-                let to = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + dst), len) };
-                if overwrite {
-                    to.copy_from_slice(from);
-                } else {
-                    for (t, &f) in to.iter_mut().zip(from) {
-                        *t += f;
+                // Raw pointers, no slice: without `accumulate` the output may be uninitialised.
+                unsafe {
+                    let to = c.add(i * ldc + dst);
+                    if overwrite {
+                        std::ptr::copy_nonoverlapping(from.as_ptr(), to, len);
+                    } else {
+                        for (q, &f) in from.iter().enumerate() {
+                            *to.add(q) += f;
+                        }
                     }
                 }
             }
@@ -1234,13 +1237,7 @@ unsafe fn kernel<const V: usize>(
     unsafe {
         // Ask for the C tile's lines now, so that their misses (a fresh output is rarely in
         // cache) overlap the FMA loop instead of stalling the stores at its end.
-        if dst.is_none() {
-            for i in 0..MR {
-                for v in 0..V {
-                    _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
-                }
-            }
-        }
+        prefetch_tile(c, ldc, V, dst.map(|d| &d[..]));
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         let (mut a, mut b) = (a, b);
         // One depth step: the B row's vectors times each broadcast A value.
@@ -1282,6 +1279,39 @@ unsafe fn kernel<const V: usize>(
                     _mm512_storeu_ps(p, r);
                 } else {
                     _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), r));
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the lines of a tile's `MR` rows of `v` vectors (at their [`VecDst`]s with a grid)
+/// before the FMA loop, so that their misses (a fresh output is rarely in cache) overlap it
+/// instead of stalling the stores at its end.
+///
+/// # Safety
+/// The CPU has AVX-512F (prefetches never fault; addresses are computed with wrapping offsets).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn prefetch_tile(c: *mut f32, ldc: usize, v: usize, dst: Option<&[VecDst]>) {
+    use std::arch::x86_64::*;
+    for i in 0..MR {
+        let row = c.wrapping_add(i * ldc);
+        match dst {
+            None => {
+                for v in 0..v {
+                    _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(16 * v).cast::<i8>());
+                }
+            }
+            Some(dst) => {
+                for d in dst {
+                    for s in 0..2 {
+                        if d.mask[s] != 0 {
+                            let first = d.mask[s].trailing_zeros() as isize;
+                            _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_offset(d.off[s] + first).cast::<i8>());
+                        }
+                    }
                 }
             }
         }
@@ -1351,13 +1381,7 @@ unsafe fn kernel_rows(
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers every pointer offset below.
     unsafe {
-        if dst.is_none() {
-            for i in 0..MR {
-                for v in 0..NV {
-                    _mm_prefetch::<_MM_HINT_ET0>(c.add(i * ldc + 16 * v).cast::<i8>());
-                }
-            }
-        }
+        prefetch_tile(c, ldc, NV, dst.map(|d| &d[..]));
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         let step = |acc: &mut [[__m512; NV]; MR], a: *const f32, b: *const f32| {
             let mut bv = [_mm512_setzero_ps(); NV];
@@ -1862,17 +1886,25 @@ mod tests {
         // 5 (narrower than a vector); k over two depth blocks; both thread counts; overwrite
         // and accumulate. The output carries a sentinel past its last column.
         // wq = 9 < 16: a vector spans up to three grid rows and goes through the buffer.
-        for (wq, ows) in [(20, [18, 20, 5]), (9, [7, 9, 1])] {
-            grid_products(wq, &ows)?;
+        // wq = 16: every vector starts a grid row. ow = 2 with wq = 20: the second run's base
+        // lies before its row. n = 7·48 + 16: a last panel of one full vector.
+        let cases: [(usize, &[usize], usize); 5] = [
+            (20, &[18, 20, 5, 2], 17 * 20 + 9),
+            (9, &[7, 9, 1], 17 * 9 + 9),
+            (16, &[14, 16, 2], 17 * 16 + 9),
+            (20, &[18, 3], 7 * 48 + 16),
+            (16, &[15], 7 * 48 + 16),
+        ];
+        for (wq, ows, n) in cases {
+            grid_products(wq, ows, n)?;
         }
         Ok(())
     }
 
-    fn grid_products(wq: usize, ows: &[usize]) -> candle_core::Result<()> {
+    fn grid_products(wq: usize, ows: &[usize], n: usize) -> candle_core::Result<()> {
         let (planes, plane) = (30, 22 * wq);
         let offs = [0usize, 1, 2, wq, wq + 1, wq + 2, 2 * wq, 2 * wq + 1, 2 * wq + 2];
         let k = planes * offs.len();
-        let n = 17 * wq + 9;
         let data = lcg(21, planes * plane + 60);
         let b_dense: Vec<f32> = (0..k)
             .flat_map(|r| (0..n).map(move |j| (r, j)))
@@ -1886,7 +1918,8 @@ mod tests {
             for &ow in ows {
                 let grid = Grid { wq, ow };
                 let cols = grid.physical(n);
-                assert_eq!(cols, 17 * ow + ow.min(9), "physical extent for ow {ow}");
+                let last = (0..n).filter(|g| g % wq < ow).map(|g| g / wq * ow + g % wq).max();
+                assert_eq!(cols, last.map_or(0, |l| l + 1), "physical extent for wq {wq} ow {ow}");
                 let ldc = cols + 3;
                 for threads in [1, 2] {
                     for accumulate in [false, true] {
@@ -1902,7 +1935,7 @@ mod tests {
                                 let got = f64::from(c[i * ldc + at]);
                                 assert!(
                                     (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                                    "m{m} ow{ow} t{threads} acc{accumulate} row {i} col {g}: {got} vs {w}"
+                                    "wq{wq} n{n} m{m} ow{ow} t{threads} acc{accumulate} row {i} col {g}: {got} vs {w}"
                                 );
                             }
                             for (at, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
@@ -1913,7 +1946,7 @@ mod tests {
                 }
             }
         }
-        if wq != 20 {
+        if wq != 20 || n != 17 * 20 + 9 {
             return Ok(());
         }
         // An output one element short, and a grid that keeps more columns than it has.

@@ -667,3 +667,35 @@ fn f32_cat_op_with_frozen_inputs_matches_the_ops_in_a_row() -> Result<()> {
     }
     Ok(())
 }
+
+/// The f32 training op on maps large enough for every weight-gradient path that reads the
+/// kept padded planes (dot products over the image with fewer and with more images than
+/// threads, the batched product over small maps, the per-image product with many output
+/// channels), against the ops in a row in f64.
+#[test]
+fn f32_training_op_reads_its_kept_planes_on_every_weight_gradient_path() -> Result<()> {
+    let cfg = Conv2dConfig::default().padding(1);
+    let cases = [
+        // (x shape, output channels): dot products (o ≤ 64, grid ≥ 512 positions).
+        ([1usize, 8, 24, 26], 16usize),
+        ([3, 8, 24, 26], 16),
+        // The batched product over small maps (o > 64, C·9 ≥ 192, 8×8 maps).
+        ([3, 24, 8, 8], 72),
+        // One product per image with its columns over the pool (o > 64, large maps).
+        ([2, 24, 24, 22], 72),
+    ];
+    for (i, (xs, o)) in cases.into_iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let x = random(&xs, seed, 0.3)?;
+        let w = (random(&[o, xs[1], 3, 3], seed + 1, 0.0)? / ((xs[1] * 9) as f64).sqrt())?;
+        let (g, b) = (random(&[o], seed + 2, 1.0)?, random(&[o], seed + 3, 0.1)?);
+        let gy = random(&[xs[0], o, xs[2], xs[3]], seed + 4, 0.0)?;
+        let want = run(false, true, &cfg, [&x, &w, &g, &b, &gy])?;
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let got = run(true, true, &cfg, [&f(&x)?, &f(&w)?, &f(&g)?, &f(&b)?, &f(&gy)?])?;
+        for (k, name) in ["y", "mean", "var", "dx", "dw", "dgamma", "dbeta"].iter().enumerate() {
+            assert_close(&format!("case {i} {name}"), &got[k].to_dtype(DType::F64)?, &want[k], 1e-3, 1e-3)?;
+        }
+    }
+    Ok(())
+}

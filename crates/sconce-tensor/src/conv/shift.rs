@@ -396,7 +396,7 @@ impl Geom {
                 }
             }
             if let Some(e) = epi {
-                // SAFETY: the products (and compactions) above wrote every element of `y`, and
+                // SAFETY: the products above wrote every element of `y` (with a grid: its `p` kept columns per channel), and
                 // `MaybeUninit<f32>` has `f32`'s layout.
                 let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
                 e.apply(img, y, p);

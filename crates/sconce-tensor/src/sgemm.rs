@@ -1487,16 +1487,22 @@ pub(crate) fn sgemm_nt_rows(
                 let jt = 5.min(n - j);
                 // SAFETY: rows `a_offs[i..i+it]`, `b_offs[j..j+jt]` hold `len ≥ p0 + cl` values
                 // from their offsets (checked above); the tile's partial sums lie in `part`.
+                // The next chunk's rows are asked for while this chunk's first tiles read
+                // these rows: A's during its first column block, B's during the first row
+                // block. Each row is then read from L2, not from memory (a chunk's rows are
+                // short streams, 4 KB each, that the hardware prefetcher picks up late).
+                let next = p0 + cl < len;
+                let pf = Prefetch { a: next && j == 0, b: next && i == 0, ahead: cl };
                 unsafe {
                     let ar = |r: usize| a.as_ptr().add(a_offs[i + r] + p0);
                     let br = |r: usize| b.as_ptr().add(b_offs[j + r] + p0);
                     let pp = part.as_mut_ptr().add((i * n + j) * 16);
                     match (it, jt) {
-                        (4, 5) => dot_tile::<4, 5>(cl, std::array::from_fn(ar), std::array::from_fn(br), pp, n),
-                        (4, _) => dot_tile_dyn::<4>(cl, std::array::from_fn(ar), jt, br, pp, n),
-                        (3, _) => dot_tile_dyn::<3>(cl, std::array::from_fn(ar), jt, br, pp, n),
-                        (2, _) => dot_tile_dyn::<2>(cl, std::array::from_fn(ar), jt, br, pp, n),
-                        _ => dot_tile_dyn::<1>(cl, std::array::from_fn(ar), jt, br, pp, n),
+                        (4, 5) => dot_tile::<4, 5>(cl, std::array::from_fn(ar), std::array::from_fn(br), pp, n, pf),
+                        (4, _) => dot_tile_dyn::<4>(cl, std::array::from_fn(ar), jt, br, pp, n, pf),
+                        (3, _) => dot_tile_dyn::<3>(cl, std::array::from_fn(ar), jt, br, pp, n, pf),
+                        (2, _) => dot_tile_dyn::<2>(cl, std::array::from_fn(ar), jt, br, pp, n, pf),
+                        _ => dot_tile_dyn::<1>(cl, std::array::from_fn(ar), jt, br, pp, n, pf),
                     }
                 }
                 j += jt;
@@ -1522,17 +1528,27 @@ unsafe fn dot_tile_dyn<const OT: usize>(
     br: impl Fn(usize) -> *const f32,
     part: *mut f32,
     n: usize,
+    pf: Prefetch,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
         match jt {
-            5 => dot_tile::<OT, 5>(len, a, std::array::from_fn(br), part, n),
-            4 => dot_tile::<OT, 4>(len, a, std::array::from_fn(br), part, n),
-            3 => dot_tile::<OT, 3>(len, a, std::array::from_fn(br), part, n),
-            2 => dot_tile::<OT, 2>(len, a, std::array::from_fn(br), part, n),
-            _ => dot_tile::<OT, 1>(len, a, std::array::from_fn(br), part, n),
+            5 => dot_tile::<OT, 5>(len, a, std::array::from_fn(br), part, n, pf),
+            4 => dot_tile::<OT, 4>(len, a, std::array::from_fn(br), part, n, pf),
+            3 => dot_tile::<OT, 3>(len, a, std::array::from_fn(br), part, n, pf),
+            2 => dot_tile::<OT, 2>(len, a, std::array::from_fn(br), part, n, pf),
+            _ => dot_tile::<OT, 1>(len, a, std::array::from_fn(br), part, n, pf),
         }
     }
+}
+
+/// Which rows of a [`dot_tile`] to prefetch `ahead` positions on (into L2), one line per
+/// 16-position step.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    a: bool,
+    b: bool,
+    ahead: usize,
 }
 
 /// `part[(r·n + s)·16..][..16] += Σ_q a[r][16q..] ⊙ b[s][16q..]` over `len` positions (the last
@@ -1549,6 +1565,7 @@ unsafe fn dot_tile<const OT: usize, const JT: usize>(
     b: [*const f32; JT],
     part: *mut f32,
     n: usize,
+    pf: Prefetch,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers every pointer offset below; the tail uses masked
@@ -1562,6 +1579,18 @@ unsafe fn dot_tile<const OT: usize, const JT: usize>(
         }
         let full = len / 16;
         for q in 0..full {
+            // One line of each named row, `pf.ahead` positions on (addresses computed with
+            // wrapping offsets: they may lie past the rows, and prefetches never fault).
+            if pf.a {
+                for p in a {
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf.ahead + 16 * q).cast::<i8>());
+                }
+            }
+            if pf.b {
+                for p in b {
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(pf.ahead + 16 * q).cast::<i8>());
+                }
+            }
             let av: [__m512; OT] = std::array::from_fn(|r| _mm512_loadu_ps(a[r].add(16 * q)));
             for s in 0..JT {
                 let bv = _mm512_loadu_ps(b[s].add(16 * q));
@@ -1597,6 +1626,7 @@ unsafe fn dot_tile<const OT: usize, const JT: usize>(
     _b: [*const f32; JT],
     _part: *mut f32,
     _n: usize,
+    _pf: Prefetch,
 ) {
 }
 

@@ -156,13 +156,45 @@ impl BnTrain {
     }
 }
 
+/// `(Σ(x − m), Σ(x − m)²)` over one block, in 8 lanes of `T`, returned in `f64`.
+#[inline(always)]
+fn centred_sums<T: Real>(x: &[T], m: T) -> (f64, f64) {
+    let (mut a, mut b) = ([T::zero(); 8], [T::zero(); 8]);
+    let mut lanes = x.chunks_exact(8);
+    for c in &mut lanes {
+        for ((a, b), &v) in a.iter_mut().zip(b.iter_mut()).zip(c) {
+            let d = v - m;
+            *a += d;
+            *b += d * d;
+        }
+    }
+    let (mut s1, mut s2) = (0f64, 0f64);
+    for &v in lanes.remainder() {
+        let d = f64_of(v - m);
+        s1 += d;
+        s2 += d * d;
+    }
+    for (a, b) in a.into_iter().zip(b) {
+        s1 += f64_of(a);
+        s2 += f64_of(b);
+    }
+    (s1, s2)
+}
+
+/// Values per block of [`ChannelStats`] (2 KiB of `f32`, one L1-resident run).
+const STATS_BLOCK: usize = 512;
+
 /// Runs `k` compiled for the CPU's best vector extensions (pulp's run-time dispatch); the
 /// element-wise loops below otherwise compile for baseline SSE2.
 fn simd<K: pulp::WithSimd>(k: K) -> K::Output {
     pulp::Arch::new().dispatch(k)
 }
 
-/// `(Σx, Σ(x − mean)²)` of one channel over all images (the mean from a first pass).
+/// `(Σx, Σ(x − mean)²)` of one channel over all images, reading the channel once: each block
+/// of [`STATS_BLOCK`] values (in L1 after its first pass) gives its own mean and centred sum of
+/// squares in two passes over it, and the blocks merge in `f64` (Chan et al.'s pairwise update), as
+/// accurate as a two-pass over the whole channel even for a large mean, without the second
+/// read of the channel from memory.
 struct ChannelStats<'a, T> {
     x: &'a [T],
     d: Dims,
@@ -174,12 +206,25 @@ impl<T: Real> pulp::WithSimd for ChannelStats<'_, T> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) -> (f64, f64) {
         let Dims { n, c, hw } = self.d;
-        let planes = (0..n).map(|i| &self.x[(i * c + self.ch) * hw..(i * c + self.ch + 1) * hw]);
-        let sum: f64 = planes.clone().map(|p| block_sum(p, |v| v)).sum();
-        // Centred in T after subtracting the f64 mean: accurate even for a large mean.
-        let mt = T::from_f64(sum / (n * hw) as f64);
-        let ss: f64 = planes.map(|p| block_sum(p, |v| (v - mt) * (v - mt))).sum();
-        (sum, ss)
+        let (mut count, mut mean, mut ss) = (0f64, 0f64, 0f64);
+        for i in 0..n {
+            let plane = &self.x[(i * c + self.ch) * hw..(i * c + self.ch + 1) * hw];
+            for block in plane.chunks(STATS_BLOCK) {
+                let nb = block.len() as f64;
+                // A first mean (summed in `T`: off by a few ulps of the values), then the sums
+                // of the values centred on it, small and exact enough in `T`, correct both.
+                let mt = T::from_f64(block_sum(block, |v| v) / nb);
+                let (s1, s2) = centred_sums(block, mt);
+                let mb = f64_of(mt) + s1 / nb;
+                let ssb = s2 - s1 * s1 / nb;
+                let total = count + nb;
+                let delta = mb - mean;
+                mean += delta * nb / total;
+                ss += ssb + delta * delta * count * nb / total;
+                count = total;
+            }
+        }
+        (mean * count, ss)
     }
 }
 

@@ -130,25 +130,39 @@ fn fused_relu_equals_batch_norm_then_relu_and_matches_finite_differences() -> Re
 
 #[test]
 fn output_is_normalised_per_channel_even_with_a_large_mean() -> Result<()> {
+    // Planes of one block each, and of several (1600 values: blocks merged within a plane).
+    for shape in [[4, 3, 6, 6], [2, 2, 40, 40]] {
+        normalised_with_a_large_mean(&shape)?;
+    }
+    Ok(())
+}
+
+fn normalised_with_a_large_mean(shape: &[usize]) -> Result<()> {
     // A mean of 1e4 with unit spread in f32: a one-pass E[x²] − E[x]² variance would be noise.
-    let x64 = random(&[4, 3, 6, 6], 4, 1e4)?;
+    let c = shape[1];
+    let x64 = random(shape, 4, 1e4)?;
     let x = x64.to_dtype(DType::F32)?;
-    let ones = Tensor::ones(3, DType::F32, &Device::Cpu)?;
-    let zeros = Tensor::zeros(3, DType::F32, &Device::Cpu)?;
+    let ones = Tensor::ones(c, DType::F32, &Device::Cpu)?;
+    let zeros = Tensor::zeros(c, DType::F32, &Device::Cpu)?;
     let (y, stats) = batch_norm_train(&x, &ones, &zeros, 1e-5)?;
     let y = y.to_dtype(DType::F64)?;
     let mean = y.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
     let var = y.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
     assert!(mean.iter().all(|m| m.abs() < 1e-3), "{mean:?}");
     assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{var:?}");
-    assert_eq!(stats.count, 4 * 36);
+    assert_eq!(stats.count, shape[0] * shape[2] * shape[3]);
     // The batch variance equals a two-pass f64 variance of the same (f32-rounded) data.
     let x64 = x.to_dtype(DType::F64)?;
     let centred = x64.broadcast_sub(&x64.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?)?;
     let want = centred.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
     let got = stats.var.to_vec1::<f32>()?;
     for (g, w) in got.iter().zip(&want) {
-        assert!((f64::from(*g) - w).abs() < 1e-5 * w, "batch variance {g} vs {w}");
+        assert!((f64::from(*g) - w).abs() < 1e-5 * w, "{shape:?} batch variance {g} vs {w}");
+    }
+    // The batch mean likewise, to f32's precision at 1e4.
+    let want = x64.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?.flatten_all()?.to_vec1::<f64>()?;
+    for (g, w) in stats.mean.to_vec1::<f32>()?.iter().zip(&want) {
+        assert!((f64::from(*g) - w).abs() < 2e-3, "{shape:?} batch mean {g} vs {w}");
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ impl BnTrain {
     pub(crate) fn coefficients<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
-        // Two passes per channel in f64: the mean, then the centred sum of squares.
+        // Per channel in f64: the mean and the centred sum of squares ([`ChannelStats`]).
         let stats: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {

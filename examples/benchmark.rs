@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use sconce::SeededRng;
 use sconce::backbones::{ModelOptions, create_model};
 use sconce::layers::ParamStore;
+use sconce::train::{Optimizer, Sgd, SgdConfig};
 
 fn random(shape: &[usize], rng: &mut SeededRng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -79,7 +80,8 @@ fn main() -> Result<()> {
     let model = create_model(&model_name, &vb, &ModelOptions { num_classes, unet_base, ..Default::default() })?;
     let mut rng = SeededRng::new(1);
     let x = random(&[batch, 3, img, img], &mut rng)?;
-    let vars = store.vars();
+    // As timm's benchmark: `torch.optim.SGD(lr=0.01)`, sconce-train's in-place update.
+    let opt = std::sync::Mutex::new(Sgd::new(store.named_vars(), SgdConfig { lr: 0.01, ..SgdConfig::default() })?);
     for bench in benches {
         let train = match bench.as_str() {
             "inference" => false,
@@ -105,11 +107,7 @@ fn main() -> Result<()> {
                 sconce::tensor::log_softmax(&y, 1)?.gather(&target.unsqueeze(1)?, 1)?.neg()?.mean_all()?
             };
             let grads = loss.backward()?;
-            for v in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    v.set(&(v.as_tensor() - (g * 0.01)?)?)?;
-                }
-            }
+            opt.lock().map_err(|_| anyhow::anyhow!("optimizer lock poisoned"))?.step(&grads)?;
             Ok(())
         };
         // Each step runs on the kernels' thread pool, as `sconce_train::Trainer` runs it.

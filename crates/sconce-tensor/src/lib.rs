@@ -10,6 +10,7 @@
 //! | resizing | [`resize`] with [`Interpolation`] nearest, nearest-exact, bilinear (`align_corners` both ways) |
 //! | pooling | [`max_pool2d`], [`avg_pool2d`], [`adaptive_max_pool2d`], [`adaptive_avg_pool2d`], [`global_avg_pool2d`] |
 //! | threads | [`on_pool`]: run a whole step on the kernels' thread pool (fewer wake-ups) |
+//! | optimizer updates | [`sgd_update`] ([`SgdUpdate`]), [`adam_update`] ([`AdamUpdate`]): PyTorch's rules in place, one parallel pass per tensor; [`sum_squares`] for gradient norms |
 //!
 //! Every op checks its arguments and returns a [`sconce_core::Error`] for bad input (wrong
 //! rank, zero or negative sizes, a kernel larger than the padded input), never a panic.
@@ -31,6 +32,7 @@ mod separable;
 mod sgemm;
 mod stable;
 mod threads;
+mod update;
 
 pub use batch_norm::{
     BatchStats, batch_norm_eval, batch_norm_relu_eval, batch_norm_relu_train, batch_norm_train, update_running_stats,
@@ -48,3 +50,4 @@ pub use relu::{add_relu, relu};
 pub use resize::{Interpolation, resize};
 pub use stable::{log_sigmoid, log_softmax, logsumexp, one_hot, sigmoid, softmax, softplus};
 pub use threads::on_pool;
+pub use update::{AdamUpdate, SgdUpdate, adam_update, sgd_update, sum_squares};

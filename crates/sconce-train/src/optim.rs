@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use sconce_core::{Error, Result};
+use sconce_tensor::{AdamUpdate, SgdUpdate, adam_update, sgd_update, sum_squares};
 use serde_json::{Value, json};
 
 /// An optimizer over named parameters.
@@ -22,8 +23,12 @@ pub trait Optimizer: Send {
     fn set_lr(&mut self, lr: f64);
     /// Steps taken.
     fn steps(&self) -> u64;
-    /// The state tensors, keyed `{param name}.{buffer}` (e.g. `fc.weight.exp_avg`).
-    fn state_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Copies of the state tensors, keyed `{param name}.{buffer}` (e.g. `fc.weight.exp_avg`).
+    /// (Copies: the optimizer updates its state in place.)
+    ///
+    /// # Errors
+    /// Candle errors only.
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>>;
     /// The scalar state and hyper-parameters as JSON.
     fn state_json(&self) -> Value;
     /// Restores [`Optimizer::state_tensors`] and [`Optimizer::state_json`].
@@ -96,24 +101,22 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.cfg;
+        let cfg = SgdUpdate {
+            lr: c.lr,
+            momentum: c.momentum,
+            dampening: c.dampening,
+            weight_decay: c.weight_decay,
+            nesterov: c.nesterov,
+        };
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            // Detached: the update and the state must not record a graph (a momentum buffer that
-            // referenced the parameter's graph would chain every step and grow without bound).
-            let pt = p.as_tensor().detach();
-            let mut g = g.detach().to_dtype(p.dtype())?;
-            if c.weight_decay != 0.0 {
-                g = (g + (&pt * c.weight_decay)?)?;
+            // In place: one pass over the parameter (two with momentum), no tensors allocated.
+            // The buffer is a fresh tensor of plain values, never part of a graph.
+            let first = self.bufs[i].is_none();
+            if c.momentum != 0.0 && first {
+                self.bufs[i] = Some(p.as_tensor().zeros_like()?);
             }
-            if c.momentum != 0.0 {
-                let buf = match &self.bufs[i] {
-                    None => g.clone(),
-                    Some(b) => ((b * c.momentum)? + (&g * (1.0 - c.dampening))?)?,
-                };
-                g = if c.nesterov { (g + (&buf * c.momentum)?)? } else { buf.clone() };
-                self.bufs[i] = Some(buf);
-            }
-            p.set(&(pt - (g * c.lr)?)?)?;
+            sgd_update(p.as_tensor(), g, self.bufs[i].as_ref(), first, &cfg)?;
         }
         self.steps += 1;
         Ok(())
@@ -131,11 +134,11 @@ impl Optimizer for Sgd {
         self.steps
     }
 
-    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.params
             .iter()
             .zip(&self.bufs)
-            .filter_map(|((n, _), b)| b.as_ref().map(|b| (format!("{n}.momentum_buffer"), b.clone())))
+            .filter_map(|((n, _), b)| b.as_ref().map(|b| Ok((format!("{n}.momentum_buffer"), b.copy()?))))
             .collect()
     }
 
@@ -152,7 +155,7 @@ impl Optimizer for Sgd {
         let mut bufs = Vec::with_capacity(self.params.len());
         for (n, p) in &self.params {
             bufs.push(match tensors.get(&format!("{n}.momentum_buffer")) {
-                Some(t) if t.dims() == p.dims() => Some(t.to_dtype(p.dtype())?),
+                Some(t) if t.dims() == p.dims() => Some(owned(t, p)?),
                 Some(t) => return Err(shape_err(n, p, t)),
                 None if self.cfg.momentum != 0.0 && json["steps"].as_u64().unwrap_or(0) > 0 => {
                     return Err(Error::data("optimizer state", format!("has no momentum buffer for `{n}`")));
@@ -167,6 +170,12 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
+}
+
+/// `t` in `p`'s dtype as a contiguous tensor of its own: the optimizer updates its state in
+/// place, which must not reach the caller's tensors.
+fn owned(t: &Tensor, p: &Var) -> Result<Tensor> {
+    Ok(t.to_dtype(p.dtype())?.contiguous()?.copy()?)
 }
 
 fn shape_err(name: &str, p: &Var, t: &Tensor) -> Error {
@@ -245,46 +254,30 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.cfg;
-        let (b1, b2) = c.betas;
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            let mut g = g.detach().to_dtype(p.dtype())?;
-            let mut pt = p.as_tensor().detach();
-            if c.weight_decay != 0.0 {
-                if c.decoupled {
-                    pt = (pt * (1.0 - c.lr * c.weight_decay))?;
-                } else {
-                    g = (g + (&pt * c.weight_decay)?)?;
+            let pt = p.as_tensor();
+            // The moments start as zeros, as PyTorch's state (a missing one after a restore
+            // likewise: `β·0 + (1 − β)·g` is the first step's value exactly).
+            let state = |s: &mut Option<Tensor>| -> Result<Tensor> {
+                if s.is_none() {
+                    *s = Some(pt.zeros_like()?);
                 }
-            }
+                s.clone().ok_or_else(|| Error::config("adam", "state missing"))
+            };
+            let (m, v) = (state(&mut self.m[i])?, state(&mut self.v[i])?);
+            let vmax = if c.amsgrad { Some(state(&mut self.vmax[i])?) } else { None };
             self.t[i] += 1;
-            let t = self.t[i] as i32;
-            let m = match &self.m[i] {
-                None => (&g * (1.0 - b1))?,
-                Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+            // In place: one pass per moment and one over the parameter, no tensors allocated.
+            let cfg = AdamUpdate {
+                lr: c.lr,
+                betas: c.betas,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                decoupled: c.decoupled,
+                step: self.t[i],
             };
-            let g2 = g.sqr()?;
-            let v = match &self.v[i] {
-                None => (&g2 * (1.0 - b2))?,
-                Some(v) => ((v * b2)? + (&g2 * (1.0 - b2))?)?,
-            };
-            let bc1 = 1.0 - b1.powi(t);
-            let bc2 = 1.0 - b2.powi(t);
-            let second = if c.amsgrad {
-                let mx = match &self.vmax[i] {
-                    None => v.clone(),
-                    Some(mx) => mx.maximum(&v)?,
-                };
-                self.vmax[i] = Some(mx.clone());
-                mx
-            } else {
-                v.clone()
-            };
-            let denom = ((second.sqrt()? / bc2.sqrt())? + c.eps)?;
-            let upd = ((&m / denom)? * (c.lr / bc1))?;
-            p.set(&(pt - upd)?)?;
-            self.m[i] = Some(m);
-            self.v[i] = Some(v);
+            adam_update(pt, g, &m, &v, vmax.as_ref(), &cfg)?;
         }
         self.steps += 1;
         Ok(())
@@ -302,21 +295,19 @@ impl Optimizer for Adam {
         self.steps
     }
 
-    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (i, (n, _)) in self.params.iter().enumerate() {
             for (what, t) in [("exp_avg", &self.m[i]), ("exp_avg_sq", &self.v[i]), ("max_exp_avg_sq", &self.vmax[i])] {
                 if let Some(t) = t {
-                    out.push((format!("{n}.{what}"), t.clone()));
+                    out.push((format!("{n}.{what}"), t.copy()?));
                 }
             }
-            if self.t[i] > 0
-                && let Ok(s) = Tensor::new(self.t[i] as i64, &candle_core::Device::Cpu)
-            {
-                out.push((format!("{n}.step"), s));
+            if self.t[i] > 0 {
+                out.push((format!("{n}.step"), Tensor::new(self.t[i] as i64, &candle_core::Device::Cpu)?));
             }
         }
-        out
+        Ok(out)
     }
 
     fn state_json(&self) -> Value {
@@ -335,7 +326,7 @@ impl Optimizer for Adam {
         for (i, (name, p)) in self.params.iter().enumerate() {
             let get = |what: &str| -> Result<Option<Tensor>> {
                 match tensors.get(&format!("{name}.{what}")) {
-                    Some(x) if x.dims() == p.dims() => Ok(Some(x.to_dtype(p.dtype())?)),
+                    Some(x) if x.dims() == p.dims() => Ok(Some(owned(x, p)?)),
                     Some(x) => Err(shape_err(name, p, x)),
                     None => Ok(None),
                 }
@@ -394,7 +385,7 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut total = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            total += sum_squares(g)?;
         }
     }
     Ok(total.sqrt())

@@ -270,7 +270,7 @@ impl<'a> Trainer<'a> {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         self.store.save_safetensors(tmp.join("model.safetensors"))?;
-        let opt: HashMap<String, Tensor> = self.optimizer.state_tensors().into_iter().collect();
+        let opt: HashMap<String, Tensor> = self.optimizer.state_tensors()?.into_iter().collect();
         save_safetensors_atomic(&opt, &tmp.join("optimizer.safetensors"))?;
         let mut state = self.state.clone();
         state.optimizer = self.optimizer.state_json();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use sconce_testutil::{Fixture, assert_close};
 use sconce_train::{Adam, AdamConfig, LrSchedule, Optimizer, Schedule, Sgd, SgdConfig};
 use serde_json::Value;
@@ -100,7 +100,7 @@ fn state_round_trip_continues_exactly() -> Result<()> {
             opt.step(&grads_for(&fx, s, &vars)?)?;
         }
         // A fresh optimizer restored from the state continues as the original would have.
-        let tensors: HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
+        let tensors: HashMap<String, Tensor> = opt.state_tensors()?.into_iter().collect();
         let mut restored = build(case, named())?;
         restored.load_state(&tensors, &opt.state_json())?;
         assert_eq!(restored.steps(), 2);
@@ -169,9 +169,36 @@ fn optimizer_state_records_no_graph() -> Result<()> {
         for s in 0..2 {
             opt.step(&grads_for(&fx, s, &vars)?)?;
         }
-        for (k, t) in opt.state_tensors() {
+        for (k, t) in opt.state_tensors()? {
             assert!(!t.track_op(), "{}: state {k} records a graph", case["name"]);
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn state_tensors_are_snapshots_and_restored_state_is_the_optimizers_own() -> Result<()> {
+    // The optimizers update their state in place: what `state_tensors` hands out, and what
+    // `load_state` reads, must not change with later steps.
+    let fx = fixture()?;
+    let values = |ts: &[(String, Tensor)]| -> Result<Vec<Vec<f64>>> {
+        ts.iter().map(|(_, t)| Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)).collect()
+    };
+    for case in fx.cases.iter().filter(|c| c.get("kind").is_some() && c["name"] != "sgd_plain") {
+        let vars = vec![Var::from_tensor(&tensor(&fx, "p0")?)?, Var::from_tensor(&tensor(&fx, "p1")?)?];
+        let named = || vec![("a".to_string(), vars[0].clone()), ("b".to_string(), vars[1].clone())];
+        let mut opt = build(case, named())?;
+        opt.step(&grads_for(&fx, 0, &vars)?)?;
+        let snap = opt.state_tensors()?;
+        assert!(!snap.is_empty(), "{}: no state", case["name"]);
+        let before = values(&snap)?;
+        opt.step(&grads_for(&fx, 1, &vars)?)?;
+        assert_eq!(values(&snap)?, before, "{}: a later step changed the snapshot", case["name"]);
+        assert_ne!(values(&opt.state_tensors()?)?, before, "{}: the state did not move", case["name"]);
+        let mut restored = build(case, named())?;
+        restored.load_state(&snap.iter().cloned().collect(), &opt.state_json())?;
+        restored.step(&grads_for(&fx, 2, &vars)?)?;
+        assert_eq!(values(&snap)?, before, "{}: a restored optimizer changed its source", case["name"]);
     }
     Ok(())
 }

@@ -329,6 +329,12 @@ fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
         // products along the image (several images per task; groups).
         ([3, 6, 24, 23], [10, 6, 3, 3], Conv2dConfig::default().padding(1)),
         ([2, 8, 24, 24], [8, 4, 3, 3], Conv2dConfig { padding: (1, 1), groups: 2, ..Default::default() }),
+        // Weight gradients with ≥ 4 column panels (C·kh·kw ≥ 192) over grids of > 256
+        // positions: whole images per task into partial dW (an even batch; a 1×1) ...
+        ([4, 24, 18, 17], [72, 24, 3, 3], Conv2dConfig::default().padding(1)),
+        ([2, 200, 17, 16], [70, 200, 1, 1], Conv2dConfig::default()),
+        // ... and each image's columns split over the pool (an odd batch).
+        ([3, 24, 18, 17], [72, 24, 3, 3], Conv2dConfig::default().padding(1)),
     ];
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let (x, w) = (random(xs, 100 + i as u64)?, random(ws, 200 + i as u64)?);

@@ -504,9 +504,10 @@ impl Geom {
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact && !sp.dy_padded { og * sp.n_grid } else { 0 };
         let (chunks, _) = self.plan();
-        // With enough columns in dW (C/g·kh·kw ≥ 4 panels), the images run one after the other
-        // and each product's columns are split over the pool, accumulating straight into `dw`:
-        // no per-task partial dW to zero and add up (a full copy of the weights each, which
+        // With enough columns in dW (C/g·kh·kw ≥ 4 panels) and too few images to split over
+        // the pool (or weights larger than the input), the images run one after the other and
+        // each product's columns are split over the pool, accumulating straight into `dw`: no
+        // per-task partial dW to zero and add up (a full copy of the weights each, which
         // dominated at small batches with large weights).
         let threads = rayon::current_num_threads();
         // Few output channels: dot products along the image (`sgemm_nt_rows`), images split
@@ -580,7 +581,17 @@ impl Geom {
         if threads > 1 && k >= 4 * NR && self.n > 1 && self.g == 1 && sp.n_grid <= BATCH_MAX_GRID {
             return self.weight_grad_batched(x, dy, dw, sp, &boff);
         }
-        if threads > 1 && k >= 4 * NR {
+        // Enough images to split evenly over the pool, and a dW no larger than the batch's
+        // input: each task takes whole images into its own partial dW (below). Splitting each
+        // image's columns instead (next) left the pool unbalanced (ResNet50's 1×1 256 → 64
+        // layer: 5⅓ column panels over 2 threads) and synchronised it twice per image (pack A,
+        // then the product). Alternating, min of 3 per round, 12 rounds, batch 8: 1×1 256 → 64
+        // at 56² 5.87 → 4.47 ms (medians), 3×3 128 → 128 at 28² 12.76 → 10.06; 1×1 512 → 128
+        // at 28² unchanged (6.77 vs 6.53).
+        let by_images = self.n >= threads
+            && (self.n.is_multiple_of(threads) || self.n >= 4 * threads)
+            && self.weight_len() <= x.len();
+        if threads > 1 && k >= 4 * NR && !by_images {
             return <f32 as crate::kernel::Real>::with_scratch(xp_len + grid_len, |scratch| {
                 let (xp, grid) = scratch.split_at_mut(xp_len);
                 for (x_img, dy_img) in x.chunks(img_len).zip(dy.chunks(out_len)) {

@@ -125,35 +125,80 @@ impl BnTrain {
     }
 
     /// [`Self::run`], adding `residual` when given; callers check its length.
+    ///
+    /// One task per channel: its statistics, then its planes normalised right after, while the
+    /// channel is still in L2 (the statistics and the map used to run as two parallel sweeps,
+    /// each reading `x` from memory).
     fn run_with<T: Real>(&self, x: &[T], g: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
-        let (scale, shift) = self.coefficients(x, g, b);
-        affine_planes_add(x, self.d, self.relu, residual, |ch| (scale[ch], shift[ch]))
+        let Dims { n, c, hw } = self.d;
+        let mut y: Vec<T> = Vec::with_capacity(x.len());
+        let by_channel = planes_by_channel(&mut y.spare_capacity_mut()[..x.len()], hw, c, n);
+        let stats: Vec<(f64, f64)> = by_channel
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, planes)| {
+                let (mean, var) = self.channel_stats(x, ch);
+                let (scale, shift) = self.channel_coefficients::<T>(mean, var, g[ch], b[ch]);
+                for (plane, yp) in planes {
+                    let at = plane * hw..(plane + 1) * hw;
+                    let r = residual.map(|r| &r[at.clone()]);
+                    let xp = &x[at];
+                    if self.relu {
+                        simd(Affine::<T, true> { y: yp, x: xp, r, scale, shift });
+                    } else {
+                        simd(Affine::<T, false> { y: yp, x: xp, r, scale, shift });
+                    }
+                }
+                (mean, var)
+            })
+            .collect();
+        // SAFETY: the planes tile `x.len()` values (`hw > 0`; with `hw = 0` there are none) and
+        // every one was written above.
+        unsafe { y.set_len(x.len()) };
+        let _ = self.saved.set(stats.into_iter().unzip());
+        y
+    }
+
+    /// Channel `ch`'s batch mean and biased variance.
+    fn channel_stats<T: Real>(&self, x: &[T], ch: usize) -> (f64, f64) {
+        let m = (self.d.n * self.d.hw) as f64;
+        let (sum, ss) = simd(ChannelStats { x, d: self.d, ch });
+        (sum / m, ss / m)
+    }
+
+    /// The forward map's `(scale, shift)` for one channel's statistics and `γ`, `β`.
+    fn channel_coefficients<T: Real>(&self, mean: f64, var: f64, g: T, b: T) -> (T, T) {
+        let scale = (1.0 / (var + self.eps).sqrt()) * f64_of(g);
+        (T::from_f64(scale), T::from_f64(f64_of(b) - mean * scale))
     }
 
     /// The batch statistics of `x` (recorded for the backward pass and [`Self::stats`]) as the
     /// per-channel `(scale, shift)` of the forward map `y = x·scale + shift`: what
     /// [`Self::run`] applies, for ops that apply it themselves (while packing a product).
     pub(crate) fn coefficients<T: Real>(&self, x: &[T], g: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
-        let Dims { n, c, hw } = self.d;
-        let m = (n * hw) as f64;
         // Per channel in f64: the mean and the centred sum of squares ([`ChannelStats`]).
-        let stats: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (sum, ss) = simd(ChannelStats { x, d: self.d, ch });
-                (sum / m, ss / m)
-            })
-            .collect();
-        let mean: Vec<f64> = stats.iter().map(|s| s.0).collect();
-        let (scale, shift) = (0..c)
-            .map(|ch| {
-                let scale = (1.0 / (stats[ch].1 + self.eps).sqrt()) * f64_of(g[ch]);
-                (T::from_f64(scale), T::from_f64(f64_of(b[ch]) - mean[ch] * scale))
-            })
+        let stats: Vec<(f64, f64)> = (0..self.d.c).into_par_iter().map(|ch| self.channel_stats(x, ch)).collect();
+        let (scale, shift) = stats
+            .iter()
+            .enumerate()
+            .map(|(ch, &(mean, var))| self.channel_coefficients(mean, var, g[ch], b[ch]))
             .unzip();
-        let _ = self.saved.set((mean, stats.iter().map(|s| s.1).collect()));
+        let _ = self.saved.set(stats.into_iter().unzip());
         (scale, shift)
     }
+}
+
+/// One channel's planes of an `[N, C, plane]` buffer, each with its index `i·C + c`.
+type ChannelPlanes<'a, T> = Vec<(usize, &'a mut [MaybeUninit<T>])>;
+
+/// `buf`'s planes of `plane` values grouped by channel (`c` channels, `n` images), for one
+/// task per channel.
+fn planes_by_channel<T>(buf: &mut [MaybeUninit<T>], plane: usize, c: usize, n: usize) -> Vec<ChannelPlanes<'_, T>> {
+    let mut by_channel: Vec<ChannelPlanes<'_, T>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    for (i, p) in buf.chunks_mut(plane.max(1)).enumerate() {
+        by_channel[i % c].push((i, p));
+    }
+    by_channel
 }
 
 /// `(Σ(x − m), Σ(x − m)²)` over one block, in 8 lanes of `T`, returned in `f64`.
@@ -359,14 +404,6 @@ impl BnBackward {
         let Dims { n, c, hw } = self.d;
         let m = (n * hw) as f64;
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        // Per channel: Σdy and Σdy·x̂.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (s, sx) = simd(GradSums::<T, RELU> { x, y, dy, d: self.d, ch, mean: T::from_f64(mean[ch]) });
-                (s, sx * inv[ch])
-            })
-            .collect();
         // `[dx | dγ | dβ]`, every element written below (no zeroing pass).
         if x.len() != n * c * hw || y.len() != x.len() || dy.len() != x.len() {
             candle_core::bail!(
@@ -385,42 +422,50 @@ impl BnBackward {
         let len = n * c * out_plane + 2 * c;
         let mut out: Vec<T> = Vec::with_capacity(len);
         let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(n * c * out_plane);
-        dx.par_chunks_mut(out_plane)
-            .zip(x.par_chunks(hw))
-            .zip(dy.par_chunks(hw))
-            .zip(y.par_chunks(hw))
+        // One task per channel: its sums Σdy and Σdy·x̂ over every image, then its `dx` planes
+        // right after, while the channel's `x`, `y` and `dy` are still in L2 (the sums and
+        // `dx` used to run as two parallel sweeps, each reading all three from memory).
+        let by_channel = planes_by_channel(dx, out_plane, c, n);
+        let sums: Vec<(f64, f64)> = by_channel
+            .into_par_iter()
             .enumerate()
-            .for_each(|(plane, (((dx, x), dy), y))| {
-                let ch = plane % c;
-                let (s, sx) = sums[ch];
+            .map(|(ch, planes)| {
+                let (s, sx) = simd(GradSums::<T, RELU> { x, y, dy, d: self.d, ch, mean: T::from_f64(mean[ch]) });
+                let sx = sx * inv[ch];
                 let k = self.gamma[ch] * inv[ch];
                 // dx = γ·σ⁻¹·(dy − Σdy/m − x̂·Σ(dy·x̂)/m) = a·dy + b·(x − mean) + e, centred first
                 // so a large mean does not cost precision in f32.
                 let (a, bx, e) = (T::from_f64(k), T::from_f64(-k * inv[ch] * sx / m), T::from_f64(-k * s / m));
                 let mean = T::from_f64(mean[ch]);
-                if self.pad.is_none() {
-                    simd(InputGrad::<T, RELU> { dx, dy, y, x, a, bx, e, mean });
-                    return;
-                }
-                let zero = |d: &mut [MaybeUninit<T>]| {
-                    for v in d {
-                        v.write(T::zero());
+                for (plane, dx) in planes {
+                    let at = plane * hw..(plane + 1) * hw;
+                    let (x, dy, y) = (&x[at.clone()], &dy[at.clone()], &y[at]);
+                    if self.pad.is_none() {
+                        simd(InputGrad::<T, RELU> { dx, dy, y, x, a, bx, e, mean });
+                        continue;
                     }
-                };
-                let (top, rest) = dx.split_at_mut(ph * wq);
-                let (rows, bottom) = rest.split_at_mut(h * wq);
-                zero(top);
-                zero(bottom);
-                for (r, row) in rows.chunks_exact_mut(wq).enumerate() {
-                    let (left, rest) = row.split_at_mut(pw);
-                    let (mid, right) = rest.split_at_mut(w);
-                    zero(left);
-                    zero(right);
-                    let at = r * w..(r + 1) * w;
-                    let (dy, y, x) = (&dy[at.clone()], &y[at.clone()], &x[at]);
-                    simd(InputGrad::<T, RELU> { dx: mid, dy, y, x, a, bx, e, mean });
+                    let zero = |d: &mut [MaybeUninit<T>]| {
+                        for v in d {
+                            v.write(T::zero());
+                        }
+                    };
+                    let (top, rest) = dx.split_at_mut(ph * wq);
+                    let (rows, bottom) = rest.split_at_mut(h * wq);
+                    zero(top);
+                    zero(bottom);
+                    for (r, row) in rows.chunks_exact_mut(wq).enumerate() {
+                        let (left, rest) = row.split_at_mut(pw);
+                        let (mid, right) = rest.split_at_mut(w);
+                        zero(left);
+                        zero(right);
+                        let at = r * w..(r + 1) * w;
+                        let (dy, y, x) = (&dy[at.clone()], &y[at.clone()], &x[at]);
+                        simd(InputGrad::<T, RELU> { dx: mid, dy, y, x, a, bx, e, mean });
+                    }
                 }
-            });
+                (s, sx)
+            })
+            .collect();
         for ch in 0..c {
             rest[ch].write(T::from_f64(sums[ch].1));
             rest[c + ch].write(T::from_f64(sums[ch].0));

@@ -7,7 +7,8 @@
 //! touches fresh pages again (~3.5 µs per 4 KiB page measured here: a 25 MiB gradient costs ~20 ms
 //! of page faults before any arithmetic). And with an arena per thread, each pool worker keeps
 //! its own peak. glibc reads these settings only at start-up, from the environment, so
-//! [`tune_allocator`] re-executes the program once with them set.
+//! [`tune_allocator`] re-executes the program once with them set — and with candle's worker
+//! threads told not to spin between ops ([`THREAD_ENV`]), which candle reads once, too.
 
 /// The environment [`tune_allocator`] sets: no `mmap` for tensors (threshold 4 GB; and no
 /// `mmap`ped blocks at all, because glibc before 2.35 refuses thresholds above 32 MiB and would
@@ -21,6 +22,16 @@ pub const ALLOCATOR_ENV: [(&str, &str); 5] = [
     ("MALLOC_TOP_PAD_", "536870912"),
     ("MALLOC_ARENA_MAX", "1"),
 ];
+
+/// Set by [`tune_allocator`] along with [`ALLOCATOR_ENV`] when the caller has not set it:
+/// candle's helper threads for element-wise ops (its "barrier pool") park as soon as an op is
+/// done instead of spinning for 25 000 `pause` instructions (about a millisecond here) first.
+/// In a training step those spins run beside sconce's own two kernel threads on two cores and
+/// take their time: alternating runs of the `benchmark` example, `unet-resnet50` train at
+/// 2×250², 3 of 3 pairs faster with it, step 1194/1204/1138 → 1167/1163/1107 ms; `resnet50`
+/// train at 8×224², medians of 6: 1697 → 1634 ms. Parking costs a wake-up (microseconds) at
+/// the next large element-wise op, which runs for milliseconds.
+pub const THREAD_ENV: [(&str, &str); 1] = [("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0")];
 
 /// What [`tune_allocator`] did, when it returned (when it applies the settings it does not return:
 /// the process is replaced by a copy of itself).
@@ -38,7 +49,8 @@ pub enum AllocatorTuning {
 }
 
 /// Re-executes the current program with [`ALLOCATOR_ENV`] unless it is already set, so that
-/// glibc keeps freed memory for the next training step. Call it first thing in `main`, before
+/// glibc keeps freed memory for the next training step (and with [`THREAD_ENV`], each variable
+/// unless the caller set it). Call it first thing in `main`, before
 /// any thread starts or any input is read: the program starts over with the same arguments.
 /// Set `SCONCE_MALLOC_DEFAULTS=1` to opt out. Measured effects are in `docs/benchmarks.md`
 /// (e.g. a 1×1 64 → 256 convolution's forward + backward on 8×56×56: 104 → 31 ms; the
@@ -71,6 +83,11 @@ fn reexec() -> AllocatorTuning {
     for (k, v) in ALLOCATOR_ENV {
         cmd.env(k, v);
     }
+    for (k, v) in THREAD_ENV {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
     // `exec` only returns on failure.
     AllocatorTuning::Failed(cmd.exec())
 }
@@ -94,6 +111,16 @@ mod tests {
         }
         let top_pad = ALLOCATOR_ENV.iter().find(|(k, _)| *k == "MALLOC_TOP_PAD_");
         assert!(top_pad.is_some(), "tune_allocator detects its own settings by MALLOC_TOP_PAD_");
+    }
+
+    #[test]
+    fn thread_settings_are_what_candle_reads() {
+        // candle-core 0.11.1 parses CANDLE_BARRIER_POOL_SPIN_LIMIT as a u32 (utils.rs); a value
+        // it cannot parse would silently fall back to its default spin.
+        for (k, v) in THREAD_ENV {
+            assert!(k.starts_with("CANDLE_"), "{k}");
+            assert!(v.parse::<u32>().is_ok(), "{k}={v}");
+        }
     }
 
     #[test]

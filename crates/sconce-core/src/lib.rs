@@ -11,7 +11,7 @@
 //! | [`LoadReport`] | the outcome of matching a weight file to a model |
 //! | [`SeededRng`], [`Init`] | reproducible random numbers and PyTorch's initialisers |
 //! | [`no_grad`], [`set_grad_enabled`], [`grad_enabled`] | inference without autograd history (PyTorch's `torch.no_grad`) |
-//! | [`tune_allocator`] | glibc settings that keep freed tensor memory between training steps |
+//! | [`tune_allocator`] | glibc settings that keep freed tensor memory between training steps, and candle's helper threads parked between ops |
 //! | [`check`] | input checks (rank, finiteness, label range) that return errors, not panics |
 //!
 //! ```
@@ -38,7 +38,7 @@ mod traits;
 mod weights;
 
 pub use activation::Activation;
-pub use alloc::{ALLOCATOR_ENV, AllocatorTuning, tune_allocator};
+pub use alloc::{ALLOCATOR_ENV, AllocatorTuning, THREAD_ENV, tune_allocator};
 pub use error::{Error, Result};
 pub use grad::{grad_enabled, no_grad, set_grad_enabled};
 pub use init::{FanMode, Init, Nonlinearity, calculate_gain, fans};

@@ -38,11 +38,12 @@ pub const THREAD_ENV: [(&str, &str); 1] = [("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AllocatorTuning {
-    /// The settings (or the caller's own `MALLOC_TOP_PAD_`) are already in the environment.
+    /// The settings (or the caller's own `MALLOC_TOP_PAD_` and thread settings) are already in
+    /// the environment.
     AlreadySet,
     /// `SCONCE_MALLOC_DEFAULTS` is set: glibc's defaults are kept.
     OptedOut,
-    /// Not a glibc Unix target: nothing to do.
+    /// Not a Unix target: the program cannot re-execute itself with the settings.
     Unsupported,
     /// Re-executing failed (the program continues with the defaults).
     Failed(std::io::Error),
@@ -65,14 +66,27 @@ pub fn tune_allocator() -> AllocatorTuning {
     if std::env::var_os("SCONCE_MALLOC_DEFAULTS").is_some() {
         return AllocatorTuning::OptedOut;
     }
-    if std::env::var_os("MALLOC_TOP_PAD_").is_some() {
+    let env = missing_env(|k| std::env::var_os(k).is_some());
+    if env.is_empty() {
         return AllocatorTuning::AlreadySet;
     }
-    reexec()
+    reexec(&env)
 }
 
-#[cfg(all(unix, target_env = "gnu"))]
-fn reexec() -> AllocatorTuning {
+/// The settings the program lacks, given which variables are set: [`ALLOCATOR_ENV`] on glibc
+/// unless `MALLOC_TOP_PAD_` is set (the caller's own malloc settings are kept as they are), and
+/// each [`THREAD_ENV`] variable the caller has not set.
+fn missing_env(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
+    let mut env = Vec::new();
+    if cfg!(all(unix, target_env = "gnu")) && !is_set("MALLOC_TOP_PAD_") {
+        env.extend(ALLOCATOR_ENV);
+    }
+    env.extend(THREAD_ENV.into_iter().filter(|(k, _)| !is_set(k)));
+    env
+}
+
+#[cfg(unix)]
+fn reexec(env: &[(&str, &str)]) -> AllocatorTuning {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -80,20 +94,15 @@ fn reexec() -> AllocatorTuning {
     };
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1));
-    for (k, v) in ALLOCATOR_ENV {
+    for (k, v) in env {
         cmd.env(k, v);
-    }
-    for (k, v) in THREAD_ENV {
-        if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
-        }
     }
     // `exec` only returns on failure.
     AllocatorTuning::Failed(cmd.exec())
 }
 
-#[cfg(not(all(unix, target_env = "gnu")))]
-fn reexec() -> AllocatorTuning {
+#[cfg(not(unix))]
+fn reexec(_env: &[(&str, &str)]) -> AllocatorTuning {
     AllocatorTuning::Unsupported
 }
 
@@ -111,6 +120,24 @@ mod tests {
         }
         let top_pad = ALLOCATOR_ENV.iter().find(|(k, _)| *k == "MALLOC_TOP_PAD_");
         assert!(top_pad.is_some(), "tune_allocator detects its own settings by MALLOC_TOP_PAD_");
+    }
+
+    #[test]
+    fn only_missing_settings_are_added_and_the_callers_are_kept() {
+        let keys = |env: Vec<(&str, &str)>| env.into_iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+        let glibc = cfg!(all(unix, target_env = "gnu"));
+        let all = keys(missing_env(|_| false));
+        assert_eq!(all.len(), if glibc { ALLOCATOR_ENV.len() } else { 0 } + THREAD_ENV.len());
+        assert!(all.iter().any(|k| k == "CANDLE_BARRIER_POOL_SPIN_LIMIT"));
+        // The caller's own malloc settings: the thread settings alone are added.
+        let thread_only = keys(missing_env(|k| k == "MALLOC_TOP_PAD_"));
+        assert_eq!(thread_only, vec!["CANDLE_BARRIER_POOL_SPIN_LIMIT".to_string()]);
+        // The caller's own spin limit is kept: the malloc settings alone are added.
+        let malloc_only = keys(missing_env(|k| k == "CANDLE_BARRIER_POOL_SPIN_LIMIT"));
+        assert!(!malloc_only.iter().any(|k| k.starts_with("CANDLE_")));
+        assert_eq!(malloc_only.len(), if glibc { ALLOCATOR_ENV.len() } else { 0 });
+        // Everything set: nothing to do (no re-execution, no loop).
+        assert!(missing_env(|_| true).is_empty());
     }
 
     #[test]

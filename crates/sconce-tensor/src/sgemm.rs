@@ -26,6 +26,13 @@ const KC: usize = 192;
 /// Products with at most this many rows read B in place instead of packing it (see
 /// [`kernel_rows`]).
 const DIRECT_ROWS: usize = 32;
+/// ... and with several taps of a convolution ([`Shifted`] rows: a channel's taps read three
+/// rows of its plane, one panel's worth of them in L1), this many. Forwards alternating with
+/// the packed path, min of 3, medians of 10 rounds, batch 8 unless given: 3×3 64 → 64 at 56²
+/// 8.92 → 8.43 ms, 128 → 128 at 28² 8.31 → 7.95, 64 → 64 at 125² (batch 4) 19.61 → 17.87;
+/// 256 and 512 rows (14², 62², 31²) were no faster, nor was a 1×1 with 64 rows (4.32 vs 5.39:
+/// its rows are 192 whole planes apart).
+const DIRECT_ROWS_TAPS: usize = 128;
 /// Columns of B packed per block (the `KC×NC` block stays in L2).
 const NC: usize = 768;
 
@@ -54,6 +61,11 @@ pub(crate) trait PackB: Sync {
     /// `B[k0 + p][j] = data[offs[p] + j]` for `p < kc` (`offs` holds `kc` values).
     fn rows(&self, _k0: usize, _offs: &mut [usize]) -> Option<&[f32]> {
         None
+    }
+    /// Products with at most this many rows read B in place ([`Self::rows`]) rather than
+    /// packing it.
+    fn direct_rows(&self) -> usize {
+        DIRECT_ROWS
     }
 }
 
@@ -287,6 +299,12 @@ impl PackB for Shifted<'_> {
             candle_core::bail!("sgemm: shifted operand needs index {last}, has {}", self.data.len());
         }
         Ok(())
+    }
+
+    /// With several taps, up to [`DIRECT_ROWS_TAPS`] rows: the taps of a channel read the same
+    /// few lines of its plane, so a panel's rows stay in L1 for every row tile.
+    fn direct_rows(&self) -> usize {
+        if self.offs.len() > 1 { DIRECT_ROWS_TAPS } else { DIRECT_ROWS }
     }
 
     fn rows(&self, k0: usize, offs: &mut [usize]) -> Option<&[f32]> {
@@ -954,6 +972,7 @@ unsafe fn run<B: PackB + ?Sized>(
     let mp = m.div_ceil(MR) * MR;
     let width = NC.min((j_hi - j_lo).div_ceil(NR) * NR);
     let mut roffs = [0usize; KC];
+    let direct_rows = b.direct_rows();
     with_buf(&BPACK, KC * width, |bpack| {
         let mut jc = j_lo;
         while jc < j_hi {
@@ -963,7 +982,7 @@ unsafe fn run<B: PackB + ?Sized>(
                 let overwrite = k0 == 0 && !accumulate;
                 let ablock = &apack[k0 * mp..(k0 + kc) * mp];
                 // Few rows: full panels read B in place, only a narrow last panel is packed.
-                if m <= DIRECT_ROWS
+                if m <= direct_rows
                     && let Some(data) = b.rows(k0, &mut roffs[..kc])
                     && roffs[..kc].iter().all(|&o| o + j_hi <= data.len())
                 {
@@ -1870,8 +1889,9 @@ mod tests {
         if !available() {
             return Ok(());
         }
-        // m ≤ DIRECT_ROWS reads full panels in place (m = 17 and 20 also pack for the partial
-        // row panel); n leaves a narrow last panel; k spans two depth blocks; both thread counts.
+        // m ≤ DIRECT_ROWS_TAPS (9 taps) reads full panels in place (m = 17, 20, 33 and 120 also
+        // pack for the partial row panel), m = 129 packs; n leaves a narrow last panel; k spans
+        // two depth blocks; both thread counts.
         let (planes, plane) = (30, 220);
         let offs = [0usize, 1, 2, 20, 21, 22, 40, 41, 42];
         let k = planes * offs.len();
@@ -1883,7 +1903,7 @@ mod tests {
                 dense[r * n + j] = data[(r / 9) * plane + offs[r % 9] + j];
             }
         }
-        for m in [8, 16, 17, 20, 32, 33] {
+        for m in [8, 16, 17, 20, 32, 33, 64, 120, 128, 129] {
             let a_data = lcg(m as u64 + 3, m * k);
             let a = Strided { data: &a_data, rs: k, cs: 1 };
             let want = naive(m, n, k, &a, &Strided { data: &dense, rs: n, cs: 1 });
@@ -1911,8 +1931,8 @@ mod tests {
             return Ok(());
         }
         // A 3×3 window over 30 planes of 20 columns per row: logical column g is output
-        // (g / 20)·ow + g % 20 when g % 20 < ow. Rows m read in place (≤ 32, with a partial row
-        // panel at 17) and packed (33, 40); ow = 18 (two dropped columns), 20 (none dropped),
+        // (g / 20)·ow + g % 20 when g % 20 < ow. Rows m read in place (≤ 128 with 9 taps, with
+        // a partial row panel at 17, 33 and 40) and packed (129, 136); ow = 18 (two dropped columns), 20 (none dropped),
         // 5 (narrower than a vector); k over two depth blocks; both thread counts; overwrite
         // and accumulate. The output carries a sentinel past its last column.
         // wq = 9 < 16: a vector spans up to three grid rows and goes through the buffer.
@@ -1940,7 +1960,7 @@ mod tests {
             .flat_map(|r| (0..n).map(move |j| (r, j)))
             .map(|(r, j)| data[(r / 9) * plane + offs[r % 9] + j])
             .collect();
-        for m in [8, 17, 32, 33, 40] {
+        for m in [8, 17, 32, 33, 40, 129, 136] {
             let a_data = lcg(m as u64 + 5, m * k);
             let a = Strided { data: &a_data, rs: k, cs: 1 };
             let want = naive(m, n, k, &a, &Strided { data: &b_dense, rs: n, cs: 1 });

@@ -17,9 +17,12 @@ use crate::sgemm::{
 /// Weight gradients with at most this many output channels (per group) run as dot products
 /// along the image ([`sgemm_nt_rows`]).
 /// (3×3 weight gradients measured against the packed product, same binary, alternating: 3 → 16
-/// channels at 250×250 4.53 → 1.85 ms, 16 → 16 8.78 → 6.20, 32 → 32 at 125×125 9.84 → 6.35,
-/// 64 → 64 at 56×56 batch 8 13.95 → 13.01; 128 → 128 at 28×28 went 12.0 → 17.0, so not there.)
-const DOT_MAX_O: usize = 64;
+/// channels at 250×250 4.53 → 1.85 ms, 16 → 16 8.78 → 6.20, 32 → 32 at 125×125 9.84 → 6.35.
+/// Since the packed product takes whole images per task, 64 output channels are faster packed
+/// (min of 3, medians of 8 rounds: 64 → 64 at 56² batch 8 12.81 → 10.21 ms, at 125² batch 4
+/// 29.0 → 24.8, 128 → 64 at 125² batch 2 31.8 → 26.4; at 250² batch 2 46.4 → 45.5), 32 about
+/// even (7.35 vs 6.86 ms), 16 not (9.18 vs 11.25).)
+const DOT_MAX_O: usize = 32;
 /// ... and at least this many grid positions per image, with more than one tap: on short
 /// images the 16-lane partial sums of every output outweigh the products (3×3 128 → 32 at
 /// 14×14, batch 8: 1.67 → 2.31 ms; at 7×7 0.87 → 1.67; at 28×28 4.68 → 4.39; at 56×56 18.1 →

@@ -73,13 +73,13 @@ pub fn tune_allocator() -> AllocatorTuning {
     reexec(&env)
 }
 
-/// The settings the program lacks, given which variables are set: [`ALLOCATOR_ENV`] on glibc
-/// unless `MALLOC_TOP_PAD_` is set (the caller's own malloc settings are kept as they are), and
-/// each [`THREAD_ENV`] variable the caller has not set.
+/// The settings the program lacks, given which variables are set: on glibc, each
+/// [`ALLOCATOR_ENV`] variable the caller has not set, none when `MALLOC_TOP_PAD_` is set (the
+/// caller tuned malloc); and each [`THREAD_ENV`] variable the caller has not set.
 fn missing_env(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
     let mut env = Vec::new();
     if cfg!(all(unix, target_env = "gnu")) && !is_set("MALLOC_TOP_PAD_") {
-        env.extend(ALLOCATOR_ENV);
+        env.extend(ALLOCATOR_ENV.into_iter().filter(|(k, _)| !is_set(k)));
     }
     env.extend(THREAD_ENV.into_iter().filter(|(k, _)| !is_set(k)));
     env
@@ -136,6 +136,10 @@ mod tests {
         let malloc_only = keys(missing_env(|k| k == "CANDLE_BARRIER_POOL_SPIN_LIMIT"));
         assert!(!malloc_only.iter().any(|k| k.starts_with("CANDLE_")));
         assert_eq!(malloc_only.len(), if glibc { ALLOCATOR_ENV.len() } else { 0 });
+        // A caller's own malloc variable is kept.
+        let own_arena = keys(missing_env(|k| k == "MALLOC_ARENA_MAX"));
+        assert!(!own_arena.iter().any(|k| k == "MALLOC_ARENA_MAX"));
+        assert_eq!(own_arena.len(), all.len() - usize::from(glibc));
         // Everything set: nothing to do (no re-execution, no loop).
         assert!(missing_env(|_| true).is_empty());
     }

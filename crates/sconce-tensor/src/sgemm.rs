@@ -1889,7 +1889,7 @@ mod tests {
         if !available() {
             return Ok(());
         }
-        // m ≤ DIRECT_ROWS_TAPS (9 taps) reads full panels in place (m = 17, 20, 33 and 120 also
+        // m ≤ DIRECT_ROWS_TAPS (9 taps) reads full panels in place (m = 17, 20, 33 and 121 also
         // pack for the partial row panel), m = 129 packs; n leaves a narrow last panel; k spans
         // two depth blocks; both thread counts.
         let (planes, plane) = (30, 220);
@@ -1903,7 +1903,7 @@ mod tests {
                 dense[r * n + j] = data[(r / 9) * plane + offs[r % 9] + j];
             }
         }
-        for m in [8, 16, 17, 20, 32, 33, 64, 120, 128, 129] {
+        for m in [8, 16, 17, 20, 32, 33, 64, 121, 128, 129] {
             let a_data = lcg(m as u64 + 3, m * k);
             let a = Strided { data: &a_data, rs: k, cs: 1 };
             let want = naive(m, n, k, &a, &Strided { data: &dense, rs: n, cs: 1 });
@@ -1931,10 +1931,11 @@ mod tests {
             return Ok(());
         }
         // A 3×3 window over 30 planes of 20 columns per row: logical column g is output
-        // (g / 20)·ow + g % 20 when g % 20 < ow. Rows m read in place (≤ 128 with 9 taps, with
-        // a partial row panel at 17, 33 and 40) and packed (129, 136); ow = 18 (two dropped columns), 20 (none dropped),
-        // 5 (narrower than a vector); k over two depth blocks; both thread counts; overwrite
-        // and accumulate. The output carries a sentinel past its last column.
+        // (g / 20)·ow + g % 20 when g % 20 < ow. Rows m read in place (≤ 128 with 9 taps: whole
+        // row panels at 8, 32 and 40, a partial one at 17 and 33) and packed (129 with a
+        // partial row panel, 136); ow = 18 (two dropped columns), 20 (none dropped), 5
+        // (narrower than a vector); k over two depth blocks; both thread counts; overwrite and
+        // accumulate. The output carries a sentinel past its last column.
         // wq = 9 < 16: a vector spans up to three grid rows and goes through the buffer.
         // wq = 16: every vector starts a grid row. ow = 2 with wq = 20: the second run's base
         // lies before its row. n = 7·48 + 16: a last panel of one full vector.

@@ -7,7 +7,7 @@
 //! state in place, with PyTorch's arithmetic (`torch.optim.SGD`, `Adam`, `AdamW`).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor};
 use rayon::prelude::*;
 use sconce_core::{Error, Result};
 
@@ -251,8 +251,29 @@ fn check_like(what: &str, t: &Tensor, param: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The gradient in the parameter's dtype, contiguous (a no-op for the usual gradient).
+/// Checks that `t` can be updated in place: a contiguous CPU tensor of `f32` or `f64`. Run on
+/// every tensor an update writes before the first write, so that a refused update changes
+/// nothing.
+fn check_target(what: &str, t: &Tensor) -> Result<()> {
+    if !matches!(t.dtype(), DType::F32 | DType::F64) {
+        return Err(Error::config(what, format!("has dtype {:?}; the fused updates take f32 or f64", t.dtype())));
+    }
+    if !t.device().is_cpu() {
+        return Err(Error::config("device", "the fused optimizer updates run on the CPU only"));
+    }
+    if !t.is_contiguous() {
+        return Err(Error::config(
+            what,
+            "is not contiguous: updates write its storage in place (call .contiguous() once)",
+        ));
+    }
+    Ok(())
+}
+
+/// The gradient in the parameter's dtype, contiguous (a no-op for the usual gradient), after
+/// checking that the parameter can be updated in place.
 fn grad_like(grad: &Tensor, param: &Tensor) -> Result<Tensor> {
+    check_target("parameter", param)?;
     let g = grad.to_dtype(param.dtype())?.contiguous()?;
     check_like("gradient", &g, param)?;
     Ok(g)
@@ -297,7 +318,9 @@ pub struct SgdUpdate {
 /// # Errors
 /// [`Error::Shape`] when the gradient or buffer does not match the parameter;
 /// [`Error::Config`] for another dtype than `f32`/`f64`, a missing buffer with momentum, a
-/// non-CPU or non-contiguous parameter or buffer.
+/// non-CPU or non-contiguous parameter or buffer. Every check runs before the first write: a
+/// refused update changes nothing (buffers must not share storage with each other or the
+/// parameter, which candle refuses only when the pass that meets them runs).
 pub fn sgd_update(
     param: &Tensor,
     grad: &Tensor,
@@ -315,6 +338,7 @@ pub fn sgd_update(
         return Err(Error::config("momentum_buf", "SGD with momentum needs its buffer (a tensor like the parameter)"));
     };
     check_like("momentum buffer", buf, param)?;
+    check_target("momentum buffer", buf)?;
     let pass = Pass::Momentum { mu, damp: cfg.dampening, wd, first };
     if wd == 0.0 {
         buf.inplace_op2(&g, &pass)?
@@ -366,6 +390,7 @@ pub fn adam_update(
         [("first moment", m), ("second moment", v)].into_iter().chain(vmax.map(|t| ("max second moment", t)))
     {
         check_like(what, t, param)?;
+        check_target(what, t)?;
     }
     let (b1, b2) = cfg.betas;
     let wd = if cfg.decoupled { 0.0 } else { cfg.weight_decay };

@@ -298,6 +298,13 @@ fn conv_and_grads(x: &Tensor, w: &Tensor, gy_seed: u64, cfg: &Conv2dConfig) -> R
 
 #[test]
 fn f32_kernels_agree_with_the_f64_path() -> Result<()> {
+    // Some paths depend on the pool's size (whole images per task needs as many images as
+    // threads): two threads, as the comments below assume.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(f32_cases)
+}
+
+fn f32_cases() -> Result<()> {
     // f32 convolutions take the AVX-512 path without im2col (padded phase planes read at
     // shifted offsets, grid columns dropped); f64 always takes im2col. Same numbers expected
     // for every padding, dilation, group count, kernel shape, batch size and non-square input.

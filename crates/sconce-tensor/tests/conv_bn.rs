@@ -456,8 +456,8 @@ fn run_pre(fused: bool, cfg: &Conv2dConfig, inputs: [&Tensor; 5]) -> Result<Vec<
 
 /// "Same" stride-1 convolutions take the batch norm's `dz` as padded planes: the input
 /// gradient convolves them as they are, the weight gradient reads them on the grid. Every
-/// weight-gradient path (dot products, batched small maps, per-image products over the pool,
-/// partial sums) and both input-gradient paths (per image, batched small maps), on a
+/// weight-gradient path (dot products, batched small maps, whole images per task, one image's
+/// columns over the pool) and both input-gradient paths (per image, batched small maps), on a
 /// two-thread pool, against the ops in a row.
 #[test]
 fn padded_output_gradients_give_the_ops_in_a_row() -> Result<()> {
@@ -465,13 +465,15 @@ fn padded_output_gradients_give_the_ops_in_a_row() -> Result<()> {
     pool.install(|| -> Result<()> {
         let p1 = Conv2dConfig::default().padding(1);
         let cases = [
-            // dot-product weight gradient (≤ 64 outputs, ≥ 512 grid positions), two images and one
+            // dot-product weight gradient (≤ 32 outputs, ≥ 512 grid positions), two images and one
             ([2, 4, 24, 24], [8, 4, 3, 3], p1),
             ([1, 4, 24, 24], [8, 4, 3, 3], p1),
             // small maps: batched weight gradient and batched input gradient
             ([8, 24, 7, 7], [32, 24, 3, 3], p1),
-            // per-image products over the pool (> 64 outputs, C·9 ≥ 192)
+            // products over large maps (> 32 outputs, C·9 ≥ 192): whole images per task (an
+            // even batch), and one image with its columns over the pool
             ([2, 24, 18, 18], [72, 24, 3, 3], p1),
+            ([1, 24, 18, 18], [72, 24, 3, 3], p1),
             // a 5×5 kernel, a dilated one, a non-square input
             ([2, 3, 11, 9], [4, 3, 5, 5], Conv2dConfig::default().padding(2)),
             ([2, 3, 10, 12], [4, 3, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
@@ -674,6 +676,12 @@ fn f32_cat_op_with_frozen_inputs_matches_the_ops_in_a_row() -> Result<()> {
 /// channels), against the ops in a row in f64.
 #[test]
 fn f32_training_op_reads_its_kept_planes_on_every_weight_gradient_path() -> Result<()> {
+    // The paths depend on the pool's size: two threads, as the cases below assume.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(kept_planes_cases)
+}
+
+fn kept_planes_cases() -> Result<()> {
     let cfg = Conv2dConfig::default().padding(1);
     let cases = [
         // (x shape, output channels): dot products (o ≤ 32, grid ≥ 512 positions).

@@ -159,12 +159,20 @@ fn bad_input_is_an_error() -> Result<()> {
     let b64 = Tensor::zeros(6, DType::F64, &Device::Cpu)?;
     assert!(matches!(sgd_update(&p, &g, Some(&b64), true, &sgd), Err(Error::Config { .. })));
     assert!(matches!(sgd_update(&p, &g, Some(&g5), true, &sgd), Err(Error::Shape { .. })));
-    // A parameter the kernels cannot update: integer, or a non-contiguous view.
+    // A parameter the kernels cannot update: integer, or a non-contiguous view; refused before
+    // anything is written (the momentum buffer keeps its values).
     let pi = Tensor::zeros(6, DType::U32, &Device::Cpu)?;
     let plain = SgdUpdate { momentum: 0.0, ..sgd };
-    assert!(sgd_update(&pi, &pi, None, true, &plain).is_err());
+    assert!(matches!(sgd_update(&pi, &pi.zeros_like()?, None, true, &plain), Err(Error::Config { .. })));
     let pt = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?.t()?;
-    assert!(sgd_update(&pt, &pt.ones_like()?, None, true, &plain).is_err());
+    let buf = Tensor::full(7f32, (3, 2), &Device::Cpu)?;
+    assert!(matches!(sgd_update(&pt, &pt.ones_like()?, Some(&buf), false, &sgd), Err(Error::Config { .. })));
+    assert_eq!(buf.flatten_all()?.to_vec1::<f32>()?, vec![7.0; 6]);
+    // A non-contiguous buffer is refused too.
+    let p23 = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+    let bt = Tensor::zeros((3, 2), DType::F32, &Device::Cpu)?.t()?;
+    assert!(matches!(sgd_update(&p23, &p23.ones_like()?, Some(&bt), true, &sgd), Err(Error::Config { .. })));
+    assert_eq!(p23.flatten_all()?.to_vec1::<f32>()?, vec![0.0; 6]);
     // Adam: step 0, moments of the wrong shape.
     let adam = AdamUpdate { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false, step: 0 };
     assert!(matches!(adam_update(&p, &g, &p.zeros_like()?, &p.zeros_like()?, None, &adam), Err(Error::Config { .. })));

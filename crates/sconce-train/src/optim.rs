@@ -113,10 +113,13 @@ impl Optimizer for Sgd {
             // In place: one pass over the parameter (two with momentum), no tensors allocated.
             // The buffer is a fresh tensor of plain values, never part of a graph.
             let first = self.bufs[i].is_none();
-            if c.momentum != 0.0 && first {
-                self.bufs[i] = Some(p.as_tensor().zeros_like()?);
-            }
-            sgd_update(p.as_tensor(), g, self.bufs[i].as_ref(), first, &cfg)?;
+            let buf = match &self.bufs[i] {
+                None if c.momentum != 0.0 => Some(p.as_tensor().zeros_like()?),
+                b => b.clone(),
+            };
+            sgd_update(p.as_tensor(), g, buf.as_ref(), first, &cfg)?;
+            // Kept only once the step went through: a refused step is still the first.
+            self.bufs[i] = buf;
         }
         self.steps += 1;
         Ok(())
@@ -175,7 +178,7 @@ impl Optimizer for Sgd {
 /// `t` in `p`'s dtype as a contiguous tensor of its own: the optimizer updates its state in
 /// place, which must not reach the caller's tensors.
 fn owned(t: &Tensor, p: &Var) -> Result<Tensor> {
-    Ok(t.to_dtype(p.dtype())?.contiguous()?.copy()?)
+    Ok(t.to_dtype(p.dtype())?.contiguous()?.copy()?.detach())
 }
 
 fn shape_err(name: &str, p: &Var, t: &Tensor) -> Error {
@@ -259,15 +262,14 @@ impl Optimizer for Adam {
             let pt = p.as_tensor();
             // The moments start as zeros, as PyTorch's state (a missing one after a restore
             // likewise: `β·0 + (1 − β)·g` is the first step's value exactly).
-            let state = |s: &mut Option<Tensor>| -> Result<Tensor> {
-                if s.is_none() {
-                    *s = Some(pt.zeros_like()?);
+            let state = |s: &Option<Tensor>| -> Result<Tensor> {
+                match s {
+                    Some(t) => Ok(t.clone()),
+                    None => Ok(pt.zeros_like()?),
                 }
-                s.clone().ok_or_else(|| Error::config("adam", "state missing"))
             };
-            let (m, v) = (state(&mut self.m[i])?, state(&mut self.v[i])?);
-            let vmax = if c.amsgrad { Some(state(&mut self.vmax[i])?) } else { None };
-            self.t[i] += 1;
+            let (m, v) = (state(&self.m[i])?, state(&self.v[i])?);
+            let vmax = if c.amsgrad { Some(state(&self.vmax[i])?) } else { None };
             // In place: one pass per moment and one over the parameter, no tensors allocated.
             let cfg = AdamUpdate {
                 lr: c.lr,
@@ -275,9 +277,14 @@ impl Optimizer for Adam {
                 eps: c.eps,
                 weight_decay: c.weight_decay,
                 decoupled: c.decoupled,
-                step: self.t[i],
+                step: self.t[i] + 1,
             };
             adam_update(pt, g, &m, &v, vmax.as_ref(), &cfg)?;
+            // Recorded only once the step went through: a refused step leaves no state behind.
+            (self.m[i], self.v[i], self.t[i]) = (Some(m), Some(v), self.t[i] + 1);
+            if vmax.is_some() {
+                self.vmax[i] = vmax;
+            }
         }
         self.steps += 1;
         Ok(())

@@ -160,14 +160,11 @@ impl<T: Real> pulp::WithSimd for Chunk<'_, T> {
 
 /// `s` as a contiguous slice of `T`, for an input of `len` elements.
 fn input<'a, T: Real>(s: &'a CpuStorage, l: &Layout, len: usize) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) if end - start == len => Ok(&data[start..end]),
-        Some((start, end)) => {
-            candle_core::bail!("{}: an input of {} elements for a target of {len}", Pass::NAME, end - start)
-        }
-        None => candle_core::bail!("{}: inputs must be contiguous", Pass::NAME),
+    let x = crate::kernel::contiguous_slice::<T>(s, l, Pass::NAME)?;
+    if x.len() != len {
+        candle_core::bail!("{}: an input of {} elements for a target of {len}", Pass::NAME, x.len());
     }
+    Ok(x)
 }
 
 /// The target's contiguous slice of its storage's `data`.

@@ -227,7 +227,8 @@ impl InplaceOp3 for Pass {
     }
 }
 
-/// Checks that `t` can take part in an update of `param`: same shape, dtype and device (CPU).
+/// Checks that `t` can take part in an update of `param`: same shape and dtype (the parameter
+/// itself is checked by [`check_target`]).
 fn check_like(what: &str, t: &Tensor, param: &Tensor) -> Result<()> {
     if t.dims() != param.dims() {
         return Err(Error::shape(
@@ -241,9 +242,6 @@ fn check_like(what: &str, t: &Tensor, param: &Tensor) -> Result<()> {
             what,
             format!("has dtype {:?} but the parameter has {:?}: convert it first", t.dtype(), param.dtype()),
         ));
-    }
-    if !param.device().is_cpu() {
-        return Err(Error::config("device", "the fused optimizer updates run on the CPU only"));
     }
     Ok(())
 }
@@ -289,6 +287,13 @@ pub struct SgdUpdate {
     pub weight_decay: f64,
     /// Nesterov momentum.
     pub nesterov: bool,
+}
+
+impl Default for SgdUpdate {
+    /// lr 0.01, no momentum, dampening or weight decay.
+    fn default() -> Self {
+        Self { lr: 0.01, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
+    }
 }
 
 /// One SGD step on `param` in place, as `torch.optim.SGD`: `g ← grad + wd·p`; with momentum

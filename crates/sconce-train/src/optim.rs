@@ -38,26 +38,9 @@ pub trait Optimizer: Send {
     fn load_state(&mut self, tensors: &HashMap<String, Tensor>, json: &Value) -> Result<()>;
 }
 
-/// `torch.optim.SGD` settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SgdConfig {
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum factor (0: plain SGD).
-    pub momentum: f64,
-    /// Dampening of the momentum.
-    pub dampening: f64,
-    /// L2 penalty added to the gradient.
-    pub weight_decay: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-}
-
-impl Default for SgdConfig {
-    fn default() -> Self {
-        Self { lr: 0.01, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
-    }
-}
+/// `torch.optim.SGD` settings: sconce-tensor's [`SgdUpdate`], the hyper-parameters its fused
+/// update takes (default: lr 0.01, no momentum, dampening or weight decay).
+pub type SgdConfig = SgdUpdate;
 
 fn check_lr(lr: f64) -> Result<()> {
     if !(lr >= 0.0 && lr.is_finite()) {
@@ -101,13 +84,6 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.cfg;
-        let cfg = SgdUpdate {
-            lr: c.lr,
-            momentum: c.momentum,
-            dampening: c.dampening,
-            weight_decay: c.weight_decay,
-            nesterov: c.nesterov,
-        };
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
             // In place: one pass over the parameter (two with momentum), no tensors allocated.
@@ -117,7 +93,7 @@ impl Optimizer for Sgd {
                 None if c.momentum != 0.0 => Some(p.as_tensor().zeros_like()?),
                 b => b.clone(),
             };
-            sgd_update(p.as_tensor(), g, buf.as_ref(), first, &cfg)?;
+            sgd_update(p.as_tensor(), g, buf.as_ref(), first, &c)?;
             // Kept only once the step went through: a refused step is still the first.
             self.bufs[i] = buf;
         }

@@ -9,6 +9,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::Geom;
+use super::winograd::Src;
 use crate::sgemm::{
     Columns, Gathered, Grid, ImageColumns, NR, PackedA, Shifted, Strided, sgemm, sgemm_nt_rows, sgemm_packed,
     sgemm_packed_grid,
@@ -365,6 +366,14 @@ impl Geom {
         let (k, p, og, cg) = (self.k(), self.p(), self.og(), self.cg());
         if out.len() != self.n * self.o * p || x.len() != self.n * self.x_len(sp) || wt.len() != self.weight_len() {
             candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
+        }
+        if self.winograd_applies() && packed_weights.is_none() {
+            let src = if sp.input_padded {
+                Src { plane: sp.plane, rs: sp.wq, rows: sp.hq, cols: sp.wq, top: 0, left: 0 }
+            } else {
+                Src { plane: self.h * self.w, rs: self.w, rows: self.h, cols: self.w, top: self.ph, left: self.pw }
+            };
+            return self.forward_winograd(x, self.x_len(sp), src, wt, out, epi);
         }
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let (_, gemm_threads) = self.plan();

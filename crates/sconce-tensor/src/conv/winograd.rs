@@ -1,0 +1,481 @@
+//! Winograd F(2×2, 3×3) for stride-1 3×3 convolutions in `f32`: each 2×2 output tile is
+//! `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A` over the 4×4 input tile `d`, so the products take 16 multiplies
+//! per tile and channel pair instead of 36 (2.25× fewer flops), as 16 matrix products
+//! `M_k = U_k · V_k` on the AVX-512 kernel. Used for the forward pass and the stride-1 input
+//! gradient (itself a 3×3 convolution); `SCONCE_NO_WINOGRAD=1` turns it off.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::Geom;
+use super::shift::Epilogue;
+use crate::sgemm::{NR, PackedA, Strided, sgemm_packed};
+
+/// Fewest input and output channels for Winograd: with 16 the transforms outweigh the
+/// products (forward, batch 4 at 250², min of 9 alternating: 6.4 vs 4.6 ms direct), with 32
+/// they do not (batch 4 at 125²: 4.9 vs 6.4 ms).
+const MIN_CHANNELS: usize = 32;
+/// Fewest 2×2 tiles per image: ResNet50's 14×14 stage (49 tiles, 256 channels, batch 8) ran
+/// 12.4 vs 10.4 ms direct, its products too narrow; 28×28 (196 tiles) 6.7 vs 9.3 ms.
+const MIN_TILES: usize = 100;
+/// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
+const BLOCK_VALUES: usize = 384 * 1024;
+
+/// Tests (and probes) switch the path off to compare it with the direct one.
+#[cfg(test)]
+pub(crate) static OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the Winograd path may run (not switched off by `SCONCE_NO_WINOGRAD`).
+pub(super) fn enabled() -> bool {
+    #[cfg(test)]
+    if OFF.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| !std::env::var("SCONCE_NO_WINOGRAD").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// One image's input as the tiles read it: channel `c`, row `y`, column `x` of the zero-padded
+/// input is `data[c·plane + (y − top)·rs + (x − left)]` inside `rows × cols`, zero outside.
+#[derive(Clone, Copy)]
+pub(super) struct Src {
+    pub(super) plane: usize,
+    pub(super) rs: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) top: usize,
+    pub(super) left: usize,
+}
+
+/// The filters transformed, `U[k][o][c] = (G g[o][c] Gᵀ)[k]`, packed per `k` for the kernel.
+pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::Result<Vec<PackedA>> {
+    if wt.len() != o * c * 9 {
+        candle_core::bail!("winograd: {} weights for {o}×{c}×3×3", wt.len());
+    }
+    let mut u = vec![0f32; 16 * o * c];
+    // Rows `(o, c)` of 16 values, then scattered to `[k][o][c]`.
+    let mut rows = vec![[0f32; 16]; o * c];
+    rows.par_iter_mut().zip(wt.par_chunks_exact(9)).for_each(|(r, g)| *r = filter_tile(g));
+    for (oc, r) in rows.iter().enumerate() {
+        for (k, &v) in r.iter().enumerate() {
+            u[k * o * c + oc] = v;
+        }
+    }
+    (0..16).map(|k| PackedA::new(o, c, &Strided { data: &u[k * o * c..(k + 1) * o * c], rs: c, cs: 1 })).collect()
+}
+
+/// `G g Gᵀ` for one 3×3 kernel `g` (row-major), `G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]`.
+fn filter_tile(g: &[f32]) -> [f32; 16] {
+    // t = G g (4×3)
+    let mut t = [[0f32; 3]; 4];
+    for j in 0..3 {
+        let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
+        t[0][j] = a;
+        t[1][j] = 0.5 * (a + b + c);
+        t[2][j] = 0.5 * (a - b + c);
+        t[3][j] = c;
+    }
+    let mut u = [0f32; 16];
+    for i in 0..4 {
+        let [a, b, c] = t[i];
+        u[4 * i] = a;
+        u[4 * i + 1] = 0.5 * (a + b + c);
+        u[4 * i + 2] = 0.5 * (a - b + c);
+        u[4 * i + 3] = c;
+    }
+    u
+}
+
+/// A `*mut f32` shared by the tasks, which write disjoint output rows.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: each task writes the output rows of its own tile rows only (see `forward`).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl Geom {
+    /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
+    /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels
+    /// and [`MIN_TILES`] tiles per image.
+    pub(super) fn winograd_applies(&self) -> bool {
+        enabled()
+            && crate::sgemm::available()
+            && self.g == 1
+            && (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (3, 3, 1, 1, 1, 1)
+            && self.c >= MIN_CHANNELS
+            && self.o >= MIN_CHANNELS
+            && self.oh.div_ceil(2) * self.ow.div_ceil(2) >= MIN_TILES
+    }
+
+    /// Tile rows per task: `16·(C + O)` values per tile within [`BLOCK_VALUES`], at least one
+    /// row and about two panels of columns.
+    fn winograd_rows(&self, tw: usize) -> usize {
+        let tiles = (BLOCK_VALUES / (16 * (self.c + self.o))).max(2 * NR);
+        (tiles / tw).max(1)
+    }
+
+    /// The forward pass by Winograd into `out` (`N·O·OH·OW`, every element written), reading
+    /// image `n`'s input at `x[n·img_len..]` through `src`; the epilogue, if any, per image
+    /// once its output is complete.
+    pub(super) fn forward_winograd(
+        &self,
+        x: &[f32],
+        img_len: usize,
+        src: Src,
+        wt: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        epi: Option<&Epilogue<'_, f32>>,
+    ) -> candle_core::Result<()> {
+        let (n, c, o, oh, ow) = (self.n, self.c, self.o, self.oh, self.ow);
+        if out.len() != n * o * oh * ow || x.len() != n * img_len {
+            candle_core::bail!("winograd: buffers do not match the geometry {self:?}");
+        }
+        // Every read of the source stays inside each image's slice.
+        if src.rows > 0 && src.cols > 0 && (c - 1) * src.plane + (src.rows - 1) * src.rs + src.cols > img_len {
+            candle_core::bail!("winograd: input layout {}×{} outside an image of {img_len}", src.rows, src.cols);
+        }
+        let packed = transform_filters(o, c, wt)?;
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let rows = self.winograd_rows(tw);
+        let tasks: Vec<(usize, usize)> =
+            (0..n).flat_map(|img| (0..th).step_by(rows).map(move |r0| (img, r0))).collect();
+        let y = SharedOut(out.as_mut_ptr().cast::<f32>());
+        tasks.par_iter().try_for_each(|&(img, r0)| -> candle_core::Result<()> {
+            let r1 = (r0 + rows).min(th);
+            let tb = (r1 - r0) * tw;
+            let xi = &x[img * img_len..(img + 1) * img_len];
+            <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| {
+                let (v, m) = buf.split_at_mut(16 * c * tb);
+                // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb` values
+                // and every read of `xi` lies inside it (checked above).
+                unsafe { input_transform(xi, &src, c, tw, r0, r1, v) };
+                for (k, a) in packed.iter().enumerate() {
+                    let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
+                    sgemm_packed(tb, &mut m[k * o * tb..(k + 1) * o * tb], tb, false, a, &b, 1)?;
+                }
+                // SAFETY: as above; `m` holds `16·O·tb` values, and the task writes output rows
+                // `2·r0 .. min(2·r1, OH)` of image `img` only, inside `out` (checked above).
+                unsafe { output_transform(m, y, img, o, oh, ow, tw, r0, r1) };
+                Ok(())
+            })
+        })?;
+        if let Some(e) = epi {
+            // SAFETY: the tasks above wrote every output element; `MaybeUninit<f32>` has
+            // `f32`'s layout.
+            let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [f32]) };
+            out.par_chunks_exact_mut(o * oh * ow).enumerate().for_each(|(img, yi)| e.apply(img, yi, oh * ow));
+        }
+        Ok(())
+    }
+}
+
+/// Lanes of a `zmm` register of `f32`: tiles per chunk of the transforms.
+const L: usize = 16;
+
+/// The first `n` (≤ 16) lanes.
+#[inline(always)]
+fn lanes_mask(n: usize) -> u16 {
+    if n >= L { u16::MAX } else { ((1u32 << n) - 1) as u16 }
+}
+
+/// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of tile rows `r0..r1` (`Bᵀ = [[1,0,−1,0],
+/// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, `L` tiles at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of the `C`
+/// channels' `rows × cols` windows described by `src` lies inside `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_transform(x: &[f32], src: &Src, c: usize, tw: usize, r0: usize, r1: usize, v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let left = src.left as isize;
+    let vp = v.as_mut_ptr();
+    for ch in 0..c {
+        let plane = x.as_ptr().wrapping_add(ch * src.plane);
+        for ti in r0..r1 {
+            let t0 = (ti - r0) * tw;
+            let mut j = 0;
+            while j < tw {
+                // Padded columns 2j .. 2j+34 of rows 2·ti .. 2·ti+3: (a, b, c, d) = columns
+                // (2t, 2t+1, 2t+2, 2t+3) of tile t, then d·B = [a − c, b + c, c − b, b − d].
+                let mut q = [[_mm512_setzero_ps(); 4]; 4];
+                for (r, qr) in q.iter_mut().enumerate() {
+                    let y = 2 * ti + r;
+                    if y < src.top || y - src.top >= src.rows {
+                        continue;
+                    }
+                    let row = plane.wrapping_add((y - src.top) * src.rs);
+                    // 16 padded columns from `p`, zero outside the input row.
+                    let load = |p: isize| {
+                        let x0 = p - left;
+                        let lo = (-x0).clamp(0, 16) as usize;
+                        let hi = (src.cols as isize - x0).clamp(0, 16) as usize;
+                        let mask = if hi > lo { lanes_mask(hi) & !lanes_mask(lo) } else { 0 };
+                        // SAFETY: only the lanes in `mask` are read, all inside the row
+                        // (columns `0 .. cols`); the others are not accessed.
+                        unsafe { _mm512_maskz_loadu_ps(mask, row.wrapping_offset(x0)) }
+                    };
+                    let p = 2 * j as isize;
+                    let (lo, hi) = (load(p), load(p + 16));
+                    let (lo2, hi2) = (load(p + 2), load(p + 18));
+                    let a = _mm512_permutex2var_ps(lo, even, hi);
+                    let b = _mm512_permutex2var_ps(lo, odd, hi);
+                    let cc = _mm512_permutex2var_ps(lo2, even, hi2);
+                    let d = _mm512_permutex2var_ps(lo2, odd, hi2);
+                    *qr = [_mm512_sub_ps(a, cc), _mm512_add_ps(b, cc), _mm512_sub_ps(cc, b), _mm512_sub_ps(b, d)];
+                }
+                let mask = lanes_mask(tw - j);
+                let put = |k: usize, val: __m512| {
+                    // SAFETY: row `(k, ch)` of `V` has `tb` values from `(k·C + ch)·tb`, and
+                    // lanes `t0 + j ..` up to `t0 + tw ≤ tb` are stored.
+                    unsafe { _mm512_mask_storeu_ps(vp.add((k * c + ch) * tb + t0 + j), mask, val) }
+                };
+                let [q0, q1, q2, q3] = q;
+                for s in 0..4 {
+                    put(s, _mm512_sub_ps(q0[s], q2[s]));
+                    put(4 + s, _mm512_add_ps(q1[s], q2[s]));
+                    put(8 + s, _mm512_sub_ps(q2[s], q1[s]));
+                    put(12 + s, _mm512_sub_ps(q1[s], q3[s]));
+                }
+                j += L;
+            }
+        }
+    }
+}
+
+/// `y = Aᵀ M A` per tile (`Aᵀ = [[1,1,1,0],[0,1,−1,−1]]`) for tile rows `r0..r1`, `M` laid out
+/// `[16][O][tb]`, into output rows `2·r0 .. min(2·r1, OH)` of image `img`'s planes in the
+/// batch's output `y` (`N·O·OH·OW`; rows and columns past the map dropped).
+///
+/// # Safety
+/// The CPU has AVX-512F; `m` holds `16·O·(r1 − r0)·tw` values; `y` is valid for writes of the
+/// whole batch's output, and no other thread writes these rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    m: &[f32],
+    y: SharedOut,
+    img: usize,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let mp = m.as_ptr();
+    for oc in 0..o {
+        for ti in r0..r1 {
+            let t0 = (ti - r0) * tw;
+            let mut j = 0;
+            while j < tw {
+                let mask = lanes_mask(tw - j);
+                // SAFETY: row `(k, oc)` of `M` has `tb` values from `(k·O + oc)·tb`; lanes up
+                // to `t0 + tw ≤ tb` are read.
+                let ld = |k: usize| unsafe { _mm512_maskz_loadu_ps(mask, mp.add((k * o + oc) * tb + t0 + j)) };
+                // T = Aᵀ M: rows (M0 + M1 + M2, M1 − M2 − M3) per column s.
+                let mut t = [[_mm512_setzero_ps(); 4]; 2];
+                let [t0s, t1s] = &mut t;
+                for (s, (t0v, t1v)) in t0s.iter_mut().zip(t1s.iter_mut()).enumerate() {
+                    let (a, b, c, d) = (ld(s), ld(4 + s), ld(8 + s), ld(12 + s));
+                    *t0v = _mm512_add_ps(_mm512_add_ps(a, b), c);
+                    *t1v = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+                }
+                for (i, ti_row) in t.iter().enumerate() {
+                    let oy = 2 * ti + i;
+                    if oy >= oh {
+                        break;
+                    }
+                    let [p0, p1, p2, p3] = *ti_row;
+                    let y0 = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
+                    let y1 = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
+                    let (lo, hi) = (_mm512_permutex2var_ps(y0, lo_idx, y1), _mm512_permutex2var_ps(y0, hi_idx, y1));
+                    let valid = ow - 2 * j;
+                    // SAFETY: columns `2j .. 2j + valid` of row `oy < OH` are inside the output.
+                    unsafe {
+                        let row = y.0.add(((img * o + oc) * oh + oy) * ow + 2 * j);
+                        _mm512_mask_storeu_ps(row, lanes_mask(valid), lo);
+                        if valid > L {
+                            _mm512_mask_storeu_ps(row.add(L), lanes_mask(valid - L), hi);
+                        }
+                    }
+                }
+                j += L;
+            }
+        }
+    }
+}
+
+/// Stand-ins off x86-64, where [`Geom::winograd_applies`] is false (no AVX-512 kernel).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn input_transform(_: &[f32], _: &Src, _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {}
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform(
+    _: &[f32],
+    _: SharedOut,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+) {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Conv2dConfig;
+
+    /// Deterministic values in [−1, 1).
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i + seed) * 7919 + seed * 31) % 2000) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// The convolution by its definition, in f64.
+    fn reference(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut y = vec![0f64; g.n * g.o * g.oh * g.ow];
+        for n in 0..g.n {
+            for o in 0..g.o {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0f64;
+                        for c in 0..g.c {
+                            for i in 0..3 {
+                                for j in 0..3 {
+                                    let (yy, xx) =
+                                        ((oy + i) as isize - g.ph as isize, (ox + j) as isize - g.pw as isize);
+                                    if yy >= 0 && xx >= 0 && (yy as usize) < g.h && (xx as usize) < g.w {
+                                        let xv = x[((n * g.c + c) * g.h + yy as usize) * g.w + xx as usize];
+                                        acc += f64::from(xv) * f64::from(w[((o * g.c + c) * 3 + i) * 3 + j]);
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.o + o) * g.oh + oy) * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+            assert!((f64::from(a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: element {i}: {a} vs {b}");
+        }
+    }
+
+    /// Runs [`Geom::forward_winograd`] on `x` (unpadded, or as padded planes with `planes`).
+    fn winograd(g: &Geom, x: &[f32], w: &[f32], planes: bool, epi: Option<&Epilogue<'_, f32>>) -> Vec<f32> {
+        let len = g.n * g.o * g.oh * g.ow;
+        let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(f32::NAN); len];
+        if planes {
+            let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+            let mut xp = vec![0f32; g.n * g.c * hp * wp];
+            for (nc, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+                for (r, row) in plane.chunks_exact(g.w).enumerate() {
+                    let at = (nc * hp + r + g.ph) * wp + g.pw;
+                    xp[at..at + g.w].copy_from_slice(row);
+                }
+            }
+            let src = Src { plane: hp * wp, rs: wp, rows: hp, cols: wp, top: 0, left: 0 };
+            g.forward_winograd(&xp, g.c * hp * wp, src, w, &mut out, epi).unwrap();
+        } else {
+            let src = Src { plane: g.h * g.w, rs: g.w, rows: g.h, cols: g.w, top: g.ph, left: g.pw };
+            g.forward_winograd(x, g.c * g.h * g.w, src, w, &mut out, epi).unwrap();
+        }
+        out.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        // (n, c, h, w, o, padding): odd and even maps, partial chunks (tw = 19: 16 + 3 tiles),
+        // several tasks per image (23×23 tiles over 384-tile blocks), no padding and padding 2.
+        for (n, c, h, w, o, p) in [
+            (2, 32, 17, 21, 40, 1),
+            (1, 8, 8, 8, 16, 1),
+            (2, 16, 37, 10, 8, 1),
+            (1, 32, 45, 45, 32, 1),
+            (2, 24, 12, 9, 16, 0),
+            (1, 16, 11, 14, 24, 2),
+        ] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
+            let (x, wt) = (values(n * c * h * w, 1), values(o * c * 9, 2));
+            let want = reference(&g, &x, &wt);
+            let what = format!("{n}×{c}×{h}×{w} → {o}, padding {p}");
+            assert_close(&winograd(&g, &x, &wt, false, None), &want, &what);
+            assert_close(&winograd(&g, &x, &wt, true, None), &want, &format!("{what}, padded planes"));
+        }
+    }
+
+    #[test]
+    fn epilogue_applies_per_channel() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        let (n, c, h, w, o) = (2, 16, 13, 11, 8);
+        let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
+        let (x, wt) = (values(n * c * h * w, 3), values(o * c * 9, 4));
+        let (scale, shift) = (values(o, 5), values(o, 6));
+        let residual = values(n * o * h * w, 7);
+        let epi = Epilogue { scale: &scale, shift: &shift, relu: true, residual: Some(&residual) };
+        let got = winograd(&g, &x, &wt, false, Some(&epi));
+        let want: Vec<f64> = reference(&g, &x, &wt)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = i / (h * w) % o;
+                (v * f64::from(scale[ch]) + f64::from(shift[ch]) + f64::from(residual[i])).max(0.0)
+            })
+            .collect();
+        assert_close(&got, &want, "epilogue");
+    }
+
+    #[test]
+    fn conv2d_and_its_input_gradient_take_the_winograd_path_and_agree_with_the_direct_one() {
+        use candle_core::{Device, Tensor, Var};
+        use std::sync::atomic::Ordering;
+        // 32 → 40 channels on 2×23×21 (12×11 tiles): Winograd forward and input gradient.
+        let g = Geom::new(&[2, 32, 23, 21], &[40, 32, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
+        if !g.winograd_applies() {
+            return;
+        }
+        let x = Var::from_vec(values(2 * 32 * 23 * 21, 8), (2, 32, 23, 21), &Device::Cpu).unwrap();
+        let w = Var::from_vec(values(40 * 32 * 9, 9), (40, 32, 3, 3), &Device::Cpu).unwrap();
+        let dy = Tensor::from_vec(values(2 * 40 * 23 * 21, 10), (2, 40, 23, 21), &Device::Cpu).unwrap();
+        let run = || {
+            let y = crate::conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(1)).unwrap();
+            let grads = (y.clone() * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (flat(&y), flat(grads.get(x.as_tensor()).unwrap()))
+        };
+        let (y_w, dx_w) = run();
+        OFF.store(true, Ordering::Relaxed);
+        let (y_d, dx_d) = run();
+        OFF.store(false, Ordering::Relaxed);
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        assert_close(&y_w, &f64s(&y_d), "forward");
+        assert_close(&dx_w, &f64s(&dx_d), "input gradient");
+        // The two paths are different arithmetic: some results differ in their last bits.
+        assert!(y_w.iter().zip(&y_d).any(|(a, b)| a != b), "both runs took the same path");
+    }
+}

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::Geom;
 use super::shift::Epilogue;
-use crate::sgemm::{NR, PackedA, Strided, sgemm_packed};
+use crate::sgemm::{Columns, NR, PackedA, Strided, sgemm, sgemm_packed};
 
 /// Fewest input and output channels for Winograd: with 16 the transforms outweigh the
 /// products (forward, batch 4 at 250², min of 9 alternating: 6.4 vs 4.6 ms direct), with 32
@@ -48,6 +48,35 @@ pub(super) struct Src {
     pub(super) cols: usize,
     pub(super) top: usize,
     pub(super) left: usize,
+}
+
+/// One image's output gradient: row `y` of channel `o` at `data[o·plane + off + y·rs]`, its
+/// first `OW` values (a compact map, or [`super::Geom::padded_dy_layout`]'s padded planes).
+#[derive(Clone, Copy)]
+pub(super) struct DySrc {
+    pub(super) plane: usize,
+    pub(super) rs: usize,
+    pub(super) off: usize,
+}
+
+/// `Gᵀ u G` for one transformed gradient `u` (4×4, row-major): the 3×3 kernel's gradient
+/// (the adjoint of [`filter_tile`]).
+fn filter_grad_tile(u: &[f32; 16]) -> [f32; 9] {
+    // Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]: t = Gᵀ u (3×4), then t G (3×3).
+    let mut t = [[0f32; 4]; 3];
+    for s in 0..4 {
+        let (a, b, c, d) = (u[s], u[4 + s], u[8 + s], u[12 + s]);
+        t[0][s] = a + 0.5 * (b + c);
+        t[1][s] = 0.5 * (b - c);
+        t[2][s] = 0.5 * (b + c) + d;
+    }
+    let mut g = [0f32; 9];
+    for (i, [a, b, c, d]) in t.into_iter().enumerate() {
+        g[3 * i] = a + 0.5 * (b + c);
+        g[3 * i + 1] = 0.5 * (b - c);
+        g[3 * i + 2] = 0.5 * (b + c) + d;
+    }
+    g
 }
 
 /// The filters transformed, `U[k][o][c] = (G g[o][c] Gᵀ)[k]`, packed per `k` for the kernel.
@@ -169,6 +198,84 @@ impl Geom {
             let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [f32]) };
             out.par_chunks_exact_mut(o * oh * ow).enumerate().for_each(|(img, yi)| e.apply(img, yi, oh * ow));
         }
+        Ok(())
+    }
+
+    /// The weight gradient by Winograd, added into `dw` (`O·C·3·3`): per task of tile rows,
+    /// `dU_k += Z_k · V_kᵀ` with `V` the input's tiles (as [`Self::forward_winograd`]) and
+    /// `Z = A dY Aᵀ` the output gradient's 2×2 tiles (zero past the map), then
+    /// `dW = Gᵀ (Σ dU) G`. Image `n`'s `dY` is read at `dy[n·dy_len..]` through `dsrc`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn weight_grad_winograd(
+        &self,
+        x: &[f32],
+        img_len: usize,
+        src: Src,
+        dy: &[f32],
+        dy_len: usize,
+        dsrc: DySrc,
+        dw: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let (n, c, o, oh, ow) = (self.n, self.c, self.o, self.oh, self.ow);
+        if x.len() != n * img_len || dy.len() != n * dy_len || dw.len() != o * c * 9 {
+            candle_core::bail!("winograd: buffers do not match the geometry {self:?}");
+        }
+        if src.rows > 0 && src.cols > 0 && (c - 1) * src.plane + (src.rows - 1) * src.rs + src.cols > img_len {
+            candle_core::bail!("winograd: input layout {}×{} outside an image of {img_len}", src.rows, src.cols);
+        }
+        if (o - 1) * dsrc.plane + dsrc.off + (oh - 1) * dsrc.rs + ow > dy_len {
+            candle_core::bail!("winograd: output gradient layout outside an image of {dy_len}");
+        }
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let rows = self.winograd_rows(tw);
+        let tasks: Vec<(usize, usize)> =
+            (0..n).flat_map(|img| (0..th).step_by(rows).map(move |r0| (img, r0))).collect();
+        let du = tasks
+            .par_iter()
+            .try_fold(
+                || vec![0f32; 16 * o * c],
+                |mut du, &(img, r0)| -> candle_core::Result<Vec<f32>> {
+                    let r1 = (r0 + rows).min(th);
+                    let tb = (r1 - r0) * tw;
+                    let xi = &x[img * img_len..(img + 1) * img_len];
+                    let dyi = &dy[img * dy_len..(img + 1) * dy_len];
+                    let cols: Vec<usize> = (0..c).map(|ch| ch * tb).collect();
+                    <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| -> candle_core::Result<()> {
+                        let (v, z) = buf.split_at_mut(16 * c * tb);
+                        // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb`
+                        // and `z` `16·O·tb` values; the reads of `xi` and `dyi` lie inside them
+                        // (checked above).
+                        unsafe {
+                            input_transform(xi, &src, c, tw, r0, r1, v);
+                            output_grad_transform(dyi, &dsrc, o, oh, ow, tw, r0, r1, z);
+                        }
+                        for k in 0..16 {
+                            let a = Strided { data: &z[k * o * tb..(k + 1) * o * tb], rs: tb, cs: 1 };
+                            let b = Columns { data: &v[k * c * tb..(k + 1) * c * tb], offs: &cols };
+                            sgemm(o, c, tb, &mut du[k * o * c..(k + 1) * o * c], c, true, &a, &b, 1)?;
+                        }
+                        Ok(())
+                    })?;
+                    Ok(du)
+                },
+            )
+            .try_reduce(
+                || vec![0f32; 16 * o * c],
+                |mut a, b| {
+                    for (p, q) in a.iter_mut().zip(&b) {
+                        *p += q;
+                    }
+                    Ok(a)
+                },
+            )?;
+        // dW[o][c] = Gᵀ dU[o][c] G.
+        dw.par_chunks_exact_mut(9).enumerate().for_each(|(oc, d)| {
+            let u: [f32; 16] = std::array::from_fn(|k| du[k * o * c + oc]);
+            let g = filter_grad_tile(&u);
+            for (d, g) in d.iter_mut().zip(g) {
+                *d += g;
+            }
+        });
         Ok(())
     }
 }
@@ -318,9 +425,97 @@ unsafe fn output_transform(
     }
 }
 
+/// `Z[k][o][t] = (A dY_t Aᵀ)[k]` for the tiles `t` of tile rows `r0..r1` (`A = [[1,0],[1,1],
+/// [1,−1],[0,−1]]`; the 2×2 tile of `dY` at rows `2·ti..`, columns `2·tj..`, zero past the
+/// map), `Z` laid out `[16][O][tb]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `z` holds `16·O·(r1 − r0)·tw` values; every row `y < OH` of the `O`
+/// channels described by `dsrc` has `OW` values inside `dy`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_grad_transform(
+    dy: &[f32],
+    dsrc: &DySrc,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+    z: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let zp = z.as_mut_ptr();
+    for oc in 0..o {
+        for ti in r0..r1 {
+            let t0 = (ti - r0) * tw;
+            let mut j = 0;
+            while j < tw {
+                // Columns 2j .. 2j+32 of rows 2·ti and 2·ti + 1: (even, odd) = the tiles'
+                // (left, right) columns.
+                let mut yv = [[_mm512_setzero_ps(); 2]; 2];
+                for (i, yi) in yv.iter_mut().enumerate() {
+                    let y = 2 * ti + i;
+                    if y >= oh {
+                        continue;
+                    }
+                    let row = dy.as_ptr().wrapping_add(oc * dsrc.plane + dsrc.off + y * dsrc.rs + 2 * j);
+                    let valid = ow - 2 * j;
+                    // SAFETY: only columns `2j .. OW` of row `y < OH` are read.
+                    let (lo, hi) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(lanes_mask(valid), row),
+                            _mm512_maskz_loadu_ps(lanes_mask(valid.saturating_sub(L)), row.wrapping_add(L)),
+                        )
+                    };
+                    *yi = [_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)];
+                }
+                let [[y00, y01], [y10, y11]] = yv;
+                // A dY (4×2), then Z = (A dY) Aᵀ: [u0, u0 + u1, u0 − u1, −u1] per row.
+                let zero = _mm512_setzero_ps();
+                let rows = [
+                    (y00, y01),
+                    (_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)),
+                    (_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)),
+                    (_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)),
+                ];
+                let mask = lanes_mask(tw - j);
+                for (r, (u0, u1)) in rows.into_iter().enumerate() {
+                    let vals = [u0, _mm512_add_ps(u0, u1), _mm512_sub_ps(u0, u1), _mm512_sub_ps(zero, u1)];
+                    for (s, val) in vals.into_iter().enumerate() {
+                        // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
+                        // lanes up to `t0 + tw ≤ tb` are stored.
+                        unsafe { _mm512_mask_storeu_ps(zp.add(((4 * r + s) * o + oc) * tb + t0 + j), mask, val) };
+                    }
+                }
+                j += L;
+            }
+        }
+    }
+}
+
 /// Stand-ins off x86-64, where [`Geom::winograd_applies`] is false (no AVX-512 kernel).
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn input_transform(_: &[f32], _: &Src, _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {}
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_grad_transform(
+    _: &[f32],
+    _: &DySrc,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+}
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_transform(
@@ -427,6 +622,79 @@ mod tests {
         }
     }
 
+    /// The weight gradient by its definition, in f64.
+    fn weight_grad_reference(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f64> {
+        let mut dw = vec![0f64; g.o * g.c * 9];
+        for n in 0..g.n {
+            for o in 0..g.o {
+                for c in 0..g.c {
+                    for i in 0..3 {
+                        for j in 0..3 {
+                            let mut acc = 0f64;
+                            for oy in 0..g.oh {
+                                for ox in 0..g.ow {
+                                    let (yy, xx) =
+                                        ((oy + i) as isize - g.ph as isize, (ox + j) as isize - g.pw as isize);
+                                    if yy >= 0 && xx >= 0 && (yy as usize) < g.h && (xx as usize) < g.w {
+                                        let xv = x[((n * g.c + c) * g.h + yy as usize) * g.w + xx as usize];
+                                        acc += f64::from(xv) * f64::from(dy[((n * g.o + o) * g.oh + oy) * g.ow + ox]);
+                                    }
+                                }
+                            }
+                            dw[((o * g.c + c) * 3 + i) * 3 + j] += acc;
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    /// `[N, C, H, W]` as zero-padded planes `[N, C, H + 2ph, W + 2pw]`.
+    fn pad(x: &[f32], h: usize, w: usize, ph: usize, pw: usize) -> Vec<f32> {
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        let mut xp = vec![0f32; x.len() / (h * w) * hp * wp];
+        for (nc, plane) in x.chunks_exact(h * w).enumerate() {
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                let at = (nc * hp + r + ph) * wp + pw;
+                xp[at..at + w].copy_from_slice(row);
+            }
+        }
+        xp
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        for (n, c, h, w, o, p) in
+            [(2, 32, 17, 21, 40, 1), (3, 16, 37, 10, 8, 1), (1, 32, 45, 45, 32, 1), (2, 24, 12, 9, 16, 0)]
+        {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
+            let (x, dy) = (values(n * c * h * w, 11), values(n * o * g.oh * g.ow, 12));
+            let want: Vec<f64> = weight_grad_reference(&g, &x, &dy).iter().map(|v| v + 0.25).collect();
+            let what = format!("{n}×{c}×{h}×{w} → {o}, padding {p}");
+            // Compact input and dY; the gradient is added to what `dw` holds.
+            let src = Src { plane: h * w, rs: w, rows: h, cols: w, top: p, left: p };
+            let dsrc = DySrc { plane: g.oh * g.ow, rs: g.ow, off: 0 };
+            let mut dw = vec![0.25f32; o * c * 9];
+            g.weight_grad_winograd(&x, c * h * w, src, &dy, o * g.oh * g.ow, dsrc, &mut dw).unwrap();
+            assert_close(&dw, &want, &what);
+            // Padded input planes and a padded dY (one ring of zeros wider than `dY`'s own
+            // padding, so that the layout's offset and row stride are exercised).
+            let xp = pad(&x, h, w, p, p);
+            let (hp, wp) = (h + 2 * p, w + 2 * p);
+            let src = Src { plane: hp * wp, rs: wp, rows: hp, cols: wp, top: 0, left: 0 };
+            let dyp = pad(&dy, g.oh, g.ow, 2, 3);
+            let (dh, dwid) = (g.oh + 4, g.ow + 6);
+            let dsrc = DySrc { plane: dh * dwid, rs: dwid, off: 2 * dwid + 3 };
+            let mut dw = vec![0.25f32; o * c * 9];
+            g.weight_grad_winograd(&xp, c * hp * wp, src, &dyp, o * dh * dwid, dsrc, &mut dw).unwrap();
+            assert_close(&dw, &want, &format!("{what}, padded planes"));
+        }
+    }
+
     #[test]
     fn epilogue_applies_per_channel() {
         if !crate::sgemm::available() {
@@ -451,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn conv2d_and_its_input_gradient_take_the_winograd_path_and_agree_with_the_direct_one() {
+    fn conv2d_and_its_gradients_take_the_winograd_path_and_agree_with_the_direct_one() {
         use candle_core::{Device, Tensor, Var};
         use std::sync::atomic::Ordering;
         // 32 → 40 channels on 2×23×21 (12×11 tiles): Winograd forward and input gradient.
@@ -466,15 +734,20 @@ mod tests {
             let y = crate::conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(1)).unwrap();
             let grads = (y.clone() * &dy).unwrap().sum_all().unwrap().backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (flat(&y), flat(grads.get(x.as_tensor()).unwrap()))
+            (flat(&y), flat(grads.get(x.as_tensor()).unwrap()), flat(grads.get(w.as_tensor()).unwrap()))
         };
-        let (y_w, dx_w) = run();
+        let (y_w, dx_w, dw_w) = run();
         OFF.store(true, Ordering::Relaxed);
-        let (y_d, dx_d) = run();
+        let (y_d, dx_d, dw_d) = run();
         OFF.store(false, Ordering::Relaxed);
         let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
         assert_close(&y_w, &f64s(&y_d), "forward");
         assert_close(&dx_w, &f64s(&dx_d), "input gradient");
+        // dW sums 2·23·21 products of values up to 1: compared relative to that scale.
+        let scale = 2.0 * 23.0 * 21.0;
+        let (dw_w, dw_d): (Vec<f32>, Vec<f64>) =
+            (dw_w.iter().map(|v| v / scale).collect(), dw_d.iter().map(|&v| f64::from(v / scale)).collect());
+        assert_close(&dw_w, &dw_d, "weight gradient");
         // The two paths are different arithmetic: some results differ in their last bits.
         assert!(y_w.iter().zip(&y_d).any(|(a, b)| a != b), "both runs took the same path");
     }

@@ -18,9 +18,10 @@ use crate::sgemm::{Columns, NR, PackedA, Strided, sgemm, sgemm_packed};
 /// products (forward, batch 4 at 250², min of 9 alternating: 6.4 vs 4.6 ms direct), with 32
 /// they do not (batch 4 at 125²: 4.9 vs 6.4 ms).
 const MIN_CHANNELS: usize = 32;
-/// Fewest 2×2 tiles per image: ResNet50's 14×14 stage (49 tiles, 256 channels, batch 8) ran
-/// 12.4 vs 10.4 ms direct, its products too narrow; 28×28 (196 tiles) 6.7 vs 9.3 ms.
-const MIN_TILES: usize = 100;
+/// Fewest 2×2 tiles per tile row (the transforms run 16 tiles of a row at a time): ResNet50's
+/// 14×14 stage (7 per row, 256 channels, batch 8) ran 11.2 vs 9.8 ms direct and its 7×7 stage
+/// 34.5 vs 8.6 (min of 3, medians of 9 alternating rounds); 28×28 (14 per row) 5.9 vs 7.5.
+const MIN_TILE_COLS: usize = 8;
 /// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
 const BLOCK_VALUES: usize = 384 * 1024;
 
@@ -129,7 +130,7 @@ unsafe impl Sync for SharedOut {}
 impl Geom {
     /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
     /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels
-    /// and [`MIN_TILES`] tiles per image.
+    /// and [`MIN_TILE_COLS`] tiles per tile row.
     pub(super) fn winograd_applies(&self) -> bool {
         enabled()
             && crate::sgemm::available()
@@ -137,7 +138,7 @@ impl Geom {
             && (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (3, 3, 1, 1, 1, 1)
             && self.c >= MIN_CHANNELS
             && self.o >= MIN_CHANNELS
-            && self.oh.div_ceil(2) * self.ow.div_ceil(2) >= MIN_TILES
+            && self.ow.div_ceil(2) >= MIN_TILE_COLS
     }
 
     /// Tile rows per task: `16·(C + O)` values per tile within [`BLOCK_VALUES`], at least one
@@ -170,25 +171,25 @@ impl Geom {
         let packed = transform_filters(o, c, wt)?;
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let rows = self.winograd_rows(tw);
-        let tasks: Vec<(usize, usize)> =
-            (0..n).flat_map(|img| (0..th).step_by(rows).map(move |r0| (img, r0))).collect();
+        // Tasks take `rows` tile rows of the batch at a time (image `G / th`, row `G % th` for
+        // row `G`), small maps several images' worth.
+        let tasks: Vec<usize> = (0..n * th).step_by(rows).collect();
         let y = SharedOut(out.as_mut_ptr().cast::<f32>());
-        tasks.par_iter().try_for_each(|&(img, r0)| -> candle_core::Result<()> {
-            let r1 = (r0 + rows).min(th);
+        tasks.par_iter().try_for_each(|&r0| -> candle_core::Result<()> {
+            let r1 = (r0 + rows).min(n * th);
             let tb = (r1 - r0) * tw;
-            let xi = &x[img * img_len..(img + 1) * img_len];
             <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| {
                 let (v, m) = buf.split_at_mut(16 * c * tb);
                 // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb` values
                 // and every read of `xi` lies inside it (checked above).
-                unsafe { input_transform(xi, &src, c, tw, r0, r1, v) };
+                unsafe { input_transform(x, img_len, &src, c, th, tw, r0, r1, v) };
                 for (k, a) in packed.iter().enumerate() {
                     let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
                     sgemm_packed(tb, &mut m[k * o * tb..(k + 1) * o * tb], tb, false, a, &b, 1)?;
                 }
-                // SAFETY: as above; `m` holds `16·O·tb` values, and the task writes output rows
-                // `2·r0 .. min(2·r1, OH)` of image `img` only, inside `out` (checked above).
-                unsafe { output_transform(m, y, img, o, oh, ow, tw, r0, r1) };
+                // SAFETY: as above; `m` holds `16·O·tb` values, and the task writes the output
+                // rows of its own tile rows only, inside `out` (checked above).
+                unsafe { output_transform(m, y, o, oh, ow, th, tw, r0, r1) };
                 Ok(())
             })
         })?;
@@ -228,17 +229,14 @@ impl Geom {
         }
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let rows = self.winograd_rows(tw);
-        let tasks: Vec<(usize, usize)> =
-            (0..n).flat_map(|img| (0..th).step_by(rows).map(move |r0| (img, r0))).collect();
+        let tasks: Vec<usize> = (0..n * th).step_by(rows).collect();
         let du = tasks
             .par_iter()
             .try_fold(
                 || vec![0f32; 16 * o * c],
-                |mut du, &(img, r0)| -> candle_core::Result<Vec<f32>> {
-                    let r1 = (r0 + rows).min(th);
+                |mut du, &r0| -> candle_core::Result<Vec<f32>> {
+                    let r1 = (r0 + rows).min(n * th);
                     let tb = (r1 - r0) * tw;
-                    let xi = &x[img * img_len..(img + 1) * img_len];
-                    let dyi = &dy[img * dy_len..(img + 1) * dy_len];
                     let cols: Vec<usize> = (0..c).map(|ch| ch * tb).collect();
                     <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| -> candle_core::Result<()> {
                         let (v, z) = buf.split_at_mut(16 * c * tb);
@@ -246,8 +244,8 @@ impl Geom {
                         // and `z` `16·O·tb` values; the reads of `xi` and `dyi` lie inside them
                         // (checked above).
                         unsafe {
-                            input_transform(xi, &src, c, tw, r0, r1, v);
-                            output_grad_transform(dyi, &dsrc, o, oh, ow, tw, r0, r1, z);
+                            input_transform(x, img_len, &src, c, th, tw, r0, r1, v);
+                            output_grad_transform(dy, dy_len, &dsrc, o, oh, ow, th, tw, r0, r1, z);
                         }
                         for k in 0..16 {
                             let a = Strided { data: &z[k * o * tb..(k + 1) * o * tb], rs: tb, cs: 1 };
@@ -289,15 +287,27 @@ fn lanes_mask(n: usize) -> u16 {
     if n >= L { u16::MAX } else { ((1u32 << n) - 1) as u16 }
 }
 
-/// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of tile rows `r0..r1` (`Bᵀ = [[1,0,−1,0],
+/// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (row `G`:
+/// image `G / th`, its tile row `G % th`; image `n`'s input at `x[n·img_len..]`) (`Bᵀ = [[1,0,−1,0],
 /// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, `L` tiles at a time.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of the `C`
-/// channels' `rows × cols` windows described by `src` lies inside `x`.
+/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of each image's
+/// `C` channels' `rows × cols` windows described by `src` lies inside `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(x: &[f32], src: &Src, c: usize, tw: usize, r0: usize, r1: usize, v: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform(
+    x: &[f32],
+    img_len: usize,
+    src: &Src,
+    c: usize,
+    th: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+    v: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -305,9 +315,10 @@ unsafe fn input_transform(x: &[f32], src: &Src, c: usize, tw: usize, r0: usize, 
     let left = src.left as isize;
     let vp = v.as_mut_ptr();
     for ch in 0..c {
-        let plane = x.as_ptr().wrapping_add(ch * src.plane);
-        for ti in r0..r1 {
-            let t0 = (ti - r0) * tw;
+        for gr in r0..r1 {
+            let (img, ti) = (gr / th, gr % th);
+            let plane = x.as_ptr().wrapping_add(img * img_len + ch * src.plane);
+            let t0 = (gr - r0) * tw;
             let mut j = 0;
             while j < tw {
                 // Padded columns 2j .. 2j+34 of rows 2·ti .. 2·ti+3: (a, b, c, d) = columns
@@ -357,9 +368,9 @@ unsafe fn input_transform(x: &[f32], src: &Src, c: usize, tw: usize, r0: usize, 
     }
 }
 
-/// `y = Aᵀ M A` per tile (`Aᵀ = [[1,1,1,0],[0,1,−1,−1]]`) for tile rows `r0..r1`, `M` laid out
-/// `[16][O][tb]`, into output rows `2·r0 .. min(2·r1, OH)` of image `img`'s planes in the
-/// batch's output `y` (`N·O·OH·OW`; rows and columns past the map dropped).
+/// `y = Aᵀ M A` per tile (`Aᵀ = [[1,1,1,0],[0,1,−1,−1]]`) for the batch's tile rows `r0..r1`
+/// (as [`input_transform`]), `M` laid out `[16][O][tb]`, into their output rows in the batch's
+/// output `y` (`N·O·OH·OW`; rows and columns past the map dropped).
 ///
 /// # Safety
 /// The CPU has AVX-512F; `m` holds `16·O·(r1 − r0)·tw` values; `y` is valid for writes of the
@@ -370,10 +381,10 @@ unsafe fn input_transform(x: &[f32], src: &Src, c: usize, tw: usize, r0: usize, 
 unsafe fn output_transform(
     m: &[f32],
     y: SharedOut,
-    img: usize,
     o: usize,
     oh: usize,
     ow: usize,
+    th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
@@ -384,8 +395,9 @@ unsafe fn output_transform(
     let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let mp = m.as_ptr();
     for oc in 0..o {
-        for ti in r0..r1 {
-            let t0 = (ti - r0) * tw;
+        for gr in r0..r1 {
+            let (img, ti) = (gr / th, gr % th);
+            let t0 = (gr - r0) * tw;
             let mut j = 0;
             while j < tw {
                 let mask = lanes_mask(tw - j);
@@ -425,7 +437,8 @@ unsafe fn output_transform(
     }
 }
 
-/// `Z[k][o][t] = (A dY_t Aᵀ)[k]` for the tiles `t` of tile rows `r0..r1` (`A = [[1,0],[1,1],
+/// `Z[k][o][t] = (A dY_t Aᵀ)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (as
+/// [`input_transform`]; image `n`'s `dY` at `dy[n·dy_len..]`) (`A = [[1,0],[1,1],
 /// [1,−1],[0,−1]]`; the 2×2 tile of `dY` at rows `2·ti..`, columns `2·tj..`, zero past the
 /// map), `Z` laid out `[16][O][tb]`.
 ///
@@ -437,10 +450,12 @@ unsafe fn output_transform(
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_grad_transform(
     dy: &[f32],
+    dy_len: usize,
     dsrc: &DySrc,
     o: usize,
     oh: usize,
     ow: usize,
+    th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
@@ -452,8 +467,9 @@ unsafe fn output_grad_transform(
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let zp = z.as_mut_ptr();
     for oc in 0..o {
-        for ti in r0..r1 {
-            let t0 = (ti - r0) * tw;
+        for gr in r0..r1 {
+            let (img, ti) = (gr / th, gr % th);
+            let t0 = (gr - r0) * tw;
             let mut j = 0;
             while j < tw {
                 // Columns 2j .. 2j+32 of rows 2·ti and 2·ti + 1: (even, odd) = the tiles'
@@ -464,7 +480,7 @@ unsafe fn output_grad_transform(
                     if y >= oh {
                         continue;
                     }
-                    let row = dy.as_ptr().wrapping_add(oc * dsrc.plane + dsrc.off + y * dsrc.rs + 2 * j);
+                    let row = dy.as_ptr().wrapping_add(img * dy_len + oc * dsrc.plane + dsrc.off + y * dsrc.rs + 2 * j);
                     let valid = ow - 2 * j;
                     // SAFETY: only columns `2j .. OW` of row `y < OH` are read.
                     let (lo, hi) = unsafe {
@@ -501,12 +517,26 @@ unsafe fn output_grad_transform(
 
 /// Stand-ins off x86-64, where [`Geom::winograd_applies`] is false (no AVX-512 kernel).
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform(_: &[f32], _: &Src, _: usize, _: usize, _: usize, _: usize, _: &mut [f32]) {}
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform(
+    _: &[f32],
+    _: usize,
+    _: &Src,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+}
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_grad_transform(
     _: &[f32],
+    _: usize,
     _: &DySrc,
+    _: usize,
     _: usize,
     _: usize,
     _: usize,

@@ -18,6 +18,12 @@ use crate::sgemm::{Columns, NR, PackedA, Strided, sgemm, sgemm_packed};
 /// products (forward, batch 4 at 250², min of 9 alternating: 6.4 vs 4.6 ms direct), with 32
 /// they do not (batch 4 at 125²: 4.9 vs 6.4 ms).
 const MIN_CHANNELS: usize = 32;
+/// Most input plus output channels: a task's transformed tiles (`16·(C + O)` values each, at
+/// least two panels of them) must stay in L2. Forward + backward at batch 2, alternating:
+/// 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63² 53 vs 75, 256 → 128 at 28² (batch
+/// 8) 34 vs 43; 768 → 128 at 32² 49 vs 45, 512 → 512 at 31² 127 vs 103, 3072 → 256 at 16²
+/// (smp's first decoder block on ResNet50) 212 vs 108.
+const MAX_CHANNELS: usize = 512;
 /// Fewest 2×2 tiles per tile row (the transforms run 16 tiles of a row at a time): ResNet50's
 /// 14×14 stage (7 per row, 256 channels, batch 8) ran 11.2 vs 9.8 ms direct and its 7×7 stage
 /// 34.5 vs 8.6 (min of 3, medians of 9 alternating rounds); 28×28 (14 per row) 5.9 vs 7.5.
@@ -130,7 +136,8 @@ unsafe impl Sync for SharedOut {}
 impl Geom {
     /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
     /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels
-    /// and [`MIN_TILE_COLS`] tiles per tile row.
+    /// and at most [`MAX_CHANNELS`] of both together, at least [`MIN_TILE_COLS`] tiles per tile
+    /// row.
     pub(super) fn winograd_applies(&self) -> bool {
         enabled()
             && crate::sgemm::available()
@@ -138,6 +145,7 @@ impl Geom {
             && (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (3, 3, 1, 1, 1, 1)
             && self.c >= MIN_CHANNELS
             && self.o >= MIN_CHANNELS
+            && self.c + self.o <= MAX_CHANNELS
             && self.ow.div_ceil(2) >= MIN_TILE_COLS
     }
 

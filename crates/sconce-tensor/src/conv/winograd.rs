@@ -238,18 +238,22 @@ impl Geom {
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let rows = self.winograd_rows(tw);
         let tasks: Vec<usize> = (0..n * th).step_by(rows).collect();
-        let du = tasks
-            .par_iter()
-            .try_fold(
-                || vec![0f32; 16 * o * c],
-                |mut du, &r0| -> candle_core::Result<Vec<f32>> {
+        // One partial `dU` per thread over a fixed run of tasks, added in order: the same
+        // sums in the same order on every run (rayon's fold splits where work is stolen).
+        let parts = rayon::current_num_threads().clamp(1, tasks.len().max(1));
+        let per = tasks.len().div_ceil(parts).max(1);
+        let partials = tasks
+            .par_chunks(per)
+            .map(|run| -> candle_core::Result<Vec<f32>> {
+                let mut du = vec![0f32; 16 * o * c];
+                for &r0 in run {
                     let r1 = (r0 + rows).min(n * th);
                     let tb = (r1 - r0) * tw;
                     let cols: Vec<usize> = (0..c).map(|ch| ch * tb).collect();
                     <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| -> candle_core::Result<()> {
                         let (v, z) = buf.split_at_mut(16 * c * tb);
                         // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb`
-                        // and `z` `16·O·tb` values; the reads of `xi` and `dyi` lie inside them
+                        // and `z` `16·O·tb` values; the reads of `x` and `dy` lie inside them
                         // (checked above).
                         unsafe {
                             input_transform(x, img_len, &src, c, th, tw, r0, r1, v);
@@ -262,18 +266,16 @@ impl Geom {
                         }
                         Ok(())
                     })?;
-                    Ok(du)
-                },
-            )
-            .try_reduce(
-                || vec![0f32; 16 * o * c],
-                |mut a, b| {
-                    for (p, q) in a.iter_mut().zip(&b) {
-                        *p += q;
-                    }
-                    Ok(a)
-                },
-            )?;
+                }
+                Ok(du)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut du = vec![0f32; 16 * o * c];
+        for part in &partials {
+            for (p, q) in du.iter_mut().zip(part) {
+                *p += q;
+            }
+        }
         // dW[o][c] = Gᵀ dU[o][c] G.
         dw.par_chunks_exact_mut(9).enumerate().for_each(|(oc, d)| {
             let u: [f32; 16] = std::array::from_fn(|k| du[k * o * c + oc]);
@@ -731,6 +733,43 @@ mod tests {
             g.weight_grad_winograd(&xp, c * hp * wp, src, &dyp, o * dh * dwid, dsrc, &mut dw).unwrap();
             assert_close(&dw, &want, &format!("{what}, padded planes"));
         }
+    }
+
+    #[test]
+    fn weight_gradient_is_the_same_on_every_run() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        // 4 images × 23 tile rows of 23 tiles in tasks of 4 rows: many tasks per thread.
+        let (n, c, h, w, o) = (4, 32, 45, 45, 48);
+        let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
+        let (x, dy) = (values(n * c * h * w, 13), values(n * o * h * w, 14));
+        let src = Src { plane: h * w, rs: w, rows: h, cols: w, top: 1, left: 1 };
+        let dsrc = DySrc { plane: h * w, rs: w, off: 0 };
+        let run = || {
+            let mut dw = vec![0f32; o * c * 9];
+            g.weight_grad_winograd(&x, c * h * w, src, &dy, o * h * w, dsrc, &mut dw).unwrap();
+            dw
+        };
+        let first = run();
+        // A busy thread beside the pool's makes the tasks' timing (and rayon's splits) vary.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut v = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    v = std::hint::black_box(v.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+            for _ in 0..12 {
+                let again = run();
+                if again != first {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("a second run summed in another order");
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     #[test]

@@ -66,22 +66,58 @@ pub(super) struct DySrc {
     pub(super) off: usize,
 }
 
+/// The arithmetic the filter transforms need, on one value or on 16 kernels' values at once.
+trait Lane: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    fn half(self) -> Self;
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn half(self) -> Self {
+        0.5 * self
+    }
+}
+
+/// 16 kernels' values of one position, lane by lane (vectorised where the caller enables
+/// AVX-512).
+#[derive(Clone, Copy)]
+struct Lanes([f32; L]);
+
+impl std::ops::Add for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        Lanes(std::array::from_fn(|i| self.0[i] + b.0[i]))
+    }
+}
+
+impl std::ops::Sub for Lanes {
+    type Output = Self;
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        Lanes(std::array::from_fn(|i| self.0[i] - b.0[i]))
+    }
+}
+
+impl Lane for Lanes {
+    #[inline(always)]
+    fn half(self) -> Self {
+        Lanes(self.0.map(|v| 0.5 * v))
+    }
+}
+
 /// `Gᵀ u G` for one transformed gradient `u` (4×4, row-major): the 3×3 kernel's gradient
 /// (the adjoint of [`filter_tile`]).
-fn filter_grad_tile(u: &[f32; 16]) -> [f32; 9] {
+#[inline(always)]
+fn filter_grad_tile<T: Lane>(u: [T; 16]) -> [T; 9] {
     // Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]: t = Gᵀ u (3×4), then t G (3×3).
-    let mut t = [[0f32; 4]; 3];
-    for s in 0..4 {
-        let (a, b, c, d) = (u[s], u[4 + s], u[8 + s], u[12 + s]);
-        t[0][s] = a + 0.5 * (b + c);
-        t[1][s] = 0.5 * (b - c);
-        t[2][s] = 0.5 * (b + c) + d;
-    }
-    let mut g = [0f32; 9];
-    for (i, [a, b, c, d]) in t.into_iter().enumerate() {
-        g[3 * i] = a + 0.5 * (b + c);
-        g[3 * i + 1] = 0.5 * (b - c);
-        g[3 * i + 2] = 0.5 * (b + c) + d;
+    let col = |a: T, b: T, c: T, d: T| [a + (b + c).half(), (b - c).half(), (b + c).half() + d];
+    let t: [[T; 3]; 4] = std::array::from_fn(|s| col(u[s], u[4 + s], u[8 + s], u[12 + s]));
+    let mut g = [u[0]; 9];
+    for i in 0..3 {
+        let [a, b, c, d] = [t[0][i], t[1][i], t[2][i], t[3][i]];
+        let row = col(a, b, c, d);
+        g[3 * i..3 * i + 3].copy_from_slice(&row);
     }
     g
 }
@@ -91,47 +127,109 @@ pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::
     if wt.len() != o * c * 9 {
         candle_core::bail!("winograd: {} weights for {o}×{c}×3×3", wt.len());
     }
-    let mut u = vec![0f32; 16 * o * c];
-    // Rows `(o, c)` of 16 values, then scattered to `[k][o][c]`.
-    let mut rows = vec![[0f32; 16]; o * c];
-    rows.par_iter_mut().zip(wt.par_chunks_exact(9)).for_each(|(r, g)| *r = filter_tile(g));
-    for (oc, r) in rows.iter().enumerate() {
-        for (k, &v) in r.iter().enumerate() {
-            u[k * o * c + oc] = v;
-        }
-    }
+    let oc = o * c;
+    let mut u: Vec<f32> = Vec::with_capacity(16 * oc);
+    // Runs of kernels in parallel, each transformed and written to its run of every `U_k`.
+    let up = SharedOut(u.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    wt.par_chunks(9 * FILTER_RUN).enumerate().for_each(|(run, ws)| {
+        // SAFETY: the CPU has AVX-512F (`winograd_applies`); `u` has capacity for `16·O·C`
+        // values and only this run writes kernels `run·FILTER_RUN ..` of each `U_k`.
+        unsafe { transform_run(ws, run * FILTER_RUN, oc, up) };
+    });
+    // SAFETY: the runs cover all `O·C` kernels, each writing its 16 values.
+    unsafe { u.set_len(16 * oc) };
     (0..16).map(|k| PackedA::new(o, c, &Strided { data: &u[k * o * c..(k + 1) * o * c], rs: c, cs: 1 })).collect()
 }
 
+/// Kernels per task of [`transform_filters`].
+const FILTER_RUN: usize = 1024;
+
 /// `G g Gᵀ` for one 3×3 kernel `g` (row-major), `G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]`.
-fn filter_tile(g: &[f32]) -> [f32; 16] {
-    // t = G g (4×3)
-    let mut t = [[0f32; 3]; 4];
-    for j in 0..3 {
-        let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
-        t[0][j] = a;
-        t[1][j] = 0.5 * (a + b + c);
-        t[2][j] = 0.5 * (a - b + c);
-        t[3][j] = c;
-    }
-    let mut u = [0f32; 16];
+#[inline(always)]
+fn filter_tile<T: Lane>(g: [T; 9]) -> [T; 16] {
+    // t = G g (4×3), then u = t Gᵀ (4×4): the same map on columns, then on rows.
+    let map = |a: T, b: T, c: T| [a, (a + b + c).half(), (a - b + c).half(), c];
+    let t: [[T; 4]; 3] = std::array::from_fn(|j| map(g[j], g[3 + j], g[6 + j]));
+    let mut u = [g[0]; 16];
     for i in 0..4 {
-        let [a, b, c] = t[i];
-        u[4 * i] = a;
-        u[4 * i + 1] = 0.5 * (a + b + c);
-        u[4 * i + 2] = 0.5 * (a - b + c);
-        u[4 * i + 3] = c;
+        u[4 * i..4 * i + 4].copy_from_slice(&map(t[0][i], t[1][i], t[2][i]));
     }
     u
 }
 
-/// A `*mut f32` shared by the tasks, which write disjoint output rows.
+/// [`filter_tile`] for the kernels `ws` (`9` values each), kernel `first + i` into
+/// `u[k·oc + first + i]` for each `k`: 16 kernels at a time in `zmm` lanes.
+///
+/// # Safety
+/// The CPU has AVX-512F; `u` is valid for writes of `16·oc` values, `first + ws.len() / 9 ≤
+/// oc`, and no other thread writes these kernels' values.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn transform_run(ws: &[f32], first: usize, oc: usize, u: SharedOut) {
+    let n = ws.len() / 9;
+    let mut i = 0;
+    while i + L <= n {
+        let g: [Lanes; 9] = std::array::from_fn(|e| Lanes(std::array::from_fn(|l| ws[(i + l) * 9 + e])));
+        for (k, v) in filter_tile(g).into_iter().enumerate() {
+            // SAFETY: values `k·oc + first + i ..` + 16 lie inside `u` (the caller's contract).
+            unsafe { std::ptr::copy_nonoverlapping(v.0.as_ptr(), u.at(k * oc + first + i), L) };
+        }
+        i += L;
+    }
+    for (j, g) in ws[i * 9..].chunks_exact(9).enumerate() {
+        let g: [f32; 9] = std::array::from_fn(|e| g[e]);
+        for (k, v) in filter_tile(g).into_iter().enumerate() {
+            // SAFETY: as above.
+            unsafe { u.at(k * oc + first + i + j).write(v) };
+        }
+    }
+}
+
+/// `dw[oc] += Gᵀ dU[·][oc] G` for kernels `first ..` (`d` holds their `9` values each), `du`
+/// laid out `[16][oc]`: 16 kernels at a time in `zmm` lanes.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn filter_grad_run(du: &[f32], oc: usize, first: usize, d: &mut [f32]) {
+    let n = d.len() / 9;
+    let mut i = 0;
+    while i + L <= n {
+        let u: [Lanes; 16] = std::array::from_fn(|k| Lanes(std::array::from_fn(|l| du[k * oc + first + i + l])));
+        let g = filter_grad_tile(u);
+        for l in 0..L {
+            for (e, ge) in g.iter().enumerate() {
+                d[(i + l) * 9 + e] += ge.0[l];
+            }
+        }
+        i += L;
+    }
+    for j in i..n {
+        let u: [f32; 16] = std::array::from_fn(|k| du[k * oc + first + j]);
+        for (dv, g) in d[j * 9..j * 9 + 9].iter_mut().zip(filter_grad_tile(u)) {
+            *dv += g;
+        }
+    }
+}
+
+/// A `*mut f32` shared by the tasks, which write disjoint elements (output rows, or runs of
+/// transformed kernels).
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 // SAFETY: each task writes the output rows of its own tile rows only (see `forward`).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `i` values on (a method, so that closures capture the whole `Sync` value).
+    ///
+    /// # Safety
+    /// As [`pointer::add`]: `i` stays inside the allocation.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
 
 impl Geom {
     /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
@@ -277,12 +375,9 @@ impl Geom {
             }
         }
         // dW[o][c] = Gᵀ dU[o][c] G.
-        dw.par_chunks_exact_mut(9).enumerate().for_each(|(oc, d)| {
-            let u: [f32; 16] = std::array::from_fn(|k| du[k * o * c + oc]);
-            let g = filter_grad_tile(&u);
-            for (d, g) in d.iter_mut().zip(g) {
-                *d += g;
-            }
+        dw.par_chunks_mut(9 * FILTER_RUN).enumerate().for_each(|(run, d)| {
+            // SAFETY: the CPU has AVX-512F (`winograd_applies`).
+            unsafe { filter_grad_run(&du, o * c, run * FILTER_RUN, d) };
         });
         Ok(())
     }
@@ -652,6 +747,7 @@ mod tests {
             (1, 32, 45, 45, 32, 1),
             (2, 24, 12, 9, 16, 0),
             (1, 16, 11, 14, 24, 2),
+            (1, 9, 10, 12, 7, 1),
         ] {
             let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
             let (x, wt) = (values(n * c * h * w, 1), values(o * c * 9, 2));
@@ -708,9 +804,13 @@ mod tests {
         if !crate::sgemm::available() {
             return;
         }
-        for (n, c, h, w, o, p) in
-            [(2, 32, 17, 21, 40, 1), (3, 16, 37, 10, 8, 1), (1, 32, 45, 45, 32, 1), (2, 24, 12, 9, 16, 0)]
-        {
+        for (n, c, h, w, o, p) in [
+            (2, 32, 17, 21, 40, 1),
+            (3, 16, 37, 10, 8, 1),
+            (1, 32, 45, 45, 32, 1),
+            (2, 24, 12, 9, 16, 0),
+            (2, 9, 10, 12, 7, 1),
+        ] {
             let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
             let (x, dy) = (values(n * c * h * w, 11), values(n * o * g.oh * g.ow, 12));
             let want: Vec<f64> = weight_grad_reference(&g, &x, &dy).iter().map(|v| v + 0.25).collect();

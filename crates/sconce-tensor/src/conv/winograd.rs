@@ -26,8 +26,10 @@ const MIN_CHANNELS: usize = 32;
 const MAX_CHANNELS: usize = 512;
 /// Fewest 2×2 tiles per tile row (the transforms run 16 tiles of a row at a time): ResNet50's
 /// 14×14 stage (7 per row, 256 channels, batch 8) ran 11.2 vs 9.8 ms direct and its 7×7 stage
-/// 34.5 vs 8.6 (min of 3, medians of 9 alternating rounds); 28×28 (14 per row) 5.9 vs 7.5.
-const MIN_TILE_COLS: usize = 8;
+/// 34.5 vs 8.6 (forwards; min of 3, medians of 9 alternating rounds); 256 → 256 at 16² (8 per
+/// row, batch 2; unet-resnet50's third stage) forward + backward 7.9 vs 6.1 ms. 128 → 128 at
+/// 28² (14 per row, batch 8) 5.9 vs 7.5 ms forward, at 32² (16, batch 2) 4.3 vs 5.1 backward.
+const MIN_TILE_COLS: usize = 12;
 /// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
 const BLOCK_VALUES: usize = 384 * 1024;
 
@@ -899,14 +901,15 @@ mod tests {
     fn conv2d_and_its_gradients_take_the_winograd_path_and_agree_with_the_direct_one() {
         use candle_core::{Device, Tensor, Var};
         use std::sync::atomic::Ordering;
-        // 32 → 40 channels on 2×23×21 (12×11 tiles): Winograd forward and input gradient.
-        let g = Geom::new(&[2, 32, 23, 21], &[40, 32, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
-        if !g.winograd_applies() {
+        // 32 → 40 channels on 2×23×25 (12×13 tiles): the Winograd forward and gradients.
+        let g = Geom::new(&[2, 32, 23, 25], &[40, 32, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
+        if !crate::sgemm::available() || !enabled() {
             return;
         }
-        let x = Var::from_vec(values(2 * 32 * 23 * 21, 8), (2, 32, 23, 21), &Device::Cpu).unwrap();
+        assert!(g.winograd_applies(), "the shape must take the Winograd path");
+        let x = Var::from_vec(values(2 * 32 * 23 * 25, 8), (2, 32, 23, 25), &Device::Cpu).unwrap();
         let w = Var::from_vec(values(40 * 32 * 9, 9), (40, 32, 3, 3), &Device::Cpu).unwrap();
-        let dy = Tensor::from_vec(values(2 * 40 * 23 * 21, 10), (2, 40, 23, 21), &Device::Cpu).unwrap();
+        let dy = Tensor::from_vec(values(2 * 40 * 23 * 25, 10), (2, 40, 23, 25), &Device::Cpu).unwrap();
         let run = || {
             let y = crate::conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(1)).unwrap();
             let grads = (y.clone() * &dy).unwrap().sum_all().unwrap().backward().unwrap();
@@ -920,8 +923,8 @@ mod tests {
         let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
         assert_close(&y_w, &f64s(&y_d), "forward");
         assert_close(&dx_w, &f64s(&dx_d), "input gradient");
-        // dW sums 2·23·21 products of values up to 1: compared relative to that scale.
-        let scale = 2.0 * 23.0 * 21.0;
+        // dW sums 2·23·25 products of values up to 1: compared relative to that scale.
+        let scale = 2.0 * 23.0 * 25.0;
         let (dw_w, dw_d): (Vec<f32>, Vec<f64>) =
             (dw_w.iter().map(|v| v / scale).collect(), dw_d.iter().map(|&v| f64::from(v / scale)).collect());
         assert_close(&dw_w, &dw_d, "weight gradient");

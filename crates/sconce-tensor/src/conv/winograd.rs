@@ -19,17 +19,23 @@ use crate::sgemm::{Columns, NR, PackedA, Strided, sgemm, sgemm_packed};
 /// they do not (batch 4 at 125²: 4.9 vs 6.4 ms).
 const MIN_CHANNELS: usize = 32;
 /// Most input plus output channels: a task's transformed tiles (`16·(C + O)` values each, at
-/// least two panels of them) must stay in L2. Forward + backward at batch 2, alternating:
+/// least a panel of them) must stay in L2. Forward + backward at batch 2, alternating:
 /// 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63² 53 vs 75, 256 → 128 at 28² (batch
 /// 8) 34 vs 43; 768 → 128 at 32² 49 vs 45, 512 → 512 at 31² 127 vs 103, 3072 → 256 at 16²
 /// (smp's first decoder block on ResNet50) 212 vs 108.
 const MAX_CHANNELS: usize = 512;
-/// Fewest 2×2 tiles per tile row (the transforms run 16 tiles of a row at a time): ResNet50's
-/// 14×14 stage (7 per row, 256 channels, batch 8) ran 11.2 vs 9.8 ms direct and its 7×7 stage
-/// 34.5 vs 8.6 (forwards; min of 3, medians of 9 alternating rounds); 256 → 256 at 16² (8 per
-/// row, batch 2; unet-resnet50's third stage) forward + backward 7.9 vs 6.1 ms. 128 → 128 at
-/// 28² (14 per row, batch 8) 5.9 vs 7.5 ms forward, at 32² (16, batch 2) 4.3 vs 5.1 backward.
-const MIN_TILE_COLS: usize = 12;
+/// Fewest 2×2 tiles per tile row for the transforms' runs of 16 tiles of a row; rows of at
+/// most 8 tiles go two to a vector instead (the `*_pairs` transforms). In one process against
+/// the direct path (ms, min of 3, medians of 7–9 alternating rounds; forward unless noted):
+/// 256 → 256 at 14² (7 per row, batch 8) 5.8 vs 8.5, backward 13.4 vs 18.6 (with 16-tile runs
+/// it was 13.3 vs 11.0 forward); at 15² (batch 2) 2.8 vs 3.0; at 16² backward 7.0 vs 6.7.
+const MIN_TILE_COLS: usize = L / 2 + 1;
+/// ... and for two rows per vector at least this many tiles per row and [`MIN_PAIR_OUT`] output
+/// channels: 128 → 32 (DenseNet's growth convolution, batch 8) at 14² ran 0.77 vs 0.62 ms, at
+/// 7² 0.53 vs 0.70 (noisy, min 0.51 vs 0.34); at 28² (16-tile runs) 1.78 vs 2.06.
+const MIN_PAIR_COLS: usize = 7;
+/// See [`MIN_PAIR_COLS`].
+const MIN_PAIR_OUT: usize = 64;
 /// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
 const BLOCK_VALUES: usize = 384 * 1024;
 
@@ -237,7 +243,7 @@ impl Geom {
     /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
     /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels
     /// and at most [`MAX_CHANNELS`] of both together, at least [`MIN_TILE_COLS`] tiles per tile
-    /// row.
+    /// row (or [`MIN_PAIR_COLS`] with [`MIN_PAIR_OUT`] output channels).
     pub(super) fn winograd_applies(&self) -> bool {
         enabled()
             && crate::sgemm::available()
@@ -246,13 +252,15 @@ impl Geom {
             && self.c >= MIN_CHANNELS
             && self.o >= MIN_CHANNELS
             && self.c + self.o <= MAX_CHANNELS
-            && self.ow.div_ceil(2) >= MIN_TILE_COLS
+            && (self.ow.div_ceil(2) >= MIN_TILE_COLS
+                || (self.ow.div_ceil(2) >= MIN_PAIR_COLS && self.o >= MIN_PAIR_OUT))
     }
 
     /// Tile rows per task: `16·(C + O)` values per tile within [`BLOCK_VALUES`], at least one
-    /// row and about two panels of columns.
+    /// row and about one panel of columns (two panels put 256 + 256 channels' tiles past L2:
+    /// 256 → 256 at 63², batch 2, forward + backward 74 → 47 ms with one).
     fn winograd_rows(&self, tw: usize) -> usize {
-        let tiles = (BLOCK_VALUES / (16 * (self.c + self.o))).max(2 * NR);
+        let tiles = (BLOCK_VALUES / (16 * (self.c + self.o))).max(NR);
         (tiles / tw).max(1)
     }
 
@@ -394,6 +402,302 @@ fn lanes_mask(n: usize) -> u16 {
     if n >= L { u16::MAX } else { ((1u32 << n) - 1) as u16 }
 }
 
+/// One run of tiles in a vector: tile row `gr` of the batch (image `gr / th`, row `gr % th`),
+/// tiles `j .. j + n`, at lanes `lane ..` of the vector.
+#[derive(Clone, Copy)]
+struct Seg {
+    gr: usize,
+    j: usize,
+    n: usize,
+    lane: usize,
+}
+
+/// The vectors the `*_pairs` transforms run over for tile rows `r0..r1` of `tw` tiles: for
+/// rows of at most 8 tiles two rows per vector (lanes 0.. and 8..), so that small maps do not
+/// leave most lanes empty; else runs of 16 tiles of a row (the plain transforms do those
+/// faster). `[seg, second seg]`, the second with `n = 0` when
+/// absent.
+fn segments(r0: usize, r1: usize, tw: usize) -> Vec<[Seg; 2]> {
+    let none = Seg { gr: 0, j: 0, n: 0, lane: L / 2 };
+    if tw <= L / 2 {
+        (r0..r1)
+            .step_by(2)
+            .map(|gr| {
+                let second = if gr + 1 < r1 { Seg { gr: gr + 1, j: 0, n: tw, lane: L / 2 } } else { none };
+                [Seg { gr, j: 0, n: tw, lane: 0 }, second]
+            })
+            .collect()
+    } else {
+        (r0..r1)
+            .flat_map(|gr| (0..tw).step_by(L).map(move |j| [Seg { gr, j, n: L.min(tw - j), lane: 0 }, none]))
+            .collect()
+    }
+}
+
+/// Half `h` of a vector's 32-column window (the even/odd split reads two halves): the run it
+/// belongs to and its first column past the run's `2j`: the same run 16 columns on for runs of
+/// 16 tiles, the second run for two rows per vector (`pair`, rows of at most 8 tiles).
+#[inline(always)]
+fn half(segs: &[Seg; 2], h: usize, pair: bool) -> (Seg, usize) {
+    match (h, pair) {
+        (0, _) => (segs[0], 0),
+        (_, true) => (segs[1], 0),
+        (_, false) => (segs[0], L),
+    }
+}
+
+/// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (row `G`:
+/// image `G / th`, its tile row `G % th`; image `n`'s input at `x[n·img_len..]`) (`Bᵀ = [[1,0,−1,0],
+/// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, one vector of [`segments`] at a
+/// time.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of each image's
+/// `C` channels' `rows × cols` windows described by `src` lies inside `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_pairs(
+    x: &[f32],
+    img_len: usize,
+    src: &Src,
+    c: usize,
+    th: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+    v: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let left = src.left as isize;
+    let vp = v.as_mut_ptr();
+    let vecs = segments(r0, r1, tw);
+    let pair = tw <= L / 2;
+    for ch in 0..c {
+        for segs in &vecs {
+            // 16 padded columns of input row `r` of a half's tile row, from its column `2j + off
+            // + e`; zero outside the input.
+            let load = |h: usize, r: usize, e: usize| -> __m512 {
+                let (seg, off) = half(segs, h, pair);
+                if seg.n == 0 {
+                    return _mm512_setzero_ps();
+                }
+                let (img, ti) = (seg.gr / th, seg.gr % th);
+                let y = 2 * ti + r;
+                if y < src.top || y - src.top >= src.rows {
+                    return _mm512_setzero_ps();
+                }
+                let row = x.as_ptr().wrapping_add(img * img_len + ch * src.plane + (y - src.top) * src.rs);
+                let x0 = (2 * seg.j + off + e) as isize - left;
+                let lo = (-x0).clamp(0, 16) as usize;
+                let hi = (src.cols as isize - x0).clamp(0, 16) as usize;
+                let mask = if hi > lo { lanes_mask(hi) & !lanes_mask(lo) } else { 0 };
+                // SAFETY: only the lanes in `mask` are read, all inside the row (columns
+                // `0 .. cols`); the others are not accessed.
+                unsafe { _mm512_maskz_loadu_ps(mask, row.wrapping_offset(x0)) }
+            };
+            // (a, b, c, d) = columns (2t, 2t+1, 2t+2, 2t+3) of tile t, then d·B =
+            // [a − c, b + c, c − b, b − d] for each of the four input rows.
+            let q: [[__m512; 4]; 4] = std::array::from_fn(|r| {
+                let (lo, hi) = (load(0, r, 0), load(1, r, 0));
+                let (lo2, hi2) = (load(0, r, 2), load(1, r, 2));
+                let a = _mm512_permutex2var_ps(lo, even, hi);
+                let b = _mm512_permutex2var_ps(lo, odd, hi);
+                let cc = _mm512_permutex2var_ps(lo2, even, hi2);
+                let d = _mm512_permutex2var_ps(lo2, odd, hi2);
+                [_mm512_sub_ps(a, cc), _mm512_add_ps(b, cc), _mm512_sub_ps(cc, b), _mm512_sub_ps(b, d)]
+            });
+            let put = |k: usize, val: __m512| {
+                for seg in segs.iter().filter(|s| s.n > 0) {
+                    let at = (k * c + ch) * tb + (seg.gr - r0) * tw + seg.j;
+                    // SAFETY: row `(k, ch)` of `V` has `tb` values from `(k·C + ch)·tb`; lanes
+                    // `lane .. lane + n` go to `at .. at + n ≤ tb` (the pointer is moved back by
+                    // `lane` so that lane `lane` lands at `at`; the other lanes are masked off).
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            vp.wrapping_add(at).wrapping_sub(seg.lane),
+                            lanes_mask(seg.n) << seg.lane,
+                            val,
+                        )
+                    }
+                }
+            };
+            let [q0, q1, q2, q3] = q;
+            for s in 0..4 {
+                put(s, _mm512_sub_ps(q0[s], q2[s]));
+                put(4 + s, _mm512_add_ps(q1[s], q2[s]));
+                put(8 + s, _mm512_sub_ps(q2[s], q1[s]));
+                put(12 + s, _mm512_sub_ps(q1[s], q3[s]));
+            }
+        }
+    }
+}
+
+/// `y = Aᵀ M A` per tile (`Aᵀ = [[1,1,1,0],[0,1,−1,−1]]`) for the batch's tile rows `r0..r1`
+/// (as [`input_transform`]), `M` laid out `[16][O][tb]`, into their output rows in the batch's
+/// output `y` (`N·O·OH·OW`; rows and columns past the map dropped).
+///
+/// # Safety
+/// The CPU has AVX-512F; `m` holds `16·O·(r1 − r0)·tw` values; `y` is valid for writes of the
+/// whole batch's output, and no other thread writes these rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform_pairs(
+    m: &[f32],
+    y: SharedOut,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    th: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let mp = m.as_ptr();
+    let vecs = segments(r0, r1, tw);
+    let pair = tw <= L / 2;
+    for oc in 0..o {
+        for segs in &vecs {
+            // Row `(k, oc)` of `M` at each run's tiles, into the run's lanes.
+            let ld = |k: usize| {
+                let mut v = _mm512_setzero_ps();
+                for seg in segs.iter().filter(|s| s.n > 0) {
+                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
+                    // SAFETY: row `(k, oc)` of `M` has `tb` values from `(k·O + oc)·tb`; only
+                    // lanes `lane .. lane + n`, at `at .. at + n ≤ tb`, are read.
+                    v = unsafe {
+                        _mm512_mask_loadu_ps(
+                            v,
+                            lanes_mask(seg.n) << seg.lane,
+                            mp.wrapping_add(at).wrapping_sub(seg.lane),
+                        )
+                    };
+                }
+                v
+            };
+            // T = Aᵀ M: rows (M0 + M1 + M2, M1 − M2 − M3) per column s.
+            let mut t = [[_mm512_setzero_ps(); 4]; 2];
+            let [t0s, t1s] = &mut t;
+            for (s, (t0v, t1v)) in t0s.iter_mut().zip(t1s.iter_mut()).enumerate() {
+                let (a, b, c, d) = (ld(s), ld(4 + s), ld(8 + s), ld(12 + s));
+                *t0v = _mm512_add_ps(_mm512_add_ps(a, b), c);
+                *t1v = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+            }
+            for (i, ti_row) in t.iter().enumerate() {
+                let [p0, p1, p2, p3] = *ti_row;
+                let y0 = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
+                let y1 = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
+                // Lanes 0..8 of (y0, y1) interleaved, then lanes 8..16: the two halves.
+                let halves = [_mm512_permutex2var_ps(y0, lo_idx, y1), _mm512_permutex2var_ps(y0, hi_idx, y1)];
+                for (h, val) in halves.into_iter().enumerate() {
+                    let (seg, off) = half(segs, h, pair);
+                    let (img, ti) = (seg.gr / th, seg.gr % th);
+                    let oy = 2 * ti + i;
+                    let col = 2 * seg.j + off;
+                    if seg.n == 0 || oy >= oh || col >= ow {
+                        continue;
+                    }
+                    // SAFETY: columns `col .. ow` (at most 16) of row `oy < OH` are inside the
+                    // output, and only this task writes the rows of its tile rows.
+                    unsafe {
+                        let row = y.0.add(((img * o + oc) * oh + oy) * ow + col);
+                        _mm512_mask_storeu_ps(row, lanes_mask(ow - col), val);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Z[k][o][t] = (A dY_t Aᵀ)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (as
+/// [`input_transform`]; image `n`'s `dY` at `dy[n·dy_len..]`) (`A = [[1,0],[1,1],
+/// [1,−1],[0,−1]]`; the 2×2 tile of `dY` at rows `2·ti..`, columns `2·tj..`, zero past the
+/// map), `Z` laid out `[16][O][tb]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `z` holds `16·O·(r1 − r0)·tw` values; every row `y < OH` of the `O`
+/// channels described by `dsrc` has `OW` values inside `dy`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_grad_transform_pairs(
+    dy: &[f32],
+    dy_len: usize,
+    dsrc: &DySrc,
+    o: usize,
+    oh: usize,
+    ow: usize,
+    th: usize,
+    tw: usize,
+    r0: usize,
+    r1: usize,
+    z: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let tb = (r1 - r0) * tw;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let zp = z.as_mut_ptr();
+    let vecs = segments(r0, r1, tw);
+    let pair = tw <= L / 2;
+    for oc in 0..o {
+        for segs in &vecs {
+            // 16 columns of row `2·ti + i` of a half's tile row from its column `2j + off`;
+            // zero past the map.
+            let load = |h: usize, i: usize| -> __m512 {
+                let (seg, off) = half(segs, h, pair);
+                let (img, ti) = (seg.gr / th, seg.gr % th);
+                let (yy, col) = (2 * ti + i, 2 * seg.j + off);
+                if seg.n == 0 || yy >= oh || col >= ow {
+                    return _mm512_setzero_ps();
+                }
+                let row = dy.as_ptr().wrapping_add(img * dy_len + oc * dsrc.plane + dsrc.off + yy * dsrc.rs + col);
+                // SAFETY: only columns `col .. OW` of row `yy < OH` are read.
+                unsafe { _mm512_maskz_loadu_ps(lanes_mask(ow - col), row) }
+            };
+            // (even, odd) columns = the tiles' (left, right) columns, rows 2·ti and 2·ti + 1.
+            let yv: [[__m512; 2]; 2] = std::array::from_fn(|i| {
+                let (lo, hi) = (load(0, i), load(1, i));
+                [_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)]
+            });
+            let [[y00, y01], [y10, y11]] = yv;
+            // A dY (4×2), then Z = (A dY) Aᵀ: [u0, u0 + u1, u0 − u1, −u1] per row.
+            let zero = _mm512_setzero_ps();
+            let rows = [
+                (y00, y01),
+                (_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)),
+                (_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)),
+                (_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)),
+            ];
+            for (r, (u0, u1)) in rows.into_iter().enumerate() {
+                let vals = [u0, _mm512_add_ps(u0, u1), _mm512_sub_ps(u0, u1), _mm512_sub_ps(zero, u1)];
+                for (s, val) in vals.into_iter().enumerate() {
+                    for seg in segs.iter().filter(|s| s.n > 0) {
+                        let at = ((4 * r + s) * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
+                        // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
+                        // lanes `lane .. lane + n` go to `at .. at + n ≤ tb`.
+                        unsafe {
+                            _mm512_mask_storeu_ps(
+                                zp.wrapping_add(at).wrapping_sub(seg.lane),
+                                lanes_mask(seg.n) << seg.lane,
+                                val,
+                            )
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (row `G`:
 /// image `G / th`, its tile row `G % th`; image `n`'s input at `x[n·img_len..]`) (`Bᵀ = [[1,0,−1,0],
 /// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, `L` tiles at a time.
@@ -415,6 +719,10 @@ unsafe fn input_transform(
     r1: usize,
     v: &mut [f32],
 ) {
+    if tw <= L / 2 {
+        // SAFETY: the caller's contract, which is this function's.
+        return unsafe { input_transform_pairs(x, img_len, src, c, th, tw, r0, r1, v) };
+    }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -496,6 +804,10 @@ unsafe fn output_transform(
     r0: usize,
     r1: usize,
 ) {
+    if tw <= L / 2 {
+        // SAFETY: the caller's contract, which is this function's.
+        return unsafe { output_transform_pairs(m, y, o, oh, ow, th, tw, r0, r1) };
+    }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -568,6 +880,10 @@ unsafe fn output_grad_transform(
     r1: usize,
     z: &mut [f32],
 ) {
+    if tw <= L / 2 {
+        // SAFETY: the caller's contract, which is this function's.
+        return unsafe { output_grad_transform_pairs(dy, dy_len, dsrc, o, oh, ow, th, tw, r0, r1, z) };
+    }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);

@@ -1,8 +1,9 @@
 //! Winograd F(2×2, 3×3) for stride-1 3×3 convolutions in `f32`: each 2×2 output tile is
 //! `Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A` over the 4×4 input tile `d`, so the products take 16 multiplies
 //! per tile and channel pair instead of 36 (2.25× fewer flops), as 16 matrix products
-//! `M_k = U_k · V_k` on the AVX-512 kernel. Used for the forward pass and the stride-1 input
-//! gradient (itself a 3×3 convolution); `SCONCE_NO_WINOGRAD=1` turns it off.
+//! `M_k = U_k · V_k` on the AVX-512 kernel. Used for the forward pass, the stride-1 input
+//! gradient (itself a 3×3 convolution) and the weight gradient (`dW = Gᵀ (Σ Z_k V_kᵀ) G`);
+//! `SCONCE_NO_WINOGRAD=1` turns it off.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -223,7 +224,8 @@ unsafe fn filter_grad_run(du: &[f32], oc: usize, first: usize, d: &mut [f32]) {
 /// transformed kernels).
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: each task writes the output rows of its own tile rows only (see `forward`).
+// SAFETY: the tasks write disjoint elements: the output rows of their own tile rows
+// (`forward_winograd`), or their own runs of transformed kernels (`transform_filters`).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}

@@ -404,6 +404,97 @@ fn lanes_mask(n: usize) -> u16 {
     if n >= L { u16::MAX } else { ((1u32 << n) - 1) as u16 }
 }
 
+/// The even and the odd lanes of the 32 values `lo ‖ hi`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn even_odd(lo: std::arch::x86_64::__m512, hi: std::arch::x86_64::__m512) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    [_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)]
+}
+
+/// `d·B` of one input row for 16 tiles, from the row's padded columns `[lo, hi]` (from the
+/// tiles' first column) and `[lo2, hi2]` (two columns on): `(a, b, c, d)` = columns
+/// `(2t, 2t+1, 2t+2, 2t+3)` of tile `t`, and `d·B = [a − c, b + c, c − b, b − d]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn row_t([lo, hi, lo2, hi2]: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let [a, b] = even_odd(lo, hi);
+    let [c, d] = even_odd(lo2, hi2);
+    [_mm512_sub_ps(a, c), _mm512_add_ps(b, c), _mm512_sub_ps(c, b), _mm512_sub_ps(b, d)]
+}
+
+/// `V = Bᵀ (d B)` from the four rows' [`row_t`], in the order `k = 4·row + column`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn bt_rows([q0, q1, q2, q3]: [[std::arch::x86_64::__m512; 4]; 4]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut v = [_mm512_setzero_ps(); 16];
+    for s in 0..4 {
+        v[s] = _mm512_sub_ps(q0[s], q2[s]);
+        v[4 + s] = _mm512_add_ps(q1[s], q2[s]);
+        v[8 + s] = _mm512_sub_ps(q2[s], q1[s]);
+        v[12 + s] = _mm512_sub_ps(q1[s], q3[s]);
+    }
+    v
+}
+
+/// `Y = Aᵀ M A` for 16 tiles from `M` (`k = 4·row + column`): per output row `i`, its two
+/// columns interleaved, lanes 0–7 then lanes 8–15 (`[first half, second half]`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn at_m_a(m: [std::arch::x86_64::__m512; 16]) -> [[std::arch::x86_64::__m512; 2]; 2] {
+    use std::arch::x86_64::*;
+    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    // T = Aᵀ M: rows (M0 + M1 + M2, M1 − M2 − M3) per column s; then Y = T A likewise.
+    let mut t = [[_mm512_setzero_ps(); 4]; 2];
+    for s in 0..4 {
+        let (a, b, c, d) = (m[s], m[4 + s], m[8 + s], m[12 + s]);
+        t[0][s] = _mm512_add_ps(_mm512_add_ps(a, b), c);
+        t[1][s] = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+    }
+    let mut out = [[_mm512_setzero_ps(); 2]; 2];
+    for (o, [p0, p1, p2, p3]) in out.iter_mut().zip(t) {
+        let y0 = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
+        let y1 = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
+        *o = [_mm512_permutex2var_ps(y0, lo_idx, y1), _mm512_permutex2var_ps(y0, hi_idx, y1)];
+    }
+    out
+}
+
+/// `Z = A dY Aᵀ` for 16 tiles from `dY`'s `[[y00, y01], [y10, y11]]` (row, column), in the order
+/// `k = 4·row + column`: `A dY` (4×2), then `[u0, u0 + u1, u0 − u1, −u1]` per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn a_dy_at([[y00, y01], [y10, y11]]: [[std::arch::x86_64::__m512; 2]; 2]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let rows = [
+        (y00, y01),
+        (_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)),
+        (_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)),
+        (_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)),
+    ];
+    let mut z = [zero; 16];
+    for (r, (u0, u1)) in rows.into_iter().enumerate() {
+        z[4 * r..4 * r + 4].copy_from_slice(&[
+            u0,
+            _mm512_add_ps(u0, u1),
+            _mm512_sub_ps(u0, u1),
+            _mm512_sub_ps(zero, u1),
+        ]);
+    }
+    z
+}
+
 /// One run of tiles in a vector: tile row `gr` of the batch (image `gr / th`, row `gr % th`),
 /// tiles `j .. j + n`, at lanes `lane ..` of the vector.
 #[derive(Clone, Copy)]
@@ -472,8 +563,6 @@ unsafe fn input_transform_pairs(
 ) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let left = src.left as isize;
     let vp = v.as_mut_ptr();
     let vecs = segments(r0, r1, tw);
@@ -503,15 +592,10 @@ unsafe fn input_transform_pairs(
             };
             // (a, b, c, d) = columns (2t, 2t+1, 2t+2, 2t+3) of tile t, then d·B =
             // [a − c, b + c, c − b, b − d] for each of the four input rows.
-            let q: [[__m512; 4]; 4] = std::array::from_fn(|r| {
-                let (lo, hi) = (load(0, r, 0), load(1, r, 0));
-                let (lo2, hi2) = (load(0, r, 2), load(1, r, 2));
-                let a = _mm512_permutex2var_ps(lo, even, hi);
-                let b = _mm512_permutex2var_ps(lo, odd, hi);
-                let cc = _mm512_permutex2var_ps(lo2, even, hi2);
-                let d = _mm512_permutex2var_ps(lo2, odd, hi2);
-                [_mm512_sub_ps(a, cc), _mm512_add_ps(b, cc), _mm512_sub_ps(cc, b), _mm512_sub_ps(b, d)]
-            });
+            let mut q = [[_mm512_setzero_ps(); 4]; 4];
+            for (r, qr) in q.iter_mut().enumerate() {
+                *qr = row_t([load(0, r, 0), load(1, r, 0), load(0, r, 2), load(1, r, 2)]);
+            }
             let put = |k: usize, val: __m512| {
                 for seg in segs.iter().filter(|s| s.n > 0) {
                     let at = (k * c + ch) * tb + (seg.gr - r0) * tw + seg.j;
@@ -527,12 +611,8 @@ unsafe fn input_transform_pairs(
                     }
                 }
             };
-            let [q0, q1, q2, q3] = q;
-            for s in 0..4 {
-                put(s, _mm512_sub_ps(q0[s], q2[s]));
-                put(4 + s, _mm512_add_ps(q1[s], q2[s]));
-                put(8 + s, _mm512_sub_ps(q2[s], q1[s]));
-                put(12 + s, _mm512_sub_ps(q1[s], q3[s]));
+            for (k, val) in bt_rows(q).into_iter().enumerate() {
+                put(k, val);
             }
         }
     }
@@ -561,8 +641,6 @@ unsafe fn output_transform_pairs(
 ) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let mp = m.as_ptr();
     let vecs = segments(r0, r1, tw);
     let pair = tw <= L / 2;
@@ -585,20 +663,12 @@ unsafe fn output_transform_pairs(
                 }
                 v
             };
-            // T = Aᵀ M: rows (M0 + M1 + M2, M1 − M2 − M3) per column s.
-            let mut t = [[_mm512_setzero_ps(); 4]; 2];
-            let [t0s, t1s] = &mut t;
-            for (s, (t0v, t1v)) in t0s.iter_mut().zip(t1s.iter_mut()).enumerate() {
-                let (a, b, c, d) = (ld(s), ld(4 + s), ld(8 + s), ld(12 + s));
-                *t0v = _mm512_add_ps(_mm512_add_ps(a, b), c);
-                *t1v = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+            let mut mv = [_mm512_setzero_ps(); 16];
+            for (k, v) in mv.iter_mut().enumerate() {
+                *v = ld(k);
             }
-            for (i, ti_row) in t.iter().enumerate() {
-                let [p0, p1, p2, p3] = *ti_row;
-                let y0 = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
-                let y1 = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
-                // Lanes 0..8 of (y0, y1) interleaved, then lanes 8..16: the two halves.
-                let halves = [_mm512_permutex2var_ps(y0, lo_idx, y1), _mm512_permutex2var_ps(y0, hi_idx, y1)];
+            let rows = at_m_a(mv);
+            for (i, halves) in rows.into_iter().enumerate() {
                 for (h, val) in halves.into_iter().enumerate() {
                     let (seg, off) = half(segs, h, pair);
                     let (img, ti) = (seg.gr / th, seg.gr % th);
@@ -645,8 +715,6 @@ unsafe fn output_grad_transform_pairs(
 ) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let zp = z.as_mut_ptr();
     let vecs = segments(r0, r1, tw);
     let pair = tw <= L / 2;
@@ -668,32 +736,20 @@ unsafe fn output_grad_transform_pairs(
             // (even, odd) columns = the tiles' (left, right) columns, rows 2·ti and 2·ti + 1.
             let yv: [[__m512; 2]; 2] = std::array::from_fn(|i| {
                 let (lo, hi) = (load(0, i), load(1, i));
-                [_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)]
+                even_odd(lo, hi)
             });
-            let [[y00, y01], [y10, y11]] = yv;
-            // A dY (4×2), then Z = (A dY) Aᵀ: [u0, u0 + u1, u0 − u1, −u1] per row.
-            let zero = _mm512_setzero_ps();
-            let rows = [
-                (y00, y01),
-                (_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)),
-                (_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)),
-                (_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)),
-            ];
-            for (r, (u0, u1)) in rows.into_iter().enumerate() {
-                let vals = [u0, _mm512_add_ps(u0, u1), _mm512_sub_ps(u0, u1), _mm512_sub_ps(zero, u1)];
-                for (s, val) in vals.into_iter().enumerate() {
-                    for seg in segs.iter().filter(|s| s.n > 0) {
-                        let at = ((4 * r + s) * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
-                        // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
-                        // lanes `lane .. lane + n` go to `at .. at + n ≤ tb`.
-                        unsafe {
-                            _mm512_mask_storeu_ps(
-                                zp.wrapping_add(at).wrapping_sub(seg.lane),
-                                lanes_mask(seg.n) << seg.lane,
-                                val,
-                            )
-                        };
-                    }
+            for (k, val) in a_dy_at(yv).into_iter().enumerate() {
+                for seg in segs.iter().filter(|s| s.n > 0) {
+                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
+                    // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
+                    // lanes `lane .. lane + n` go to `at .. at + n ≤ tb`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            zp.wrapping_add(at).wrapping_sub(seg.lane),
+                            lanes_mask(seg.n) << seg.lane,
+                            val,
+                        )
+                    };
                 }
             }
         }
@@ -727,8 +783,6 @@ unsafe fn input_transform(
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let left = src.left as isize;
     let vp = v.as_mut_ptr();
     for ch in 0..c {
@@ -758,13 +812,7 @@ unsafe fn input_transform(
                         unsafe { _mm512_maskz_loadu_ps(mask, row.wrapping_offset(x0)) }
                     };
                     let p = 2 * j as isize;
-                    let (lo, hi) = (load(p), load(p + 16));
-                    let (lo2, hi2) = (load(p + 2), load(p + 18));
-                    let a = _mm512_permutex2var_ps(lo, even, hi);
-                    let b = _mm512_permutex2var_ps(lo, odd, hi);
-                    let cc = _mm512_permutex2var_ps(lo2, even, hi2);
-                    let d = _mm512_permutex2var_ps(lo2, odd, hi2);
-                    *qr = [_mm512_sub_ps(a, cc), _mm512_add_ps(b, cc), _mm512_sub_ps(cc, b), _mm512_sub_ps(b, d)];
+                    *qr = row_t([load(p), load(p + 16), load(p + 2), load(p + 18)]);
                 }
                 let mask = lanes_mask(tw - j);
                 let put = |k: usize, val: __m512| {
@@ -772,12 +820,8 @@ unsafe fn input_transform(
                     // lanes `t0 + j ..` up to `t0 + tw ≤ tb` are stored.
                     unsafe { _mm512_mask_storeu_ps(vp.add((k * c + ch) * tb + t0 + j), mask, val) }
                 };
-                let [q0, q1, q2, q3] = q;
-                for s in 0..4 {
-                    put(s, _mm512_sub_ps(q0[s], q2[s]));
-                    put(4 + s, _mm512_add_ps(q1[s], q2[s]));
-                    put(8 + s, _mm512_sub_ps(q2[s], q1[s]));
-                    put(12 + s, _mm512_sub_ps(q1[s], q3[s]));
+                for (k, val) in bt_rows(q).into_iter().enumerate() {
+                    put(k, val);
                 }
                 j += L;
             }
@@ -812,8 +856,6 @@ unsafe fn output_transform(
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     let mp = m.as_ptr();
     for oc in 0..o {
         for gr in r0..r1 {
@@ -825,23 +867,16 @@ unsafe fn output_transform(
                 // SAFETY: row `(k, oc)` of `M` has `tb` values from `(k·O + oc)·tb`; lanes up
                 // to `t0 + tw ≤ tb` are read.
                 let ld = |k: usize| unsafe { _mm512_maskz_loadu_ps(mask, mp.add((k * o + oc) * tb + t0 + j)) };
-                // T = Aᵀ M: rows (M0 + M1 + M2, M1 − M2 − M3) per column s.
-                let mut t = [[_mm512_setzero_ps(); 4]; 2];
-                let [t0s, t1s] = &mut t;
-                for (s, (t0v, t1v)) in t0s.iter_mut().zip(t1s.iter_mut()).enumerate() {
-                    let (a, b, c, d) = (ld(s), ld(4 + s), ld(8 + s), ld(12 + s));
-                    *t0v = _mm512_add_ps(_mm512_add_ps(a, b), c);
-                    *t1v = _mm512_sub_ps(_mm512_sub_ps(b, c), d);
+                let mut mv = [_mm512_setzero_ps(); 16];
+                for (k, v) in mv.iter_mut().enumerate() {
+                    *v = ld(k);
                 }
-                for (i, ti_row) in t.iter().enumerate() {
+                let rows = at_m_a(mv);
+                for (i, [lo, hi]) in rows.into_iter().enumerate() {
                     let oy = 2 * ti + i;
                     if oy >= oh {
                         break;
                     }
-                    let [p0, p1, p2, p3] = *ti_row;
-                    let y0 = _mm512_add_ps(_mm512_add_ps(p0, p1), p2);
-                    let y1 = _mm512_sub_ps(_mm512_sub_ps(p1, p2), p3);
-                    let (lo, hi) = (_mm512_permutex2var_ps(y0, lo_idx, y1), _mm512_permutex2var_ps(y0, hi_idx, y1));
                     let valid = ow - 2 * j;
                     // SAFETY: columns `2j .. 2j + valid` of row `oy < OH` are inside the output.
                     unsafe {
@@ -888,8 +923,6 @@ unsafe fn output_grad_transform(
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let zp = z.as_mut_ptr();
     for oc in 0..o {
         for gr in r0..r1 {
@@ -914,25 +947,13 @@ unsafe fn output_grad_transform(
                             _mm512_maskz_loadu_ps(lanes_mask(valid.saturating_sub(L)), row.wrapping_add(L)),
                         )
                     };
-                    *yi = [_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)];
+                    *yi = even_odd(lo, hi);
                 }
-                let [[y00, y01], [y10, y11]] = yv;
-                // A dY (4×2), then Z = (A dY) Aᵀ: [u0, u0 + u1, u0 − u1, −u1] per row.
-                let zero = _mm512_setzero_ps();
-                let rows = [
-                    (y00, y01),
-                    (_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)),
-                    (_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)),
-                    (_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)),
-                ];
                 let mask = lanes_mask(tw - j);
-                for (r, (u0, u1)) in rows.into_iter().enumerate() {
-                    let vals = [u0, _mm512_add_ps(u0, u1), _mm512_sub_ps(u0, u1), _mm512_sub_ps(zero, u1)];
-                    for (s, val) in vals.into_iter().enumerate() {
-                        // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
-                        // lanes up to `t0 + tw ≤ tb` are stored.
-                        unsafe { _mm512_mask_storeu_ps(zp.add(((4 * r + s) * o + oc) * tb + t0 + j), mask, val) };
-                    }
+                for (k, val) in a_dy_at(yv).into_iter().enumerate() {
+                    // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`; lanes up
+                    // to `t0 + tw ≤ tb` are stored.
+                    unsafe { _mm512_mask_storeu_ps(zp.add((k * o + oc) * tb + t0 + j), mask, val) };
                 }
                 j += L;
             }

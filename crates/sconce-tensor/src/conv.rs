@@ -18,7 +18,7 @@ use crate::kernel::{Kernel2, Kernel3, Real, contiguous_slice, cpu, cpu_fwd2, cpu
 use crate::matmul::{Op, gemm};
 
 mod shift;
-pub(crate) mod winograd;
+mod winograd;
 
 pub(crate) use shift::Epilogue;
 

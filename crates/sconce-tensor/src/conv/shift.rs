@@ -175,6 +175,16 @@ impl Geom {
         })
     }
 
+    /// How the Winograd transforms read one image's input as this plan gives it: the padded
+    /// planes themselves, or the input with the padding supplied by masked loads.
+    fn winograd_src(&self, sp: &ShiftPlan) -> Src {
+        if sp.input_padded {
+            Src { plane: sp.plane, rs: sp.wq, rows: sp.hq, cols: sp.wq, top: 0, left: 0 }
+        } else {
+            Src { plane: self.h * self.w, rs: self.w, rows: self.h, cols: self.w, top: self.ph, left: self.pw }
+        }
+    }
+
     /// One group's channels `[C/g, H, W]` into zero-padded phase planes `[C/g, phases, hq, wq]`.
     fn pad_into(&self, x: &[f32], xp: &mut [f32], sp: &ShiftPlan) {
         // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `pad_uninit` writes only
@@ -368,12 +378,7 @@ impl Geom {
             candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
         }
         if self.winograd_applies() && packed_weights.is_none() {
-            let src = if sp.input_padded {
-                Src { plane: sp.plane, rs: sp.wq, rows: sp.hq, cols: sp.wq, top: 0, left: 0 }
-            } else {
-                Src { plane: self.h * self.w, rs: self.w, rows: self.h, cols: self.w, top: self.ph, left: self.pw }
-            };
-            return self.forward_winograd(x, self.x_len(sp), src, wt, out, epi);
+            return self.forward_winograd(x, self.x_len(sp), self.winograd_src(sp), wt, out, epi);
         }
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let (_, gemm_threads) = self.plan();
@@ -516,17 +521,12 @@ impl Geom {
         // 64 → 64 at 250² (batch 2) 34.6 vs 47.7, 128 → 128 at 125² 28.9 vs 40.8 (min of 3,
         // medians of 7 alternating rounds).
         if self.winograd_applies() && self.og() > DOT_MAX_O {
-            let src = if sp.input_padded {
-                Src { plane: sp.plane, rs: sp.wq, rows: sp.hq, cols: sp.wq, top: 0, left: 0 }
-            } else {
-                Src { plane: self.h * self.w, rs: self.w, rows: self.h, cols: self.w, top: self.ph, left: self.pw }
-            };
             let dsrc = if sp.dy_padded {
                 DySrc { plane: sp.plane, rs: sp.wq, off: sp.dy_off }
             } else {
                 DySrc { plane: self.p(), rs: self.ow, off: 0 }
             };
-            return self.weight_grad_winograd(x, img_len, src, dy, out_len, dsrc, dw);
+            return self.weight_grad_winograd(x, img_len, self.winograd_src(sp), dy, out_len, dsrc, dw);
         }
         let rs = Self::grid_stride(sp);
         let taps = sp.offs.len();

@@ -40,9 +40,9 @@ const MIN_PAIR_OUT: usize = 64;
 /// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
 const BLOCK_VALUES: usize = 384 * 1024;
 
-/// Tests (and probes) switch the path off to compare it with the direct one.
+/// Tests switch the path off to compare it with the direct one.
 #[cfg(test)]
-pub(crate) static OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether the Winograd path may run (not switched off by `SCONCE_NO_WINOGRAD`).
 pub(super) fn enabled() -> bool {
@@ -495,53 +495,31 @@ fn a_dy_at([[y00, y01], [y10, y11]]: [[std::arch::x86_64::__m512; 2]; 2]) -> [st
     z
 }
 
-/// One run of tiles in a vector: tile row `gr` of the batch (image `gr / th`, row `gr % th`),
-/// tiles `j .. j + n`, at lanes `lane ..` of the vector.
+/// One tile row in a vector: tile row `gr` of the batch (image `gr / th`, row `gr % th`), its
+/// `n` tiles (0: no row) at lanes `lane ..` of the vector.
 #[derive(Clone, Copy)]
 struct Seg {
     gr: usize,
-    j: usize,
     n: usize,
     lane: usize,
 }
 
-/// The vectors the `*_pairs` transforms run over for tile rows `r0..r1` of `tw` tiles: for
-/// rows of at most 8 tiles two rows per vector (lanes 0.. and 8..), so that small maps do not
-/// leave most lanes empty; else runs of 16 tiles of a row (the plain transforms do those
-/// faster). `[seg, second seg]`, the second with `n = 0` when
-/// absent.
-fn segments(r0: usize, r1: usize, tw: usize) -> Vec<[Seg; 2]> {
-    let none = Seg { gr: 0, j: 0, n: 0, lane: L / 2 };
-    if tw <= L / 2 {
-        (r0..r1)
-            .step_by(2)
-            .map(|gr| {
-                let second = if gr + 1 < r1 { Seg { gr: gr + 1, j: 0, n: tw, lane: L / 2 } } else { none };
-                [Seg { gr, j: 0, n: tw, lane: 0 }, second]
-            })
-            .collect()
-    } else {
-        (r0..r1)
-            .flat_map(|gr| (0..tw).step_by(L).map(move |j| [Seg { gr, j, n: L.min(tw - j), lane: 0 }, none]))
-            .collect()
-    }
-}
-
-/// Half `h` of a vector's 32-column window (the even/odd split reads two halves): the run it
-/// belongs to and its first column past the run's `2j`: the same run 16 columns on for runs of
-/// 16 tiles, the second run for two rows per vector (`pair`, rows of at most 8 tiles).
-#[inline(always)]
-fn half(segs: &[Seg; 2], h: usize, pair: bool) -> (Seg, usize) {
-    match (h, pair) {
-        (0, _) => (segs[0], 0),
-        (_, true) => (segs[1], 0),
-        (_, false) => (segs[0], L),
-    }
+/// The vectors the `*_pairs` transforms run over for tile rows `r0..r1` of `tw ≤ 8` tiles: two
+/// rows per vector (lanes 0.. and 8..), so that small maps do not leave most lanes empty; the
+/// second with `n = 0` when `r1 − r0` is odd.
+fn pairs(r0: usize, r1: usize, tw: usize) -> Vec<[Seg; 2]> {
+    (r0..r1)
+        .step_by(2)
+        .map(|gr| {
+            let second = Seg { gr: gr + 1, n: if gr + 1 < r1 { tw } else { 0 }, lane: L / 2 };
+            [Seg { gr, n: tw, lane: 0 }, second]
+        })
+        .collect()
 }
 
 /// `V[k][c][t] = (Bᵀ d B)[k]` for the tiles `t` of the batch's tile rows `r0..r1` (row `G`:
 /// image `G / th`, its tile row `G % th`; image `n`'s input at `x[n·img_len..]`) (`Bᵀ = [[1,0,−1,0],
-/// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, one vector of [`segments`] at a
+/// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, one vector of [`pairs`] at a
 /// time.
 ///
 /// # Safety
@@ -565,14 +543,13 @@ unsafe fn input_transform_pairs(
     let tb = (r1 - r0) * tw;
     let left = src.left as isize;
     let vp = v.as_mut_ptr();
-    let vecs = segments(r0, r1, tw);
-    let pair = tw <= L / 2;
+    let vecs = pairs(r0, r1, tw);
     for ch in 0..c {
         for segs in &vecs {
-            // 16 padded columns of input row `r` of a half's tile row, from its column `2j + off
-            // + e`; zero outside the input.
+            // 16 padded columns of input row `r` of half `h`'s tile row, from its column `e`;
+            // zero outside the input.
             let load = |h: usize, r: usize, e: usize| -> __m512 {
-                let (seg, off) = half(segs, h, pair);
+                let seg = segs[h];
                 if seg.n == 0 {
                     return _mm512_setzero_ps();
                 }
@@ -582,7 +559,7 @@ unsafe fn input_transform_pairs(
                     return _mm512_setzero_ps();
                 }
                 let row = x.as_ptr().wrapping_add(img * img_len + ch * src.plane + (y - src.top) * src.rs);
-                let x0 = (2 * seg.j + off + e) as isize - left;
+                let x0 = e as isize - left;
                 let lo = (-x0).clamp(0, 16) as usize;
                 let hi = (src.cols as isize - x0).clamp(0, 16) as usize;
                 let mask = if hi > lo { lanes_mask(hi) & !lanes_mask(lo) } else { 0 };
@@ -598,7 +575,7 @@ unsafe fn input_transform_pairs(
             }
             let put = |k: usize, val: __m512| {
                 for seg in segs.iter().filter(|s| s.n > 0) {
-                    let at = (k * c + ch) * tb + (seg.gr - r0) * tw + seg.j;
+                    let at = (k * c + ch) * tb + (seg.gr - r0) * tw;
                     // SAFETY: row `(k, ch)` of `V` has `tb` values from `(k·C + ch)·tb`; lanes
                     // `lane .. lane + n` go to `at .. at + n ≤ tb` (the pointer is moved back by
                     // `lane` so that lane `lane` lands at `at`; the other lanes are masked off).
@@ -642,15 +619,14 @@ unsafe fn output_transform_pairs(
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let mp = m.as_ptr();
-    let vecs = segments(r0, r1, tw);
-    let pair = tw <= L / 2;
+    let vecs = pairs(r0, r1, tw);
     for oc in 0..o {
         for segs in &vecs {
             // Row `(k, oc)` of `M` at each run's tiles, into the run's lanes.
             let ld = |k: usize| {
                 let mut v = _mm512_setzero_ps();
                 for seg in segs.iter().filter(|s| s.n > 0) {
-                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
+                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw;
                     // SAFETY: row `(k, oc)` of `M` has `tb` values from `(k·O + oc)·tb`; only
                     // lanes `lane .. lane + n`, at `at .. at + n ≤ tb`, are read.
                     v = unsafe {
@@ -670,18 +646,17 @@ unsafe fn output_transform_pairs(
             let rows = at_m_a(mv);
             for (i, halves) in rows.into_iter().enumerate() {
                 for (h, val) in halves.into_iter().enumerate() {
-                    let (seg, off) = half(segs, h, pair);
+                    let seg = segs[h];
                     let (img, ti) = (seg.gr / th, seg.gr % th);
                     let oy = 2 * ti + i;
-                    let col = 2 * seg.j + off;
-                    if seg.n == 0 || oy >= oh || col >= ow {
+                    if seg.n == 0 || oy >= oh {
                         continue;
                     }
-                    // SAFETY: columns `col .. ow` (at most 16) of row `oy < OH` are inside the
+                    // SAFETY: the `OW ≤ 16` columns of row `oy < OH` are inside the
                     // output, and only this task writes the rows of its tile rows.
                     unsafe {
-                        let row = y.0.add(((img * o + oc) * oh + oy) * ow + col);
-                        _mm512_mask_storeu_ps(row, lanes_mask(ow - col), val);
+                        let row = y.0.add(((img * o + oc) * oh + oy) * ow);
+                        _mm512_mask_storeu_ps(row, lanes_mask(ow), val);
                     }
                 }
             }
@@ -716,22 +691,21 @@ unsafe fn output_grad_transform_pairs(
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let zp = z.as_mut_ptr();
-    let vecs = segments(r0, r1, tw);
-    let pair = tw <= L / 2;
+    let vecs = pairs(r0, r1, tw);
     for oc in 0..o {
         for segs in &vecs {
-            // 16 columns of row `2·ti + i` of a half's tile row from its column `2j + off`;
+            // Row `2·ti + i` of half `h`'s tile row (`OW ≤ 16` columns);
             // zero past the map.
             let load = |h: usize, i: usize| -> __m512 {
-                let (seg, off) = half(segs, h, pair);
+                let seg = segs[h];
                 let (img, ti) = (seg.gr / th, seg.gr % th);
-                let (yy, col) = (2 * ti + i, 2 * seg.j + off);
-                if seg.n == 0 || yy >= oh || col >= ow {
+                let yy = 2 * ti + i;
+                if seg.n == 0 || yy >= oh {
                     return _mm512_setzero_ps();
                 }
-                let row = dy.as_ptr().wrapping_add(img * dy_len + oc * dsrc.plane + dsrc.off + yy * dsrc.rs + col);
-                // SAFETY: only columns `col .. OW` of row `yy < OH` are read.
-                unsafe { _mm512_maskz_loadu_ps(lanes_mask(ow - col), row) }
+                let row = dy.as_ptr().wrapping_add(img * dy_len + oc * dsrc.plane + dsrc.off + yy * dsrc.rs);
+                // SAFETY: only the `OW` columns of row `yy < OH` are read.
+                unsafe { _mm512_maskz_loadu_ps(lanes_mask(ow), row) }
             };
             // (even, odd) columns = the tiles' (left, right) columns, rows 2·ti and 2·ti + 1.
             let yv: [[__m512; 2]; 2] = std::array::from_fn(|i| {
@@ -740,7 +714,7 @@ unsafe fn output_grad_transform_pairs(
             });
             for (k, val) in a_dy_at(yv).into_iter().enumerate() {
                 for seg in segs.iter().filter(|s| s.n > 0) {
-                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw + seg.j;
+                    let at = (k * o + oc) * tb + (seg.gr - r0) * tw;
                     // SAFETY: row `(k, oc)` of `Z` has `tb` values from `(k·O + oc)·tb`;
                     // lanes `lane .. lane + n` go to `at .. at + n ≤ tb`.
                     unsafe {

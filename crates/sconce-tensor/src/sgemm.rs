@@ -611,6 +611,21 @@ fn pack_a_block(m: usize, k0: usize, kc: usize, a: &Strided<'_>, block: &mut [f3
             panel.fill(0.0);
         }
         let mut p = 0;
+        if a.rs == 1 && a.cs >= h {
+            // A transposed (a weight matrix read as `Wᵀ` for an input gradient): each depth
+            // step's `h` values lie side by side. Copied as runs instead of gathered row by
+            // row with stride `cs` (11 % of the samples of a 1×1 2048 → 512 at 7², batch 8):
+            // its forward + backward 9.0 → 7.6 ms.
+            for (q, dst) in panel.as_chunks_mut::<MR>().0.iter_mut().enumerate() {
+                let s = (k0 + q) * a.cs + i0;
+                match a.data.get(s..).and_then(<[f32]>::first_chunk::<MR>) {
+                    // A fixed-length copy: two moves, not a call to `memmove`.
+                    Some(run) if h == MR => *dst = *run,
+                    _ => dst[..h].copy_from_slice(&a.data[s..s + h]),
+                }
+            }
+            continue;
+        }
         if h == MR && a.cs == 1 {
             // 16 columns of the 8 rows at a time: the 16×16 transpose with rows 8..15
             // repeating rows 0..7, each output row cut to its first 8 lanes.

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -39,6 +40,23 @@ const MIN_PAIR_COLS: usize = 7;
 const MIN_PAIR_OUT: usize = 64;
 /// Values of the task's transformed input and product (`16·(C + O)` per tile) kept in L2.
 const BLOCK_VALUES: usize = 384 * 1024;
+/// Values of a group's transformed input and product in the wide passes
+/// ([`Geom::winograd_wide`]): each group reads all of `U` (`16·O·C` values) once.
+const WIDE_VALUES: usize = 8 << 20;
+/// Fewest multiplies per channel pair a wide convolution must save ([`Geom::wide_pays`]).
+/// Forward + backward against the direct path (ms, alternating, 2 threads on an AMD EPYC
+/// Zen 5 VM), with the saving: 768 → 128 at 32², batch 2 (10 240) 22 vs 32; 512 → 512 at 14²,
+/// batch 8 (7 840) 44 vs 66; 3072 → 256 at 16², batch 2 (2 560) 65 vs 82–88; 1024 → 512 there
+/// (2 560) 45–47 vs 51–52; 512 → 512 at 7², batch 16 (2 960) 34–35 vs 33–36; at 7², batch 8
+/// (1 480) 22–24 vs 18; 3072 → 256 at 16², batch 1 (1 280) 53–56 vs 49–50; 512 → 512 at 8²,
+/// batch 4 (1 280) 18–20 vs 13.
+const WIDE_MIN_SAVED: usize = 2560;
+
+/// `0..n` in about eight runs per thread, for the wide passes' transforms.
+fn channel_runs(n: usize) -> Vec<Range<usize>> {
+    let per = n.div_ceil(8 * rayon::current_num_threads().max(1)).max(1);
+    (0..n).step_by(per).map(|a| a..(a + per).min(n)).collect()
+}
 
 /// Tests switch the path off to compare it with the direct one.
 #[cfg(test)]
@@ -153,6 +171,14 @@ pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::
 /// Kernels per task of [`transform_filters`].
 const FILTER_RUN: usize = 1024;
 
+/// `dW[o][c] += Gᵀ dU[·][o][c] G` for the `oc` kernels of `dw`, `du` laid out `[16][oc]`.
+fn filter_grads(du: &[f32], oc: usize, dw: &mut [f32]) {
+    dw.par_chunks_mut(9 * FILTER_RUN).enumerate().for_each(|(run, d)| {
+        // SAFETY: the CPU has AVX-512F (`winograd_applies`).
+        unsafe { filter_grad_run(du, oc, run * FILTER_RUN, d) };
+    });
+}
+
 /// `G g Gᵀ` for one 3×3 kernel `g` (row-major), `G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]`.
 #[inline(always)]
 fn filter_tile<T: Lane>(g: [T; 9]) -> [T; 16] {
@@ -243,9 +269,11 @@ impl SharedOut {
 
 impl Geom {
     /// Whether this convolution runs as Winograd F(2×2, 3×3): `f32` on the AVX-512 kernel, one
-    /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels
-    /// and at most [`MAX_CHANNELS`] of both together, at least [`MIN_TILE_COLS`] tiles per tile
-    /// row (or [`MIN_PAIR_COLS`] with [`MIN_PAIR_OUT`] output channels).
+    /// group, 3×3, stride 1, no dilation, at least [`MIN_CHANNELS`] input and output channels,
+    /// and either at most [`MAX_CHANNELS`] of both together with at least [`MIN_TILE_COLS`]
+    /// tiles per tile row (or [`MIN_PAIR_COLS`] with [`MIN_PAIR_OUT`] output channels), or more
+    /// channels ([`Self::winograd_wide`]) on a map large enough that the saved products pay
+    /// for the transformed filters ([`Self::wide_pays`]).
     pub(super) fn winograd_applies(&self) -> bool {
         enabled()
             && crate::sgemm::available()
@@ -253,9 +281,11 @@ impl Geom {
             && (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw) == (3, 3, 1, 1, 1, 1)
             && self.c >= MIN_CHANNELS
             && self.o >= MIN_CHANNELS
-            && self.c + self.o <= MAX_CHANNELS
-            && (self.ow.div_ceil(2) >= MIN_TILE_COLS
-                || (self.ow.div_ceil(2) >= MIN_PAIR_COLS && self.o >= MIN_PAIR_OUT))
+            && if self.winograd_wide() {
+                self.wide_pays()
+            } else {
+                self.ow.div_ceil(2) >= MIN_TILE_COLS || (self.ow.div_ceil(2) >= MIN_PAIR_COLS && self.o >= MIN_PAIR_OUT)
+            }
     }
 
     /// Tile rows per task: `16·(C + O)` values per tile within [`BLOCK_VALUES`], at least one
@@ -288,11 +318,15 @@ impl Geom {
         }
         let packed = transform_filters(o, c, wt)?;
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let y = SharedOut(out.as_mut_ptr().cast::<f32>());
+        if self.winograd_wide() {
+            self.forward_wide(x, img_len, &src, &packed, y, self.wide_rows(tw))?;
+            return self.apply_epilogue(out, epi);
+        }
         let rows = self.winograd_rows(tw);
         // Tasks take `rows` tile rows of the batch at a time (image `G / th`, row `G % th` for
         // row `G`), small maps several images' worth.
         let tasks: Vec<usize> = (0..n * th).step_by(rows).collect();
-        let y = SharedOut(out.as_mut_ptr().cast::<f32>());
         tasks.par_iter().try_for_each(|&r0| -> candle_core::Result<()> {
             let r1 = (r0 + rows).min(n * th);
             let tb = (r1 - r0) * tw;
@@ -300,22 +334,99 @@ impl Geom {
                 let (v, m) = buf.split_at_mut(16 * c * tb);
                 // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb` values
                 // and every read of `xi` lies inside it (checked above).
-                unsafe { input_transform(x, img_len, &src, c, th, tw, r0, r1, v) };
+                unsafe { input_transform(x, img_len, &src, c, 0..c, th, tw, r0, r1, SharedOut(v.as_mut_ptr())) };
                 for (k, a) in packed.iter().enumerate() {
                     let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
                     sgemm_packed(tb, &mut m[k * o * tb..(k + 1) * o * tb], tb, false, a, &b, 1)?;
                 }
                 // SAFETY: as above; `m` holds `16·O·tb` values, and the task writes the output
                 // rows of its own tile rows only, inside `out` (checked above).
-                unsafe { output_transform(m, y, o, oh, ow, th, tw, r0, r1) };
+                unsafe { output_transform(m, y, o, 0..o, oh, ow, th, tw, r0, r1) };
                 Ok(())
             })
         })?;
+        self.apply_epilogue(out, epi)
+    }
+
+    /// The epilogue, if any, on each image of the finished output `out` (every element
+    /// written).
+    fn apply_epilogue(&self, out: &mut [MaybeUninit<f32>], epi: Option<&Epilogue<'_, f32>>) -> candle_core::Result<()> {
+        let len = self.o * self.oh * self.ow;
         if let Some(e) = epi {
-            // SAFETY: the tasks above wrote every output element; `MaybeUninit<f32>` has
-            // `f32`'s layout.
+            // SAFETY: the caller wrote every output element; `MaybeUninit<f32>` has `f32`'s
+            // layout.
             let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [f32]) };
-            out.par_chunks_exact_mut(o * oh * ow).enumerate().for_each(|(img, yi)| e.apply(img, yi, oh * ow));
+            out.par_chunks_exact_mut(len).enumerate().for_each(|(img, yi)| e.apply(img, yi, self.oh * self.ow));
+        }
+        Ok(())
+    }
+
+    /// Whether this convolution's channels are too many for one task's tiles to keep all
+    /// of them in L2 ([`MAX_CHANNELS`]): then each pass runs over a group of tiles at a time,
+    /// the transforms split by channels and the products by `k` ([`Self::forward_wide`]).
+    fn winograd_wide(&self) -> bool {
+        self.c + self.o > MAX_CHANNELS
+    }
+
+    /// Whether a [`Self::winograd_wide`] convolution saves enough products to pay for its
+    /// transformed filters (`16·O·C` values written, packed and read on every pass): at least
+    /// [`WIDE_MIN_SAVED`] fewer multiplies per channel pair than the direct path's
+    /// `9·N·OH·OW`.
+    fn wide_pays(&self) -> bool {
+        let tiles = self.n * self.oh.div_ceil(2) * self.ow.div_ceil(2);
+        (9 * self.n * self.oh * self.ow).saturating_sub(16 * tiles) >= WIDE_MIN_SAVED
+    }
+
+    /// Tile rows per group of the wide passes: `16·(C + O)` values per tile within
+    /// [`WIDE_VALUES`], at least one row.
+    fn wide_rows(&self, tw: usize) -> usize {
+        (WIDE_VALUES / (16 * (self.c + self.o) * tw)).max(1)
+    }
+
+    /// [`Self::forward_winograd`] for [`Self::winograd_wide`] convolutions, into `y` (the
+    /// whole batch's output, every element written). Per group of `rows` tile rows: the input
+    /// transform with the channels split over the pool, the 16 products `M_k = U_k·V_k` one
+    /// per task, the output transform with the output channels split.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_wide(
+        &self,
+        x: &[f32],
+        img_len: usize,
+        src: &Src,
+        packed: &[PackedA],
+        y: SharedOut,
+        rows: usize,
+    ) -> candle_core::Result<()> {
+        let (n, c, o, oh, ow) = (self.n, self.c, self.o, self.oh, self.ow);
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let rows = rows.max(1);
+        let (cs, os) = (channel_runs(c), channel_runs(o));
+        for r0 in (0..n * th).step_by(rows) {
+            let r1 = (r0 + rows).min(n * th);
+            let tb = (r1 - r0) * tw;
+            <f32 as crate::kernel::Real>::with_scratch(16 * (c + o) * tb, |buf| -> candle_core::Result<()> {
+                let (v, m) = buf.split_at_mut(16 * c * tb);
+                let vp = SharedOut(v.as_mut_ptr());
+                cs.par_iter().for_each(|chs| {
+                    // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb`
+                    // values, each task writes the rows of its own channels, and every read of
+                    // `x` lies inside it (checked by the caller).
+                    unsafe { input_transform(x, img_len, src, c, chs.clone(), th, tw, r0, r1, vp) };
+                });
+                let v = &*v;
+                m.par_chunks_mut(o * tb).zip(packed).enumerate().try_for_each(|(k, (mk, a))| {
+                    let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
+                    sgemm_packed(tb, mk, tb, false, a, &b, 1)
+                })?;
+                let m = &*m;
+                os.par_iter().for_each(|ocs| {
+                    // SAFETY: as above; `m` holds `16·O·tb` values, and each task writes its
+                    // own channels' rows of this group's tile rows, inside `y` (the caller's
+                    // contract).
+                    unsafe { output_transform(m, y, o, ocs.clone(), oh, ow, th, tw, r0, r1) };
+                });
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -346,6 +457,9 @@ impl Geom {
             candle_core::bail!("winograd: output gradient layout outside an image of {dy_len}");
         }
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        if self.winograd_wide() {
+            return self.weight_grad_wide(x, img_len, &src, dy, dy_len, &dsrc, dw, self.wide_rows(tw));
+        }
         let rows = self.winograd_rows(tw);
         let tasks: Vec<usize> = (0..n * th).step_by(rows).collect();
         // One partial `dU` per thread over a fixed run of tasks, added in order: the same
@@ -366,8 +480,21 @@ impl Geom {
                         // and `z` `16·O·tb` values; the reads of `x` and `dy` lie inside them
                         // (checked above).
                         unsafe {
-                            input_transform(x, img_len, &src, c, th, tw, r0, r1, v);
-                            output_grad_transform(dy, dy_len, &dsrc, o, oh, ow, th, tw, r0, r1, z);
+                            input_transform(x, img_len, &src, c, 0..c, th, tw, r0, r1, SharedOut(v.as_mut_ptr()));
+                            output_grad_transform(
+                                dy,
+                                dy_len,
+                                &dsrc,
+                                o,
+                                0..o,
+                                oh,
+                                ow,
+                                th,
+                                tw,
+                                r0,
+                                r1,
+                                SharedOut(z.as_mut_ptr()),
+                            );
                         }
                         for k in 0..16 {
                             let a = Strided { data: &z[k * o * tb..(k + 1) * o * tb], rs: tb, cs: 1 };
@@ -386,12 +513,59 @@ impl Geom {
                 *p += q;
             }
         }
-        // dW[o][c] = Gᵀ dU[o][c] G.
-        dw.par_chunks_mut(9 * FILTER_RUN).enumerate().for_each(|(run, d)| {
-            // SAFETY: the CPU has AVX-512F (`winograd_applies`).
-            unsafe { filter_grad_run(&du, o * c, run * FILTER_RUN, d) };
-        });
+        filter_grads(&du, o * c, dw);
         Ok(())
+    }
+
+    /// [`Self::weight_grad_winograd`] for [`Self::winograd_wide`] convolutions: per group of
+    /// `rows` tile rows (as [`Self::forward_wide`]) the transforms split by channels, then
+    /// `dU_k += Z_k · V_kᵀ` one `k` per task (each `dU_k` summed in the same order on every
+    /// run).
+    #[allow(clippy::too_many_arguments)]
+    fn weight_grad_wide(
+        &self,
+        x: &[f32],
+        img_len: usize,
+        src: &Src,
+        dy: &[f32],
+        dy_len: usize,
+        dsrc: &DySrc,
+        dw: &mut [f32],
+        rows: usize,
+    ) -> candle_core::Result<()> {
+        let (n, c, o, oh, ow) = (self.n, self.c, self.o, self.oh, self.ow);
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let rows = rows.max(1);
+        let (cs, os) = (channel_runs(c), channel_runs(o));
+        let tbm = rows.min(n * th) * tw;
+        <f32 as crate::kernel::Real>::with_scratch(16 * o * c + 16 * (c + o) * tbm, |buf| -> candle_core::Result<()> {
+            let (du, vz) = buf.split_at_mut(16 * o * c);
+            for (group, r0) in (0..n * th).step_by(rows).enumerate() {
+                let r1 = (r0 + rows).min(n * th);
+                let tb = (r1 - r0) * tw;
+                let cols: Vec<usize> = (0..c).map(|ch| ch * tb).collect();
+                let (v, z) = vz[..16 * (c + o) * tb].split_at_mut(16 * c * tb);
+                let (vp, zp) = (SharedOut(v.as_mut_ptr()), SharedOut(z.as_mut_ptr()));
+                cs.par_iter().for_each(|chs| {
+                    // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb`
+                    // values, each task writes its own channels' rows, and the reads of `x`
+                    // lie inside it (checked by the caller).
+                    unsafe { input_transform(x, img_len, src, c, chs.clone(), th, tw, r0, r1, vp) };
+                });
+                os.par_iter().for_each(|ocs| {
+                    // SAFETY: as above for `z` (`16·O·tb` values) and the reads of `dy`.
+                    unsafe { output_grad_transform(dy, dy_len, dsrc, o, ocs.clone(), oh, ow, th, tw, r0, r1, zp) };
+                });
+                let (v, z) = (&*v, &*z);
+                du.par_chunks_mut(o * c).enumerate().try_for_each(|(k, duk)| {
+                    let a = Strided { data: &z[k * o * tb..(k + 1) * o * tb], rs: tb, cs: 1 };
+                    let b = Columns { data: &v[k * c * tb..(k + 1) * c * tb], offs: &cols };
+                    sgemm(o, c, tb, duk, c, group > 0, &a, &b, 1)
+                })?;
+            }
+            filter_grads(du, o * c, dw);
+            Ok(())
+        })
     }
 }
 
@@ -523,8 +697,10 @@ fn pairs(r0: usize, r1: usize, tw: usize) -> Vec<[Seg; 2]> {
 /// time.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of each image's
-/// `C` channels' `rows × cols` windows described by `src` lies inside `x`.
+/// The CPU has AVX-512F; `v` is valid for writes of `16·C·(r1 − r0)·tw` values, and no other
+/// thread writes the rows `(k, ch)` of the channels `chs ⊆ 0..C` this call transforms; every
+/// element of each image's `C` channels' `rows × cols` windows described by `src` lies inside
+/// `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -533,18 +709,19 @@ unsafe fn input_transform_pairs(
     img_len: usize,
     src: &Src,
     c: usize,
+    chs: Range<usize>,
     th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
-    v: &mut [f32],
+    v: SharedOut,
 ) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let left = src.left as isize;
-    let vp = v.as_mut_ptr();
+    let vp = v.0;
     let vecs = pairs(r0, r1, tw);
-    for ch in 0..c {
+    for ch in chs {
         for segs in &vecs {
             // 16 padded columns of input row `r` of half `h`'s tile row, from its column `e`;
             // zero outside the input.
@@ -601,7 +778,7 @@ unsafe fn input_transform_pairs(
 ///
 /// # Safety
 /// The CPU has AVX-512F; `m` holds `16·O·(r1 − r0)·tw` values; `y` is valid for writes of the
-/// whole batch's output, and no other thread writes these rows.
+/// whole batch's output, and no other thread writes these rows of the channels `ocs ⊆ 0..O`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -609,6 +786,7 @@ unsafe fn output_transform_pairs(
     m: &[f32],
     y: SharedOut,
     o: usize,
+    ocs: Range<usize>,
     oh: usize,
     ow: usize,
     th: usize,
@@ -620,7 +798,7 @@ unsafe fn output_transform_pairs(
     let tb = (r1 - r0) * tw;
     let mp = m.as_ptr();
     let vecs = pairs(r0, r1, tw);
-    for oc in 0..o {
+    for oc in ocs {
         for segs in &vecs {
             // Row `(k, oc)` of `M` at each run's tiles, into the run's lanes.
             let ld = |k: usize| {
@@ -670,8 +848,9 @@ unsafe fn output_transform_pairs(
 /// map), `Z` laid out `[16][O][tb]`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `z` holds `16·O·(r1 − r0)·tw` values; every row `y < OH` of the `O`
-/// channels described by `dsrc` has `OW` values inside `dy`.
+/// The CPU has AVX-512F; `z` is valid for writes of `16·O·(r1 − r0)·tw` values, and no other
+/// thread writes the rows `(k, oc)` of the channels `ocs ⊆ 0..O` this call transforms; every
+/// row `y < OH` of the `O` channels described by `dsrc` has `OW` values inside `dy`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -680,19 +859,20 @@ unsafe fn output_grad_transform_pairs(
     dy_len: usize,
     dsrc: &DySrc,
     o: usize,
+    ocs: Range<usize>,
     oh: usize,
     ow: usize,
     th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
-    z: &mut [f32],
+    z: SharedOut,
 ) {
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let zp = z.as_mut_ptr();
+    let zp = z.0;
     let vecs = pairs(r0, r1, tw);
-    for oc in 0..o {
+    for oc in ocs {
         for segs in &vecs {
             // Row `2·ti + i` of half `h`'s tile row (`OW ≤ 16` columns);
             // zero past the map.
@@ -735,8 +915,10 @@ unsafe fn output_grad_transform_pairs(
 /// [0,1,1,0],[0,−1,1,0],[0,1,0,−1]]`), `V` laid out `[16][C][tb]`, `L` tiles at a time.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `v` holds `16·C·(r1 − r0)·tw` values; every element of each image's
-/// `C` channels' `rows × cols` windows described by `src` lies inside `x`.
+/// The CPU has AVX-512F; `v` is valid for writes of `16·C·(r1 − r0)·tw` values, and no other
+/// thread writes the rows `(k, ch)` of the channels `chs ⊆ 0..C` this call transforms; every
+/// element of each image's `C` channels' `rows × cols` windows described by `src` lies inside
+/// `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -745,21 +927,22 @@ unsafe fn input_transform(
     img_len: usize,
     src: &Src,
     c: usize,
+    chs: Range<usize>,
     th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
-    v: &mut [f32],
+    v: SharedOut,
 ) {
     if tw <= L / 2 {
         // SAFETY: the caller's contract, which is this function's.
-        return unsafe { input_transform_pairs(x, img_len, src, c, th, tw, r0, r1, v) };
+        return unsafe { input_transform_pairs(x, img_len, src, c, chs, th, tw, r0, r1, v) };
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let left = src.left as isize;
-    let vp = v.as_mut_ptr();
-    for ch in 0..c {
+    let vp = v.0;
+    for ch in chs {
         for gr in r0..r1 {
             let (img, ti) = (gr / th, gr % th);
             let plane = x.as_ptr().wrapping_add(img * img_len + ch * src.plane);
@@ -809,7 +992,7 @@ unsafe fn input_transform(
 ///
 /// # Safety
 /// The CPU has AVX-512F; `m` holds `16·O·(r1 − r0)·tw` values; `y` is valid for writes of the
-/// whole batch's output, and no other thread writes these rows.
+/// whole batch's output, and no other thread writes these rows of the channels `ocs ⊆ 0..O`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -817,6 +1000,7 @@ unsafe fn output_transform(
     m: &[f32],
     y: SharedOut,
     o: usize,
+    ocs: Range<usize>,
     oh: usize,
     ow: usize,
     th: usize,
@@ -826,12 +1010,12 @@ unsafe fn output_transform(
 ) {
     if tw <= L / 2 {
         // SAFETY: the caller's contract, which is this function's.
-        return unsafe { output_transform_pairs(m, y, o, oh, ow, th, tw, r0, r1) };
+        return unsafe { output_transform_pairs(m, y, o, ocs, oh, ow, th, tw, r0, r1) };
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
     let mp = m.as_ptr();
-    for oc in 0..o {
+    for oc in ocs {
         for gr in r0..r1 {
             let (img, ti) = (gr / th, gr % th);
             let t0 = (gr - r0) * tw;
@@ -873,8 +1057,9 @@ unsafe fn output_transform(
 /// map), `Z` laid out `[16][O][tb]`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `z` holds `16·O·(r1 − r0)·tw` values; every row `y < OH` of the `O`
-/// channels described by `dsrc` has `OW` values inside `dy`.
+/// The CPU has AVX-512F; `z` is valid for writes of `16·O·(r1 − r0)·tw` values, and no other
+/// thread writes the rows `(k, oc)` of the channels `ocs ⊆ 0..O` this call transforms; every
+/// row `y < OH` of the `O` channels described by `dsrc` has `OW` values inside `dy`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -883,22 +1068,23 @@ unsafe fn output_grad_transform(
     dy_len: usize,
     dsrc: &DySrc,
     o: usize,
+    ocs: Range<usize>,
     oh: usize,
     ow: usize,
     th: usize,
     tw: usize,
     r0: usize,
     r1: usize,
-    z: &mut [f32],
+    z: SharedOut,
 ) {
     if tw <= L / 2 {
         // SAFETY: the caller's contract, which is this function's.
-        return unsafe { output_grad_transform_pairs(dy, dy_len, dsrc, o, oh, ow, th, tw, r0, r1, z) };
+        return unsafe { output_grad_transform_pairs(dy, dy_len, dsrc, o, ocs, oh, ow, th, tw, r0, r1, z) };
     }
     use std::arch::x86_64::*;
     let tb = (r1 - r0) * tw;
-    let zp = z.as_mut_ptr();
-    for oc in 0..o {
+    let zp = z.0;
+    for oc in ocs {
         for gr in r0..r1 {
             let (img, ti) = (gr / th, gr % th);
             let t0 = (gr - r0) * tw;
@@ -943,11 +1129,12 @@ unsafe fn input_transform(
     _: usize,
     _: &Src,
     _: usize,
+    _: Range<usize>,
     _: usize,
     _: usize,
     _: usize,
     _: usize,
-    _: &mut [f32],
+    _: SharedOut,
 ) {
 }
 #[cfg(not(target_arch = "x86_64"))]
@@ -957,13 +1144,14 @@ unsafe fn output_grad_transform(
     _: usize,
     _: &DySrc,
     _: usize,
+    _: Range<usize>,
     _: usize,
     _: usize,
     _: usize,
     _: usize,
     _: usize,
     _: usize,
-    _: &mut [f32],
+    _: SharedOut,
 ) {
 }
 #[cfg(not(target_arch = "x86_64"))]
@@ -972,6 +1160,7 @@ unsafe fn output_transform(
     _: &[f32],
     _: SharedOut,
     _: usize,
+    _: Range<usize>,
     _: usize,
     _: usize,
     _: usize,
@@ -1073,6 +1262,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn wide_forward_matches_the_definition() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        // (n, c, h, w, o, padding, rows per group): more than `MAX_CHANNELS` channels; two rows
+        // per vector (tw = 4, 5) and runs of 16 (tw = 18: 16 + 2 tiles); one group, groups of
+        // one tile row, of 3 rows across images.
+        for (n, c, h, w, o, p, rows) in [
+            (2, 300, 7, 9, 240, 1, 64),
+            (2, 300, 7, 9, 240, 1, 1),
+            (3, 520, 7, 7, 40, 1, 3),
+            (1, 264, 6, 35, 256, 1, 2),
+            (2, 40, 9, 8, 480, 0, 2),
+        ] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
+            assert!(g.winograd_wide());
+            let (x, wt) = (values(n * c * h * w, 21), values(o * c * 9, 22));
+            let want = reference(&g, &x, &wt);
+            let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(f32::NAN); n * o * g.oh * g.ow];
+            let src = Src { plane: h * w, rs: w, rows: h, cols: w, top: p, left: p };
+            let packed = transform_filters(o, c, &wt).unwrap();
+            g.forward_wide(&x, c * h * w, &src, &packed, SharedOut(out.as_mut_ptr().cast()), rows).unwrap();
+            let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+            assert_close(&got, &want, &format!("{n}×{c}×{h}×{w} → {o}, padding {p}, {rows} rows per group"));
+        }
+    }
+
     /// The weight gradient by its definition, in f64.
     fn weight_grad_reference(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f64> {
         let mut dw = vec![0f64; g.o * g.c * 9];
@@ -1151,6 +1368,35 @@ mod tests {
     }
 
     #[test]
+    fn wide_weight_gradient_matches_the_definition() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        // As `wide_forward_matches_the_definition`: one group, and groups of 1 and 3 tile rows
+        // (the later groups add to the first's `dU`).
+        for (n, c, h, w, o, p, rows) in [
+            (2, 300, 7, 9, 240, 1, 64),
+            (2, 300, 7, 9, 240, 1, 1),
+            (3, 40, 7, 7, 520, 1, 3),
+            (1, 264, 6, 35, 256, 1, 2),
+        ] {
+            let g = Geom::new(&[n, c, h, w], &[o, c, 3, 3], &Conv2dConfig::default().padding(p)).unwrap();
+            assert!(g.winograd_wide());
+            let (x, dy) = (values(n * c * h * w, 23), values(n * o * g.oh * g.ow, 24));
+            // The gradient is added to what `dw` holds. dW sums up to 2·63 products of values
+            // up to 1: compared after scaling by that.
+            let scale = (n * g.oh * g.ow) as f64;
+            let want: Vec<f64> = weight_grad_reference(&g, &x, &dy).iter().map(|v| (v + 0.25) / scale).collect();
+            let src = Src { plane: h * w, rs: w, rows: h, cols: w, top: p, left: p };
+            let dsrc = DySrc { plane: g.oh * g.ow, rs: g.ow, off: 0 };
+            let mut dw = vec![0.25f32; o * c * 9];
+            g.weight_grad_wide(&x, c * h * w, &src, &dy, o * g.oh * g.ow, &dsrc, &mut dw, rows).unwrap();
+            let got: Vec<f32> = dw.iter().map(|v| (f64::from(*v) / scale) as f32).collect();
+            assert_close(&got, &want, &format!("{n}×{c}×{h}×{w} → {o}, padding {p}, {rows} rows per group"));
+        }
+    }
+
+    #[test]
     fn weight_gradient_is_the_same_on_every_run() {
         if !crate::sgemm::available() {
             return;
@@ -1212,17 +1458,24 @@ mod tests {
 
     #[test]
     fn conv2d_and_its_gradients_take_the_winograd_path_and_agree_with_the_direct_one() {
+        // 32 → 40 channels on 2×23×25 (12×13 tiles), and a wide convolution (300 → 240 on
+        // 2×16×16): the Winograd forward and gradients.
+        check_against_direct(2, 32, 23, 25, 40, false);
+        check_against_direct(2, 300, 16, 16, 240, true);
+    }
+
+    fn check_against_direct(n: usize, c: usize, h: usize, width: usize, o: usize, wide: bool) {
         use candle_core::{Device, Tensor, Var};
         use std::sync::atomic::Ordering;
-        // 32 → 40 channels on 2×23×25 (12×13 tiles): the Winograd forward and gradients.
-        let g = Geom::new(&[2, 32, 23, 25], &[40, 32, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
+        let g = Geom::new(&[n, c, h, width], &[o, c, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
         if !crate::sgemm::available() || !enabled() {
             return;
         }
         assert!(g.winograd_applies(), "the shape must take the Winograd path");
-        let x = Var::from_vec(values(2 * 32 * 23 * 25, 8), (2, 32, 23, 25), &Device::Cpu).unwrap();
-        let w = Var::from_vec(values(40 * 32 * 9, 9), (40, 32, 3, 3), &Device::Cpu).unwrap();
-        let dy = Tensor::from_vec(values(2 * 40 * 23 * 25, 10), (2, 40, 23, 25), &Device::Cpu).unwrap();
+        assert_eq!(g.winograd_wide(), wide);
+        let x = Var::from_vec(values(n * c * h * width, 8), (n, c, h, width), &Device::Cpu).unwrap();
+        let w = Var::from_vec(values(o * c * 9, 9), (o, c, 3, 3), &Device::Cpu).unwrap();
+        let dy = Tensor::from_vec(values(n * o * h * width, 10), (n, o, h, width), &Device::Cpu).unwrap();
         let run = || {
             let y = crate::conv2d(x.as_tensor(), w.as_tensor(), None, &Conv2dConfig::default().padding(1)).unwrap();
             let grads = (y.clone() * &dy).unwrap().sum_all().unwrap().backward().unwrap();
@@ -1233,14 +1486,17 @@ mod tests {
         OFF.store(true, Ordering::Relaxed);
         let (y_d, dx_d, dw_d) = run();
         OFF.store(false, Ordering::Relaxed);
-        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
-        assert_close(&y_w, &f64s(&y_d), "forward");
-        assert_close(&dx_w, &f64s(&dx_d), "input gradient");
-        // dW sums 2·23·25 products of values up to 1: compared relative to that scale.
-        let scale = 2.0 * 23.0 * 25.0;
-        let (dw_w, dw_d): (Vec<f32>, Vec<f64>) =
-            (dw_w.iter().map(|v| v / scale).collect(), dw_d.iter().map(|&v| f64::from(v / scale)).collect());
-        assert_close(&dw_w, &dw_d, "weight gradient");
+        // Y sums C·9 products of values up to 1, dX O·9 and dW N·H·W: each compared relative
+        // to that scale.
+        let check = |got: &[f32], want: &[f32], scale: usize, what: &str| {
+            let s = scale as f32;
+            let got: Vec<f32> = got.iter().map(|v| v / s).collect();
+            let want: Vec<f64> = want.iter().map(|&v| f64::from(v / s)).collect();
+            assert_close(&got, &want, what);
+        };
+        check(&y_w, &y_d, c * 9, "forward");
+        check(&dx_w, &dx_d, o * 9, "input gradient");
+        check(&dw_w, &dw_d, n * h * width, "weight gradient");
         // The two paths are different arithmetic: some results differ in their last bits.
         assert!(y_w.iter().zip(&y_d).any(|(a, b)| a != b), "both runs took the same path");
     }

@@ -568,7 +568,7 @@ fn with_buf<R>(
 }
 
 /// The depth blocks `(start, len)`: `k` cut into equal blocks of at most `KC`.
-fn kblocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn kblocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     let nb = k.div_ceil(KC).max(1);
     let base = k.div_ceil(nb);
     (0..nb).map(move |b| (b * base, base.min(k.saturating_sub(b * base)))).filter(|&(_, l)| l > 0)
@@ -849,6 +849,44 @@ impl Drop for PackedA {
             }
         });
     }
+}
+
+/// Values of an `m×k` left operand in the packed layout: per depth block `(k0, kc)` of
+/// [`kblocks`], at `k0·mp` (`mp` = `m` rounded up to [`MR`]), panels of `MR` rows, panel `ip`'s
+/// value `(ip·MR + ii, k0 + q)` at `ip·kc·MR + q·MR + ii` (rows past `m` zero).
+pub(crate) fn packed_a_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
+/// A left operand packed by its owner in [`packed_a_len`]'s layout (several operands in one
+/// buffer: Winograd's 16 transformed filter matrices).
+#[derive(Clone, Copy)]
+pub(crate) struct PackedView<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+}
+
+/// [`sgemm_packed`] with a [`PackedView`].
+///
+/// # Errors
+/// As [`sgemm_packed`], and for a view whose length is not [`packed_a_len`].
+pub(crate) fn sgemm_packed_view<'c, B: PackB + ?Sized>(
+    n: usize,
+    c: impl Into<Out<'c>>,
+    ldc: usize,
+    accumulate: bool,
+    a: PackedView<'_>,
+    b: &B,
+    threads: usize,
+) -> candle_core::Result<()> {
+    if a.data.len() != packed_a_len(a.m, a.k) {
+        candle_core::bail!("sgemm: {} packed values for a {}×{} operand", a.data.len(), a.m, a.k);
+    }
+    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate, None)? else { return Ok(()) };
+    b.check(a.k, n)?;
+    product(a.m, n, a.k, out, ldc, accumulate, a.data, b, threads);
+    Ok(())
 }
 
 /// [`sgemm`] with a left operand packed beforehand.

@@ -520,7 +520,7 @@ impl Geom {
         // products; 64 → 64 at 56² (batch 8) 8.10 vs 8.48, 128 → 128 at 28² 7.36 vs 8.25,
         // 64 → 64 at 250² (batch 2) 34.6 vs 47.7, 128 → 128 at 125² 28.9 vs 40.8 (min of 3,
         // medians of 7 alternating rounds).
-        if self.winograd_applies() && self.og() > DOT_MAX_O {
+        if self.winograd_dw_applies() && self.og() > DOT_MAX_O {
             let dsrc = if sp.dy_padded {
                 DySrc { plane: sp.plane, rs: sp.wq, off: sp.dy_off }
             } else {

@@ -14,15 +14,16 @@ use rayon::prelude::*;
 
 use super::Geom;
 use super::shift::Epilogue;
-use crate::sgemm::{Columns, NR, PackedA, Strided, sgemm, sgemm_packed};
+use crate::sgemm::{Columns, MR, NR, PackedView, Strided, kblocks, packed_a_len, sgemm, sgemm_packed_view};
 
 /// Fewest input and output channels for Winograd: with 16 the transforms outweigh the
 /// products (forward, batch 4 at 250², min of 9 alternating: 6.4 vs 4.6 ms direct), with 32
 /// they do not (batch 4 at 125²: 4.9 vs 6.4 ms).
 const MIN_CHANNELS: usize = 32;
-/// Most input plus output channels: a task's transformed tiles (`16·(C + O)` values each, at
-/// least a panel of them) must stay in L2. Forward + backward at batch 2, alternating:
-/// 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63² 53 vs 75, 256 → 128 at 28² (batch
+/// Most input plus output channels for tasks of tile rows that run every step on their own
+/// tiles, which (`16·(C + O)` values each, at least a panel of them) must stay in L2; wider
+/// convolutions run as [`Geom::forward_wide`] instead. Such tasks, forward + backward at
+/// batch 2, alternating (an Intel VM): 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63² 53 vs 75, 256 → 128 at 28² (batch
 /// 8) 34 vs 43; 768 → 128 at 32² 49 vs 45, 512 → 512 at 31² 127 vs 103, 3072 → 256 at 16²
 /// (smp's first decoder block on ResNet50) 212 vs 108.
 const MAX_CHANNELS: usize = 512;
@@ -43,14 +44,19 @@ const BLOCK_VALUES: usize = 384 * 1024;
 /// Values of a group's transformed input and product in the wide passes
 /// ([`Geom::winograd_wide`]): each group reads all of `U` (`16·O·C` values) once.
 const WIDE_VALUES: usize = 8 << 20;
-/// Fewest multiplies per channel pair a wide convolution must save ([`Geom::wide_pays`]).
-/// Forward + backward against the direct path (ms, alternating, 2 threads on an AMD EPYC
-/// Zen 5 VM), with the saving: 768 → 128 at 32², batch 2 (10 240) 22 vs 32; 512 → 512 at 14²,
-/// batch 8 (7 840) 44 vs 66; 3072 → 256 at 16², batch 2 (2 560) 65 vs 82–88; 1024 → 512 there
-/// (2 560) 45–47 vs 51–52; 512 → 512 at 7², batch 16 (2 960) 34–35 vs 33–36; at 7², batch 8
-/// (1 480) 22–24 vs 18; 3072 → 256 at 16², batch 1 (1 280) 53–56 vs 49–50; 512 → 512 at 8²,
-/// batch 4 (1 280) 18–20 vs 13.
-const WIDE_MIN_SAVED: usize = 2560;
+/// Fewest multiplies per channel pair a wide convolution must save ([`Geom::wide_pays`]) to
+/// run its forward pass (and input gradient) as Winograd. Against the direct path (ms, min
+/// of alternating runs, 2 threads on an AMD EPYC Zen 5 VM), forward, with the saving: 512 →
+/// 512 at 7², batch 2 (370) 1.55 vs 2.0; at 4², batch 8 (640) 1.8 vs 4.7; at 7², batch 8
+/// (1 480) 4.0 vs 4.7; 3072 → 256 at 16², batch 1 (1 280) 9.3 vs 13.5, batch 2 (2 560) 14.4
+/// vs 24.3; 1024 → 512 there (2 560) 8.2 vs 15.8.
+const WIDE_MIN_SAVED: usize = 360;
+/// ... and to run its weight gradient as Winograd ([`Geom::winograd_dw_applies`]). Forward +
+/// backward with a Winograd forward, weight gradient by Winograd vs direct: 512 → 512 at 7²,
+/// batch 2 (370) 10.2 vs 7.2; at 4², batch 8 (640) 10.7 vs 8.2, batch 16 (1 280) 13.3 vs
+/// 12.4; 3072 → 256 at 16², batch 1 (1 280) 38.5 vs 37.0; 512 → 512 at 7², batch 8 (1 480)
+/// 17.5 vs 17.0; 1024 → 512 at 16², batch 2 (2 560) 35.0 vs 38.3.
+const WIDE_DW_MIN_SAVED: usize = 2048;
 
 /// `0..n` in about eight runs per thread, for the wide passes' transforms.
 fn channel_runs(n: usize) -> Vec<Range<usize>> {
@@ -149,24 +155,106 @@ fn filter_grad_tile<T: Lane>(u: [T; 16]) -> [T; 9] {
     g
 }
 
-/// The filters transformed, `U[k][o][c] = (G g[o][c] Gᵀ)[k]`, packed per `k` for the kernel.
-pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::Result<Vec<PackedA>> {
+/// The transformed filters `U_k = (G g Gᵀ)[k]` (`O×C` each, `U_k[o][c]` from kernel
+/// `g[o][c]`), packed for the kernel one after another in [`packed_a_len`]'s layout.
+pub(super) struct Filters {
+    data: Vec<f32>,
+    o: usize,
+    c: usize,
+}
+
+impl Filters {
+    /// `U_k` as a products' left operand.
+    fn u(&self, k: usize) -> PackedView<'_> {
+        let per = packed_a_len(self.o, self.c);
+        PackedView { data: &self.data[k * per..(k + 1) * per], m: self.o, k: self.c }
+    }
+}
+
+/// The filters `wt` (`O·C·3·3`) transformed and packed ([`Filters`]), each panel of 8 output
+/// channels by one task, straight into the packed layout: no `16·O·C` intermediate to write,
+/// read back and pack (which with the transform took 27 % of a 512 → 512 forward at 7²).
+pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::Result<Filters> {
     if wt.len() != o * c * 9 {
         candle_core::bail!("winograd: {} weights for {o}×{c}×3×3", wt.len());
     }
-    let oc = o * c;
-    let mut u: Vec<f32> = Vec::with_capacity(16 * oc);
-    // Runs of kernels in parallel, each transformed and written to its run of every `U_k`.
-    let up = SharedOut(u.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    wt.par_chunks(9 * FILTER_RUN).enumerate().for_each(|(run, ws)| {
-        // SAFETY: the CPU has AVX-512F (`winograd_applies`); `u` has capacity for `16·O·C`
-        // values and only this run writes kernels `run·FILTER_RUN ..` of each `U_k`.
-        unsafe { transform_run(ws, run * FILTER_RUN, oc, up) };
+    if !crate::sgemm::available() {
+        candle_core::bail!("winograd: this CPU has no AVX-512F");
+    }
+    let per = packed_a_len(o, c);
+    let mut data: Vec<f32> = Vec::with_capacity(16 * per);
+    let up = SharedOut(data.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    (0..o.div_ceil(MR)).into_par_iter().for_each(|ip| {
+        // SAFETY: the CPU has AVX-512F (checked above); `data` has capacity for the 16 packed
+        // operands, and only this task writes panel `ip` of each.
+        unsafe { transform_panel(wt, o, c, ip, up) };
     });
-    // SAFETY: the runs cover all `O·C` kernels, each writing its 16 values.
-    unsafe { u.set_len(16 * oc) };
-    (0..16).map(|k| PackedA::new(o, c, &Strided { data: &u[k * o * c..(k + 1) * o * c], rs: c, cs: 1 })).collect()
+    // SAFETY: the panels cover every value of the 16 packed operands (padding rows included).
+    unsafe { data.set_len(16 * per) };
+    Ok(Filters { data, o, c })
 }
+
+/// `[a, (a + b + c)/2, (a − b + c)/2, c]`: `G` applied to one column `(a, b, c)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn g_col(
+    a: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+    c: std::arch::x86_64::__m512,
+) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let half = _mm512_set1_ps(0.5);
+    let ac = _mm512_add_ps(a, c);
+    [a, _mm512_mul_ps(_mm512_add_ps(ac, b), half), _mm512_mul_ps(_mm512_sub_ps(ac, b), half), c]
+}
+
+/// Panel `ip` (output channels `8·ip ..`) of every packed `U_k` ([`transform_filters`]): per
+/// depth block, two input channels at a time, lane `l` = kernel `(8·ip + l % 8, c + l / 8)`,
+/// so that each `U_k`'s 16 values are one contiguous store of the packed panel (`G g Gᵀ`:
+/// [`g_col`] on the columns of `g`, then on the rows of `G g`). Rows past `O` are zeros.
+///
+/// # Safety
+/// The CPU has AVX-512F; `wt` holds `O·C·9` values; `u` is valid for writes of
+/// `16·packed_a_len(O, C)` values, and no other thread writes panel `ip`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_panel(wt: &[f32], o: usize, c: usize, ip: usize, u: SharedOut) {
+    use std::arch::x86_64::*;
+    let (per, mp) = (packed_a_len(o, c), o.div_ceil(MR) * MR);
+    let offs: [i32; L] = std::array::from_fn(|l| ((l % MR * c + l / MR) * 9) as i32);
+    // SAFETY: `offs` holds 16 values.
+    let offs = unsafe { _mm512_loadu_si512(offs.as_ptr().cast()) };
+    let rows = lanes_mask((o - ip * MR).min(MR));
+    let rows = rows | (rows << MR);
+    for (k0, kc) in kblocks(c) {
+        for q in (0..kc).step_by(2) {
+            let pair = if q + 1 < kc { lanes_mask(L) } else { lanes_mask(MR) };
+            let base = wt.as_ptr().wrapping_add((ip * MR * c + k0 + q) * 9);
+            let mut g = [_mm512_setzero_ps(); 9];
+            for (e, ge) in g.iter_mut().enumerate() {
+                // SAFETY: the lanes in the mask read kernels `(8·ip + l % 8 < O, k0 + q + l / 8
+                // < C)`, value `e`, inside `wt`.
+                *ge = unsafe {
+                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), rows & pair, offs, base.wrapping_add(e))
+                };
+            }
+            let (t0, t1, t2) = (g_col(g[0], g[3], g[6]), g_col(g[1], g[4], g[7]), g_col(g[2], g[5], g[8]));
+            for (i, ((a, b), c)) in t0.into_iter().zip(t1).zip(t2).enumerate() {
+                for (j, v) in g_col(a, b, c).into_iter().enumerate() {
+                    let at = (4 * i + j) * per + k0 * mp + ip * kc * MR + q * MR;
+                    // SAFETY: depths `q, q + 1 < kc` (the second only in `pair`) of panel `ip`
+                    // in block `k0` of `U_{4i+j}`: inside the operands (the caller's contract).
+                    unsafe { _mm512_mask_storeu_ps(u.at(at), pair, v) };
+                }
+            }
+        }
+    }
+}
+
+/// Stand-in off x86-64, where [`transform_filters`] refuses to run.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_panel(_: &[f32], _: usize, _: usize, _: usize, _: SharedOut) {}
 
 /// Kernels per task of [`transform_filters`].
 const FILTER_RUN: usize = 1024;
@@ -177,46 +265,6 @@ fn filter_grads(du: &[f32], oc: usize, dw: &mut [f32]) {
         // SAFETY: the CPU has AVX-512F (`winograd_applies`).
         unsafe { filter_grad_run(du, oc, run * FILTER_RUN, d) };
     });
-}
-
-/// `G g Gᵀ` for one 3×3 kernel `g` (row-major), `G = [[1,0,0],[½,½,½],[½,−½,½],[0,0,1]]`.
-#[inline(always)]
-fn filter_tile<T: Lane>(g: [T; 9]) -> [T; 16] {
-    // t = G g (4×3), then u = t Gᵀ (4×4): the same map on columns, then on rows.
-    let map = |a: T, b: T, c: T| [a, (a + b + c).half(), (a - b + c).half(), c];
-    let t: [[T; 4]; 3] = std::array::from_fn(|j| map(g[j], g[3 + j], g[6 + j]));
-    let mut u = [g[0]; 16];
-    for i in 0..4 {
-        u[4 * i..4 * i + 4].copy_from_slice(&map(t[0][i], t[1][i], t[2][i]));
-    }
-    u
-}
-
-/// [`filter_tile`] for the kernels `ws` (`9` values each), kernel `first + i` into
-/// `u[k·oc + first + i]` for each `k`: 16 kernels at a time in `zmm` lanes.
-///
-/// # Safety
-/// The CPU has AVX-512F; `u` is valid for writes of `16·oc` values, `first + ws.len() / 9 ≤
-/// oc`, and no other thread writes these kernels' values.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn transform_run(ws: &[f32], first: usize, oc: usize, u: SharedOut) {
-    let n = ws.len() / 9;
-    let mut i = 0;
-    while i + L <= n {
-        let g: [Lanes; 9] = std::array::from_fn(|e| Lanes(std::array::from_fn(|l| ws[(i + l) * 9 + e])));
-        for (k, v) in filter_tile(g).into_iter().enumerate() {
-            // SAFETY: values `k·oc + first + i ..` + 16 lie inside `u` (the caller's contract).
-            unsafe { std::ptr::copy_nonoverlapping(v.0.as_ptr(), u.at(k * oc + first + i), L) };
-        }
-        i += L;
-    }
-    for (j, g) in ws[i * 9..].chunks_exact(9).enumerate() {
-        let g: [f32; 9] = std::array::from_fn(|e| g[e]);
-        for (k, v) in filter_tile(g).into_iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { u.at(k * oc + first + i + j).write(v) };
-        }
-    }
 }
 
 /// `dw[oc] += Gᵀ dU[·][oc] G` for kernels `first ..` (`d` holds their `9` values each), `du`
@@ -335,9 +383,9 @@ impl Geom {
                 // SAFETY: the CPU has AVX-512F (`winograd_applies`); `v` holds `16·C·tb` values
                 // and every read of `xi` lies inside it (checked above).
                 unsafe { input_transform(x, img_len, &src, c, 0..c, th, tw, r0, r1, SharedOut(v.as_mut_ptr())) };
-                for (k, a) in packed.iter().enumerate() {
+                for k in 0..16 {
                     let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
-                    sgemm_packed(tb, &mut m[k * o * tb..(k + 1) * o * tb], tb, false, a, &b, 1)?;
+                    sgemm_packed_view(tb, &mut m[k * o * tb..(k + 1) * o * tb], tb, false, packed.u(k), &b, 1)?;
                 }
                 // SAFETY: as above; `m` holds `16·O·tb` values, and the task writes the output
                 // rows of its own tile rows only, inside `out` (checked above).
@@ -369,12 +417,25 @@ impl Geom {
     }
 
     /// Whether a [`Self::winograd_wide`] convolution saves enough products to pay for its
-    /// transformed filters (`16·O·C` values written, packed and read on every pass): at least
+    /// transformed filters (`16·O·C` values written and read on every pass): at least
     /// [`WIDE_MIN_SAVED`] fewer multiplies per channel pair than the direct path's
     /// `9·N·OH·OW`.
     fn wide_pays(&self) -> bool {
+        self.wide_saved() >= WIDE_MIN_SAVED
+    }
+
+    /// Multiplies per channel pair that Winograd saves over the direct path: `9·N·OH·OW`
+    /// against 16 per tile.
+    fn wide_saved(&self) -> usize {
         let tiles = self.n * self.oh.div_ceil(2) * self.ow.div_ceil(2);
-        (9 * self.n * self.oh * self.ow).saturating_sub(16 * tiles) >= WIDE_MIN_SAVED
+        (9 * self.n * self.oh * self.ow).saturating_sub(16 * tiles)
+    }
+
+    /// Whether the weight gradient runs as Winograd: as [`Self::winograd_applies`], and for a
+    /// wide convolution with at least [`WIDE_DW_MIN_SAVED`] saved multiplies (its products
+    /// `dU_k += Z_k·V_kᵀ` have the tiles as their depth, and `dU` is `16·O·C` values).
+    pub(super) fn winograd_dw_applies(&self) -> bool {
+        self.winograd_applies() && (!self.winograd_wide() || self.wide_saved() >= WIDE_DW_MIN_SAVED)
     }
 
     /// Tile rows per group of the wide passes: `16·(C + O)` values per tile within
@@ -393,7 +454,7 @@ impl Geom {
         x: &[f32],
         img_len: usize,
         src: &Src,
-        packed: &[PackedA],
+        packed: &Filters,
         y: SharedOut,
         rows: usize,
     ) -> candle_core::Result<()> {
@@ -414,9 +475,9 @@ impl Geom {
                     unsafe { input_transform(x, img_len, src, c, chs.clone(), th, tw, r0, r1, vp) };
                 });
                 let v = &*v;
-                m.par_chunks_mut(o * tb).zip(packed).enumerate().try_for_each(|(k, (mk, a))| {
+                m.par_chunks_mut(o * tb).enumerate().try_for_each(|(k, mk)| {
                     let b = Strided { data: &v[k * c * tb..(k + 1) * c * tb], rs: tb, cs: 1 };
-                    sgemm_packed(tb, mk, tb, false, a, &b, 1)
+                    sgemm_packed_view(tb, mk, tb, false, packed.u(k), &b, 1)
                 })?;
                 let m = &*m;
                 os.par_iter().for_each(|ocs| {

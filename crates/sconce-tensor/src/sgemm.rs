@@ -883,10 +883,7 @@ pub(crate) fn sgemm_packed_view<'c, B: PackB + ?Sized>(
     if a.data.len() != packed_a_len(a.m, a.k) {
         candle_core::bail!("sgemm: {} packed values for a {}×{} operand", a.data.len(), a.m, a.k);
     }
-    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate, None)? else { return Ok(()) };
-    b.check(a.k, n)?;
-    product(a.m, n, a.k, out, ldc, accumulate, a.data, b, threads);
-    Ok(())
+    packed_product(n, c.into(), ldc, accumulate, a, b, threads, None)
 }
 
 /// [`sgemm`] with a left operand packed beforehand.
@@ -926,9 +923,25 @@ pub(crate) fn sgemm_packed_grid<'c, B: PackB + ?Sized>(
     {
         candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns");
     }
-    let Some(out) = prepare(a.m, n, a.k, c.into(), ldc, accumulate, grid)? else { return Ok(()) };
+    let view = PackedView { data: a.packed(), m: a.m, k: a.k };
+    packed_product(n, c.into(), ldc, accumulate, view, b, threads, grid)
+}
+
+/// The product of a packed left operand and `b` into `c` (see [`sgemm_packed_grid`]).
+#[allow(clippy::too_many_arguments)]
+fn packed_product<B: PackB + ?Sized>(
+    n: usize,
+    c: Out<'_>,
+    ldc: usize,
+    accumulate: bool,
+    a: PackedView<'_>,
+    b: &B,
+    threads: usize,
+    grid: Option<Grid>,
+) -> candle_core::Result<()> {
+    let Some(out) = prepare(a.m, n, a.k, c, ldc, accumulate, grid)? else { return Ok(()) };
     b.check(a.k, n)?;
-    product(a.m, n, a.k, out, ldc, accumulate, a.packed(), b, threads);
+    product(a.m, n, a.k, out, ldc, accumulate, a.data, b, threads);
     Ok(())
 }
 

@@ -23,9 +23,9 @@ const MIN_CHANNELS: usize = 32;
 /// Most input plus output channels for tasks of tile rows that run every step on their own
 /// tiles, which (`16·(C + O)` values each, at least a panel of them) must stay in L2; wider
 /// convolutions run as [`Geom::forward_wide`] instead. Such tasks, forward + backward at
-/// batch 2, alternating (an Intel VM): 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63² 53 vs 75, 256 → 128 at 28² (batch
-/// 8) 34 vs 43; 768 → 128 at 32² 49 vs 45, 512 → 512 at 31² 127 vs 103, 3072 → 256 at 16²
-/// (smp's first decoder block on ResNet50) 212 vs 108.
+/// batch 2, alternating (an Intel VM): 256 → 256 at 63² 74 vs 94 ms direct, 384 → 128 at 63²
+/// 53 vs 75, 256 → 128 at 28² (batch 8) 34 vs 43; but 768 → 128 at 32² 49 vs 45, 512 → 512 at
+/// 31² 127 vs 103, 3072 → 256 at 16² (smp's first decoder block on ResNet50) 212 vs 108.
 const MAX_CHANNELS: usize = 512;
 /// Fewest 2×2 tiles per tile row for the transforms' runs of 16 tiles of a row; rows of at
 /// most 8 tiles go two to a vector instead (the `*_pairs` transforms). In one process against
@@ -180,6 +180,10 @@ pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32]) -> candle_core::
     }
     if !crate::sgemm::available() {
         candle_core::bail!("winograd: this CPU has no AVX-512F");
+    }
+    // The gathers' lane offsets (`(7·C + 1)·9` at most) are `i32`.
+    if (MR * c + 1) * 9 > i32::MAX as usize {
+        candle_core::bail!("winograd: {c} input channels are too many for the filter transform");
     }
     let per = packed_a_len(o, c);
     let mut data: Vec<f32> = Vec::with_capacity(16 * per);

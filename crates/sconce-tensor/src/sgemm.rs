@@ -800,7 +800,7 @@ impl PackedA {
     /// When `a` is shorter than `m×k` needs.
     pub(crate) fn new(m: usize, k: usize, a: &Strided<'_>) -> candle_core::Result<Self> {
         a.check_dims(m, k, "left operand")?;
-        let len = m.div_ceil(MR) * MR * k;
+        let len = packed_a_len(m, k);
         // The smallest pooled buffer that is large enough, else a new one.
         let pooled = APOOL.with(|pool| {
             let mut pool = pool.borrow_mut();

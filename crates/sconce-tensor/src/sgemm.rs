@@ -150,15 +150,29 @@ impl PackB for Columns<'_> {
     }
 }
 
-/// [`Columns`] of several images laid one after another along the depth: depth index
-/// `d = i·seg + q` (`q < seg`) of column `j` reads `data[i·stride + offs[j] + q]`. A batch's
-/// weight gradient over small maps as one product (depth `N·seg`) instead of one per image,
-/// each of which read and wrote the whole `dW` for a depth of a few dozen positions.
+/// [`Columns`] of several images laid one after another along the depth, each image's depth
+/// in `runs` runs of `seg` contiguous values: depth index `d = (i·runs + r)·seg + q`
+/// (`r < runs`, `q < seg`) of column `j` reads `data[i·stride + r·run_stride + offs[j] + q]`.
+/// A batch's weight gradient over small maps as one product (depth `N·runs·seg`) instead of
+/// one per image, each of which read and wrote the whole `dW` for a depth of a few dozen
+/// positions; with one run per output row, the depth holds only the output positions, not the
+/// padding columns of a padded input's grid.
 pub(crate) struct ImageColumns<'a> {
     pub(crate) data: &'a [f32],
     pub(crate) offs: &'a [usize],
     pub(crate) seg: usize,
+    pub(crate) runs: usize,
+    pub(crate) run_stride: usize,
     pub(crate) stride: usize,
+}
+
+impl ImageColumns<'_> {
+    /// Where depth index `d`'s run starts in `data` (before a column's offset), and `d`'s
+    /// place in its run.
+    fn run_at(&self, d: usize) -> (usize, usize) {
+        let (run, q) = (d / self.seg, d % self.seg);
+        ((run / self.runs) * self.stride + (run % self.runs) * self.run_stride, q)
+    }
 }
 
 impl PackB for ImageColumns<'_> {
@@ -166,13 +180,18 @@ impl PackB for ImageColumns<'_> {
         if k == 0 || n == 0 {
             return Ok(());
         }
-        if self.seg == 0 || !k.is_multiple_of(self.seg) {
-            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {}", self.seg);
+        let per_image = self.seg * self.runs;
+        if per_image == 0 || !k.is_multiple_of(per_image) {
+            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {per_image}");
         }
         if self.offs.len() < n {
             candle_core::bail!("sgemm: {n} columns but {} column offsets", self.offs.len());
         }
-        let last = (k / self.seg - 1) * self.stride;
+        // The runs start in order (`run_stride ≥ seg`), so the last run reads furthest.
+        if self.runs > 1 && self.run_stride < self.seg {
+            candle_core::bail!("sgemm: runs of {} values {} apart overlap", self.seg, self.run_stride);
+        }
+        let (last, _) = self.run_at(k - 1);
         if self.offs[..n].iter().any(|&o| last + o + self.seg > self.data.len()) {
             candle_core::bail!("sgemm: the last image's columns run past the operand's {} values", self.data.len());
         }
@@ -183,13 +202,13 @@ impl PackB for ImageColumns<'_> {
         for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
             let j = j0 + jp * NR;
             let w = NR.min(j0 + nc - j);
-            // The block's depth rows, image by image.
+            // The block's depth rows, run by run.
             let mut d = k0;
             while d < k0 + kc {
-                let (img, q) = (d / self.seg, d % self.seg);
+                let (start, q) = self.run_at(d);
                 let len = (self.seg - q).min(k0 + kc - d);
                 let rows = &mut panel[(d - k0) * NR..(d - k0 + len) * NR];
-                pack_transposed(&self.data[img * self.stride..], |jj| self.offs[jj], q, len, j, w, rows);
+                pack_transposed(&self.data[start..], |jj| self.offs[jj], q, len, j, w, rows);
                 d += len;
             }
         }
@@ -218,9 +237,20 @@ fn pack_transposed(
                 // and rows `p..p+16`, columns `c0..c0+16` lie inside the `kc×NR` panel.
                 unsafe {
                     let rows = std::array::from_fn(|c| data.as_ptr().add(srcs[c] + p));
-                    transpose16(rows, panel.as_mut_ptr().add(p * NR + c0), NR, 0xffff);
+                    transpose16(rows, panel.as_mut_ptr().add(p * NR + c0), NR, 0xffff, 16);
                 }
                 p += 16;
+            }
+            // A short last block (runs of 7 or 14 values: a small map's rows) through registers
+            // too, when every source has 16 values to read from there.
+            if p < kc && srcs.iter().all(|&s| s + p + 16 <= data.len()) {
+                // SAFETY: every source row is readable for 16 values from `srcs[c] + p` (just
+                // checked), and rows `p..kc`, columns `c0..c0+16` lie inside the panel.
+                unsafe {
+                    let rows = std::array::from_fn(|c| data.as_ptr().add(srcs[c] + p));
+                    transpose16(rows, panel.as_mut_ptr().add(p * NR + c0), NR, 0xffff, kc - p);
+                }
+                p = kc;
             }
         }
         for q in p..kc {
@@ -232,15 +262,16 @@ fn pack_transposed(
     }
 }
 
-/// Writes the transpose of the 16×16 block whose rows start at `src[i]` to `dst` (row stride
-/// `ld`), only the lanes set in `mask` of each row: four rounds of in-register shuffles.
+/// Writes the first `rows` rows of the transpose of the 16×16 block whose rows start at
+/// `src[i]` to `dst` (row stride `ld`), only the lanes set in `mask` of each row: four rounds
+/// of in-register shuffles.
 ///
 /// # Safety
-/// Every `src[i]` is readable for 16 floats, `dst` writable for the masked lanes of 16 rows,
-/// and the CPU has AVX-512F.
+/// Every `src[i]` is readable for 16 floats, `dst` writable for the masked lanes of `rows ≤ 16`
+/// rows, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(src: [*const f32; 16], dst: *mut f32, ld: usize, mask: u16) {
+unsafe fn transpose16(src: [*const f32; 16], dst: *mut f32, ld: usize, mask: u16, rows: usize) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers the loads and stores.
     unsafe {
@@ -261,17 +292,24 @@ unsafe fn transpose16(src: [*const f32; 16], dst: *mut f32, ld: usize, mask: u16
             let v2 = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]);
             let w1 = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
             let w2 = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
-            _mm512_mask_storeu_ps(dst.add(q * ld), mask, _mm512_shuffle_f32x4::<0x88>(v1, w1));
-            _mm512_mask_storeu_ps(dst.add((4 + q) * ld), mask, _mm512_shuffle_f32x4::<0x88>(v2, w2));
-            _mm512_mask_storeu_ps(dst.add((8 + q) * ld), mask, _mm512_shuffle_f32x4::<0xdd>(v1, w1));
-            _mm512_mask_storeu_ps(dst.add((12 + q) * ld), mask, _mm512_shuffle_f32x4::<0xdd>(v2, w2));
+            let out = [
+                _mm512_shuffle_f32x4::<0x88>(v1, w1),
+                _mm512_shuffle_f32x4::<0x88>(v2, w2),
+                _mm512_shuffle_f32x4::<0xdd>(v1, w1),
+                _mm512_shuffle_f32x4::<0xdd>(v2, w2),
+            ];
+            for (g, v) in out.into_iter().enumerate() {
+                if 4 * g + q < rows {
+                    _mm512_mask_storeu_ps(dst.add((4 * g + q) * ld), mask, v);
+                }
+            }
         }
     }
 }
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transpose16(_src: [*const f32; 16], _dst: *mut f32, _ld: usize, _mask: u16) {}
+unsafe fn transpose16(_src: [*const f32; 16], _dst: *mut f32, _ld: usize, _mask: u16, _rows: usize) {}
 
 /// Rows of B taken from shifted windows of planes: row `r = c·taps + t` is
 /// `data[c·plane + offs[t] ..]`. For a stride-1 convolution over an input padded to `Hp×Wp`,
@@ -636,7 +674,7 @@ fn pack_a_block(m: usize, k0: usize, kc: usize, a: &Strided<'_>, block: &mut [f3
                     // 16 masked rows of 8 lanes fill `panel[p·MR..(p+16)·MR]`.
                     unsafe {
                         let rows = std::array::from_fn(|r| a.data.as_ptr().add(srcs[r] + p));
-                        transpose16(rows, panel.as_mut_ptr().add(p * MR), MR, 0x00ff);
+                        transpose16(rows, panel.as_mut_ptr().add(p * MR), MR, 0x00ff, 16);
                     }
                     p += 16;
                 }
@@ -1879,31 +1917,49 @@ mod tests {
         if !available() {
             return Ok(());
         }
-        // B[i·seg + q][j] = data[i·stride + offs[j] + q]: segments shorter and longer than a
-        // depth block (so blocks start inside an image), widths around NR, both thread counts.
-        for &(m, n, seg, images) in &[(3, 5, 7, 4), (8, 48, 61, 8), (9, 50, 200, 3), (16, 97, 49, 5)] {
-            let stride = n * 5 + seg + 3;
+        // B[(i·runs + r)·seg + q][j] = data[i·stride + r·run_stride + offs[j] + q]: segments
+        // shorter and longer than a depth block (so blocks start inside an image), one run per
+        // image and one per row of a 7×7 or 14×14 map on a 9- or 16-wide grid (runs shorter
+        // than the 16-row transposes), widths around NR, both thread counts.
+        for &(m, n, seg, runs, run_stride, images) in &[
+            (3, 5, 7, 1, 0, 4),
+            (8, 48, 61, 1, 0, 8),
+            (9, 50, 200, 1, 0, 3),
+            (16, 97, 49, 1, 0, 5),
+            (8, 48, 7, 7, 9, 8),
+            (10, 50, 14, 14, 16, 3),
+            (5, 33, 3, 4, 5, 2),
+        ] {
+            let stride = n * 5 + seg * runs + run_stride * runs + 3;
             let data = lcg(seg as u64, images * stride);
             let offs: Vec<usize> = (0..n).map(|j| j * 5 + (j % 3)).collect();
-            let k = images * seg;
+            let k = images * runs * seg;
             let a_data = lcg(m as u64 + 2, m * k);
             let a = Strided { data: &a_data, rs: k, cs: 1 };
-            let want = naive_fn(m, n, k, &a, |p, j| data[(p / seg) * stride + offs[j] + p % seg]);
+            let want = naive_fn(m, n, k, &a, |p, j| {
+                let (run, q) = (p / seg, p % seg);
+                data[(run / runs) * stride + (run % runs) * run_stride + offs[j] + q]
+            });
             for threads in [1, 2] {
                 let mut c = vec![0f32; m * n];
-                let b = ImageColumns { data: &data, offs: &offs, seg, stride };
+                let b = ImageColumns { data: &data, offs: &offs, seg, runs, run_stride, stride };
                 sgemm(m, n, k, &mut c[..], n, false, &a, &b, threads)?;
-                assert_product(&format!("{m}x{n} seg {seg} x{images}"), &c, &want);
+                assert_product(&format!("{m}x{n} seg {seg} runs {runs} x{images}"), &c, &want);
             }
         }
-        // A depth that is not whole images, and a last image running past the data: errors.
+        // A depth that is not whole images, a last image running past the data, and
+        // overlapping runs: errors.
         let data = vec![0f32; 20];
         let a = Strided { data: &data, rs: 10, cs: 1 };
         let mut c = [0f32; 2];
-        let b = |stride| ImageColumns { data: &data, offs: &[0, 1], seg: 5, stride };
+        let b = |stride| ImageColumns { data: &data, offs: &[0, 1], seg: 5, runs: 1, run_stride: 0, stride };
         assert!(sgemm(1, 2, 7, &mut c[..], 2, false, &a, &b(10), 1).is_err());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &b(15), 1).is_err());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &b(10), 1).is_ok());
+        let rows = |run_stride| ImageColumns { data: &data, offs: &[0, 1], seg: 5, runs: 2, run_stride, stride: 20 };
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(4), 1).is_err());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(15), 1).is_err());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(5), 1).is_ok());
         Ok(())
     }
 

@@ -668,9 +668,11 @@ impl Geom {
     }
 
     /// [`Self::weight_grad_shifted`] for one group and small maps: `dW += A·B` with the depth
-    /// running over every image's grid, `A = [dY_0 | dY_1 | …]` (`O × N·n_grid`, a copy of
-    /// `dY` on the grid) and `B` the images' (padded) input windows, the columns split over
-    /// the pool. `dW` is read and written once instead of once per image.
+    /// running over every image's output positions, `A = [dY_0 | dY_1 | …]` (`O × N·OH·OW`, a
+    /// copy of `dY`) and `B` the images' (padded) input windows read row by row
+    /// ([`ImageColumns`] runs of `OW`), the columns split over the pool. `dW` is read and
+    /// written once instead of once per image, and the depth skips the grid's padding columns
+    /// (a fifth of a 7×7 map's 9-wide grid).
     fn weight_grad_batched(
         &self,
         x: &[f32],
@@ -679,28 +681,34 @@ impl Geom {
         sp: &ShiftPlan,
         boff: &[usize],
     ) -> candle_core::Result<()> {
-        let (k, o, ng, img_len) = (self.k(), self.o, sp.n_grid, self.x_len(sp));
+        let (k, o, p, img_len) = (self.k(), self.o, self.p(), self.x_len(sp));
         let src_len = self.source_len(sp);
         // The chunks of images accumulate into `dw`.
-        let per = self.images_per_product(ng, src_len);
+        let per = self.images_per_product(p, src_len);
         let xp_len = if sp.pad && !sp.input_padded { per * src_len } else { 0 };
-        let grid_len = if sp.compact && !sp.dy_padded { o * ng } else { 0 };
-        let (dys, rs) = (self.dy_stride(sp), Self::grid_stride(sp));
-        <f32 as crate::kernel::Real>::with_scratch(o * per * ng + xp_len + grid_len, |scratch| {
-            let (a_all, rest) = scratch.split_at_mut(o * per * ng);
-            let (xp, grid) = rest.split_at_mut(xp_len);
+        let dys = self.dy_stride(sp);
+        // Output rows as runs of the depth, or each whole map when its rows are contiguous.
+        let (seg, runs, run_stride) = if sp.compact { (self.ow, self.oh, sp.wq) } else { (p, 1, 0) };
+        <f32 as crate::kernel::Real>::with_scratch(o * per * p + xp_len, |scratch| {
+            let (a_all, xp) = scratch.split_at_mut(o * per * p);
             for (x, dy) in x.chunks(per * img_len).zip(dy.chunks(per * o * dys)) {
-                let depth = x.len() / img_len * ng;
+                let depth = x.len() / img_len * p;
                 let a_all = &mut a_all[..o * depth];
                 for (img, dy_img) in dy.chunks_exact(o * dys).enumerate() {
-                    let g = self.dy_on_grid(dy_img, grid, sp);
-                    for (oc, row) in a_all.chunks_exact_mut(depth).enumerate() {
-                        row[img * ng..(img + 1) * ng].copy_from_slice(&g[oc * rs..oc * rs + ng]);
+                    for (row, src) in a_all.chunks_exact_mut(depth).zip(dy_img.chunks_exact(dys)) {
+                        let dst = &mut row[img * p..(img + 1) * p];
+                        if sp.dy_padded {
+                            for (oy, d) in dst.chunks_exact_mut(self.ow).enumerate() {
+                                d.copy_from_slice(&src[sp.dy_off + oy * sp.wq..][..self.ow]);
+                            }
+                        } else {
+                            dst.copy_from_slice(&src[..p]);
+                        }
                     }
                 }
                 let data = self.sources(x, xp, sp);
                 let a = Strided { data: a_all, rs: depth, cs: 1 };
-                let b = ImageColumns { data, offs: boff, seg: ng, stride: src_len };
+                let b = ImageColumns { data, offs: boff, seg, runs, run_stride, stride: src_len };
                 sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())?;
             }
             Ok(())

@@ -674,7 +674,9 @@ impl Conv2dBackward {
                 candle_core::bail!("conv2d backward: no shift plan for {g:?}")
             };
             sp.input_padded = true;
-            conv.forward_shifted_with(dyf, &g.flip_transpose(wf), dx, &sp, None, None)?;
+            if !conv.input_grad_winograd(dyf, wf, dx, &sp)? {
+                conv.forward_shifted_with(dyf, &g.flip_transpose(wf), dx, &sp, None, None)?;
+            }
         }
         if self.need_dw {
             dw.iter_mut().for_each(|v| {
@@ -751,14 +753,17 @@ impl Conv2dBackward {
         } else {
             None
         };
-        let kernel: std::borrow::Cow<'_, [f32]> = if self.transposed || pointwise_t.is_some() {
-            std::borrow::Cow::Borrowed(wf)
-        } else {
-            std::borrow::Cow::Owned(g.flip_transpose(wf))
-        };
         let mut out: Vec<f32> = Vec::with_capacity(dx_len + dw_len);
         let (dx, dw) = out.spare_capacity_mut()[..dx_len + dw_len].split_at_mut(dx_len);
-        conv.forward_shifted_with(dyf, &kernel, dx, &sp, None, pointwise_t.as_ref())?;
+        // By Winograd, the filter transform reads `W` flipped and transposed in place.
+        if self.transposed || pointwise_t.is_some() || !conv.input_grad_winograd(dyf, wf, dx, &sp)? {
+            let kernel: std::borrow::Cow<'_, [f32]> = if self.transposed || pointwise_t.is_some() {
+                std::borrow::Cow::Borrowed(wf)
+            } else {
+                std::borrow::Cow::Owned(g.flip_transpose(wf))
+            };
+            conv.forward_shifted_with(dyf, &kernel, dx, &sp, None, pointwise_t.as_ref())?;
+        }
         if self.need_dw {
             dw.iter_mut().for_each(|v| {
                 v.write(0.0);

@@ -263,8 +263,7 @@ fn pack_transposed(
 }
 
 /// Writes the first `rows` rows of the transpose of the 16×16 block whose rows start at
-/// `src[i]` to `dst` (row stride `ld`), only the lanes set in `mask` of each row: four rounds
-/// of in-register shuffles.
+/// `src[i]` to `dst` (row stride `ld`), only the lanes set in `mask` of each row.
 ///
 /// # Safety
 /// Every `src[i]` is readable for 16 floats, `dst` writable for the masked lanes of `rows ≤ 16`
@@ -275,36 +274,43 @@ unsafe fn transpose16(src: [*const f32; 16], dst: *mut f32, ld: usize, mask: u16
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract covers the loads and stores.
     unsafe {
-        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src[i]));
-        // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (low and high pairs of each 128-bit lane).
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
-        });
-        // u[4i+q], lane L: column 4L+q of rows 4i..4i+4.
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let (base, q) = (i & !3, i & 3);
-            let (a, b) = (_mm512_castps_pd(t[base + (q >> 1)]), _mm512_castps_pd(t[base + 2 + (q >> 1)]));
-            _mm512_castpd_ps(if q & 1 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
-        });
-        for q in 0..4 {
-            let v1 = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]);
-            let v2 = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]);
-            let w1 = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
-            let w2 = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
-            let out = [
-                _mm512_shuffle_f32x4::<0x88>(v1, w1),
-                _mm512_shuffle_f32x4::<0x88>(v2, w2),
-                _mm512_shuffle_f32x4::<0xdd>(v1, w1),
-                _mm512_shuffle_f32x4::<0xdd>(v2, w2),
-            ];
-            for (g, v) in out.into_iter().enumerate() {
-                if 4 * g + q < rows {
-                    _mm512_mask_storeu_ps(dst.add((4 * g + q) * ld), mask, v);
-                }
-            }
+        let t = transpose16_regs(std::array::from_fn(|i| _mm512_loadu_ps(src[i])));
+        for (i, &v) in t.iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(dst.add(i * ld), mask, v);
         }
     }
+}
+
+/// The transpose of the 16×16 block whose row `i` is `r[i]`: lane `j` of row `i` of the result
+/// is lane `i` of `r[j]`. Four rounds of in-register shuffles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn transpose16_regs(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (low and high pairs of each 128-bit lane).
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+    });
+    // u[4i+q], lane L: column 4L+q of rows 4i..4i+4.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (base, q) = (i & !3, i & 3);
+        let (a, b) = (_mm512_castps_pd(t[base + (q >> 1)]), _mm512_castps_pd(t[base + 2 + (q >> 1)]));
+        _mm512_castpd_ps(if q & 1 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+    });
+    let mut out = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let v1 = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]);
+        let v2 = _mm512_shuffle_f32x4::<0xdd>(u[q], u[4 + q]);
+        let w1 = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
+        let w2 = _mm512_shuffle_f32x4::<0xdd>(u[8 + q], u[12 + q]);
+        out[q] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+        out[4 + q] = _mm512_shuffle_f32x4::<0x88>(v2, w2);
+        out[8 + q] = _mm512_shuffle_f32x4::<0xdd>(v1, w1);
+        out[12 + q] = _mm512_shuffle_f32x4::<0xdd>(v2, w2);
+    }
+    out
 }
 
 /// Never called: [`available`] is false off x86-64.

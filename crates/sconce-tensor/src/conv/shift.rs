@@ -378,7 +378,7 @@ impl Geom {
             candle_core::bail!("conv2d: buffers do not match the geometry {self:?}");
         }
         if self.winograd_applies() && packed_weights.is_none() {
-            return self.forward_winograd(x, self.x_len(sp), self.winograd_src(sp), wt, out, epi);
+            return self.forward_winograd(x, self.x_len(sp), self.winograd_src(sp), wt, false, out, epi);
         }
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let (_, gemm_threads) = self.plan();
@@ -431,6 +431,29 @@ impl Geom {
                 <f32 as crate::kernel::Real>::with_scratch(scratch_len, |s| image(s, i, y, x))
             })
         }
+    }
+
+    /// When `self` runs by Winograd: `self`'s forward pass over `dy` (as
+    /// [`Self::forward_shifted`] reads its input) into `dx`, `self` being the convolution
+    /// ([`Geom::adjoint_conv`]) whose forward pass is the input gradient of a convolution with
+    /// weights `w`. The filter transform reads `w` flipped and transposed in place, with no
+    /// flipped copy (`Geom::flip_transpose`). `false`, with nothing written, otherwise.
+    pub(super) fn input_grad_winograd(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        sp: &ShiftPlan,
+    ) -> candle_core::Result<bool> {
+        if !self.winograd_applies() {
+            return Ok(false);
+        }
+        if dx.len() != self.n * self.o * self.p() || dy.len() != self.n * self.x_len(sp) || w.len() != self.weight_len()
+        {
+            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        self.forward_winograd(dy, self.x_len(sp), self.winograd_src(sp), w, true, dx, None)?;
+        Ok(true)
     }
 
     /// The whole batch's input as the zero-padded planes the taps read (`[N, C, planes]`,

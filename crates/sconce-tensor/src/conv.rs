@@ -679,15 +679,10 @@ impl Conv2dBackward {
             }
         }
         if self.need_dw {
-            dw.iter_mut().for_each(|v| {
-                v.write(0.0);
-            });
-            // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
-            let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
             let Some(mut sp) = g.shift_plan() else { candle_core::bail!("conv2d backward: no shift plan for {g:?}") };
             sp.dy_padded = true;
             sp.input_padded = self.x_padded;
-            g.weight_grad_shifted(xf, dyf, dw, &sp)?;
+            g.weight_grad_shifted_fresh(xf, dyf, dw, &sp)?;
         }
         // SAFETY: the forward pass wrote all of `dx` and the block above all of `dw`.
         unsafe { out.set_len(dx_len + dw_len) };
@@ -765,15 +760,20 @@ impl Conv2dBackward {
             conv.forward_shifted_with(dyf, &kernel, dx, &sp, None, pointwise_t.as_ref())?;
         }
         if self.need_dw {
-            dw.iter_mut().for_each(|v| {
-                v.write(0.0);
-            });
-            // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
-            let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
-            if self.transposed {
-                g.weight_grad_into(dyf, xf, dw)?;
+            let sp = if self.transposed { None } else { g.shift_plan() };
+            if let Some(sp) = sp {
+                g.weight_grad_shifted_fresh(xf, dyf, dw, &sp)?;
             } else {
-                g.weight_grad_into(xf, dyf, dw)?;
+                dw.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
+                let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
+                if self.transposed {
+                    g.weight_grad_into(dyf, xf, dw)?;
+                } else {
+                    g.weight_grad_into(xf, dyf, dw)?;
+                }
             }
         }
         // SAFETY: `forward_shifted` wrote all of `dx` and the loop above all of `dw`.

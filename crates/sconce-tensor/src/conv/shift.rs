@@ -521,6 +521,67 @@ impl Geom {
         grid
     }
 
+    /// [`Self::weight_grad_shifted`] into a fresh `dw` (its contents ignored, every element
+    /// written): the batched path for small maps ([`Self::batched_dw_applies`]) writes its
+    /// first product straight into `dw` instead of adding to a zeroed one (512 × 4608 weights
+    /// of a 3×3 512-channel layer: a 9 MiB memset and a read of the zeros saved); other paths
+    /// zero `dw` first.
+    pub(super) fn weight_grad_shifted_fresh(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [MaybeUninit<f32>],
+        sp: &ShiftPlan,
+    ) -> candle_core::Result<()> {
+        // Tests see a path that reads `dw` before writing it.
+        #[cfg(test)]
+        for v in dw.iter_mut() {
+            v.write(f32::NAN);
+        }
+        if self.batched_dw_applies(sp) {
+            if x.len() != self.n * self.x_len(sp)
+                || dy.len() != self.n * self.o * self.dy_stride(sp)
+                || dw.len() != self.weight_len()
+            {
+                candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+            }
+            return self.weight_grad_batched(x, dy, dw, true, sp, &self.column_offsets(sp));
+        }
+        for v in dw.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
+        let dw = unsafe { &mut *(std::ptr::from_mut(dw) as *mut [f32]) };
+        self.weight_grad_shifted(x, dy, dw, sp)
+    }
+
+    /// Whether [`Self::weight_grad_shifted`] takes [`Self::weight_grad_batched`]: neither
+    /// Winograd nor dot products, one group, several images, at least four panels of `dW`
+    /// columns and at most [`BATCH_MAX_GRID`] grid positions per image, on a pool of several
+    /// threads.
+    fn batched_dw_applies(&self, sp: &ShiftPlan) -> bool {
+        let winograd = self.winograd_dw_applies() && self.og() > DOT_MAX_O;
+        !winograd
+            && !self.dot_dw(sp)
+            && rayon::current_num_threads() > 1
+            && self.k() >= 4 * NR
+            && self.n > 1
+            && self.g == 1
+            && sp.n_grid <= BATCH_MAX_GRID
+    }
+
+    /// Whether the weight gradient runs as dot products along the image (few output channels,
+    /// several taps, long images).
+    fn dot_dw(&self, sp: &ShiftPlan) -> bool {
+        self.og() <= DOT_MAX_O && sp.offs.len() > 1 && sp.n_grid >= DOT_MIN_LEN
+    }
+
+    /// `dW` column `r = c·taps + t`'s offset in the (padded) input planes of one image.
+    fn column_offsets(&self, sp: &ShiftPlan) -> Vec<usize> {
+        let taps = sp.offs.len();
+        (0..self.k()).map(|r| (r / taps) * sp.plane + sp.offs[r % taps]).collect()
+    }
+
     /// Weight gradient `dW = Σ_n dY_n · colsᵀ` (`dw` zeroed, `O·C/g·kh·kw`): `dY` laid out on
     /// the grid (zeros in the extra columns) times the transposed windows of the padded input.
     /// `dY` is `N·O·OH·OW`, or padded planes ([`Self::dy_stride`] per channel) with
@@ -552,8 +613,7 @@ impl Geom {
             return self.weight_grad_winograd(x, img_len, self.winograd_src(sp), dy, out_len, dsrc, dw);
         }
         let rs = Self::grid_stride(sp);
-        let taps = sp.offs.len();
-        let boff: Vec<usize> = (0..k).map(|r| (r / taps) * sp.plane + sp.offs[r % taps]).collect();
+        let boff = self.column_offsets(sp);
         let xp_len = if sp.pad && !sp.input_padded { cg * sp.plane } else { 0 };
         let grid_len = if sp.compact && !sp.dy_padded { og * sp.n_grid } else { 0 };
         let (chunks, _) = self.plan();
@@ -565,7 +625,7 @@ impl Geom {
         let threads = rayon::current_num_threads();
         // Few output channels: dot products along the image (`sgemm_nt_rows`), images split
         // over the pool, one partial dW per task (small: O·C·kh·kw ≤ 32·C·kh·kw).
-        let dot = og <= DOT_MAX_O && taps > 1 && sp.n_grid >= DOT_MIN_LEN;
+        let dot = self.dot_dw(sp);
         if dot && self.n < threads && threads > 1 {
             // Fewer images than threads: each image's dW columns are split over the pool.
             let a_offs: Vec<usize> = (0..og).map(|o| o * rs).collect();
@@ -631,8 +691,11 @@ impl Geom {
             }
             return Ok(());
         }
-        if threads > 1 && k >= 4 * NR && self.n > 1 && self.g == 1 && sp.n_grid <= BATCH_MAX_GRID {
-            return self.weight_grad_batched(x, dy, dw, sp, &boff);
+        if self.batched_dw_applies(sp) {
+            // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the batched path writes only
+            // initialised values (it adds to `dw`).
+            let dw = unsafe { &mut *(std::ptr::from_mut(dw) as *mut [MaybeUninit<f32>]) };
+            return self.weight_grad_batched(x, dy, dw, false, sp, &boff);
         }
         // Enough images to split evenly over the pool, and a dW no larger than the batch's
         // input: each task takes whole images into its own partial dW (below). Splitting each
@@ -700,7 +763,8 @@ impl Geom {
         &self,
         x: &[f32],
         dy: &[f32],
-        dw: &mut [f32],
+        dw: &mut [MaybeUninit<f32>],
+        fresh: bool,
         sp: &ShiftPlan,
         boff: &[usize],
     ) -> candle_core::Result<()> {
@@ -714,7 +778,7 @@ impl Geom {
         let (seg, runs, run_stride) = if sp.compact { (self.ow, self.oh, sp.wq) } else { (p, 1, 0) };
         <f32 as crate::kernel::Real>::with_scratch(o * per * p + xp_len, |scratch| {
             let (a_all, xp) = scratch.split_at_mut(o * per * p);
-            for (x, dy) in x.chunks(per * img_len).zip(dy.chunks(per * o * dys)) {
+            for (chunk, (x, dy)) in x.chunks(per * img_len).zip(dy.chunks(per * o * dys)).enumerate() {
                 let depth = x.len() / img_len * p;
                 let a_all = &mut a_all[..o * depth];
                 for (img, dy_img) in dy.chunks_exact(o * dys).enumerate() {
@@ -732,7 +796,15 @@ impl Geom {
                 let data = self.sources(x, xp, sp);
                 let a = Strided { data: a_all, rs: depth, cs: 1 };
                 let b = ImageColumns { data, offs: boff, seg, runs, run_stride, stride: src_len };
-                sgemm(o, k, depth, &mut dw[..o * k], k, true, &a, &b, rayon::current_num_threads())?;
+                let threads = rayon::current_num_threads();
+                if fresh && chunk == 0 {
+                    sgemm(o, k, depth, &mut dw[..o * k], k, false, &a, &b, threads)?;
+                } else {
+                    // SAFETY: `dw` is initialised (given so, or written whole by the first
+                    // chunk's product); `MaybeUninit<f32>` has `f32`'s layout.
+                    let dw = unsafe { &mut *(std::ptr::from_mut(&mut dw[..o * k]) as *mut [f32]) };
+                    sgemm(o, k, depth, dw, k, true, &a, &b, threads)?;
+                }
             }
             Ok(())
         })

@@ -437,7 +437,10 @@ impl Geom {
     /// [`Self::forward_shifted`] reads its input) into `dx`, `self` being the convolution
     /// ([`Geom::adjoint_conv`]) whose forward pass is the input gradient of a convolution with
     /// weights `w`. The filter transform reads `w` flipped and transposed in place, with no
-    /// flipped copy (`Geom::flip_transpose`). `false`, with nothing written, otherwise.
+    /// flipped copy (`Geom::flip_transpose`): 15 alternating runs in one process against the
+    /// copy, medians in ms, 512 → 512 at 7² batch 8 5.34/5.36 vs 5.66/5.86, batch 2 2.18/2.26
+    /// vs 2.87/2.91, 256 → 256 at 14² 3.25/3.29 vs 3.49/3.57, 3072 → 256 at 16² batch 2
+    /// 14.05/14.09 vs 15.46/15.48. `false`, with nothing written, otherwise.
     pub(super) fn input_grad_winograd(
         &self,
         dy: &[f32],

@@ -44,6 +44,13 @@ const BLOCK_VALUES: usize = 384 * 1024;
 /// Values of a group's transformed input and product in the wide passes
 /// ([`Geom::winograd_wide`]): each group reads all of `U` (`16·O·C` values) once.
 const WIDE_VALUES: usize = 8 << 20;
+/// Values of one block of transformed filters (`16·C` per output channel) in a wide forward
+/// pass of one group ([`Geom::forward_wide`]), and most values of its transformed input for
+/// blocks. 512 → 512 at 7², batch 8, 15 alternating runs in one process (ms, medians): forward
+/// 4.04/4.12 → 3.83/3.84, input gradient 4.68/4.76 → 4.56/4.64; at 4², 1.66/1.75 → 1.59/1.64.
+/// With 3072 input channels (blocks of 16 output channels, `V` re-read 16 times from memory)
+/// the forward took 23 ms instead of 13: hence the bound on `V`.
+const WIDE_FILTER_VALUES: usize = 1 << 20;
 /// Fewest multiplies per channel pair a wide convolution must save ([`Geom::wide_pays`]) to
 /// run its forward pass (and input gradient) as Winograd. Against the direct path (ms, min
 /// of alternating runs, 2 threads on an AMD EPYC Zen 5 VM), forward, with the saving: 512 →
@@ -189,15 +196,27 @@ fn k_stride(len: usize) -> usize {
 /// channels by one task, straight into the packed layout: no `16·O·C` intermediate to write,
 /// read back and pack (which with the transform took 27 % of a 512 → 512 forward at 7²).
 /// With `adjoint`, `wt` is the weights `W` (`C·O·3·3`) of the convolution whose input gradient
-/// this one computes, read as its kernel `W[c][o]` turned by 180°, with no flipped copy.
-pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32], adjoint: bool) -> candle_core::Result<Filters> {
+/// this one computes, read as its kernel `W[c][o]` turned by 180°, with no flipped copy. Only
+/// the output channels `ocs` (all `0..o` for the whole `U`), as `ocs.len()` rows.
+pub(super) fn transform_filters(
+    o: usize,
+    c: usize,
+    wt: &[f32],
+    adjoint: bool,
+    ocs: Range<usize>,
+) -> candle_core::Result<Filters> {
     if wt.len() != o * c * 9 {
         candle_core::bail!("winograd: {} weights for {o}×{c}×3×3", wt.len());
     }
+    if ocs.is_empty() || ocs.end > o {
+        candle_core::bail!("winograd: output channels {ocs:?} of {o}");
+    }
+    let (o0, o) = (ocs.start, o);
+    let m = ocs.len();
     if !crate::sgemm::available() {
         candle_core::bail!("winograd: this CPU has no AVX-512F");
     }
-    let (per, stride) = (packed_a_len(o, c), filter_stride(o, c));
+    let (per, stride) = (packed_a_len(m, c), filter_stride(m, c));
     let mut data: Vec<f32> = Vec::with_capacity(16 * stride);
     let spare = &mut data.spare_capacity_mut()[..16 * stride];
     // The gaps between the operands.
@@ -205,15 +224,15 @@ pub(super) fn transform_filters(o: usize, c: usize, wt: &[f32], adjoint: bool) -
         gap[per..].fill(MaybeUninit::new(0.0));
     }
     let up = SharedOut(spare.as_mut_ptr().cast::<f32>());
-    (0..o.div_ceil(MR)).into_par_iter().for_each(|ip| {
+    (0..m.div_ceil(MR)).into_par_iter().for_each(|ip| {
         // SAFETY: the CPU has AVX-512F (checked above); `data` has capacity for the 16 packed
         // operands `stride` apart, and only this task writes panel `ip` of each.
-        unsafe { transform_panel(wt, o, c, ip, up, adjoint) };
+        unsafe { transform_panel(wt, o, c, o0, m, ip, up, adjoint) };
     });
     // SAFETY: the panels cover every value of the 16 packed operands (padding rows included),
     // and the loop above wrote the gaps.
     unsafe { data.set_len(16 * stride) };
-    Ok(Filters { data, o, c })
+    Ok(Filters { data, o: m, c })
 }
 
 /// `[a, (a + b + c)/2, (a − b + c)/2, c]`: `G` applied to one column `(a, b, c)`.
@@ -231,7 +250,8 @@ fn g_col(
     [a, _mm512_mul_ps(_mm512_add_ps(ac, b), half), _mm512_mul_ps(_mm512_sub_ps(ac, b), half), c]
 }
 
-/// Panel `ip` (output channels `8·ip ..`) of every packed `U_k` ([`transform_filters`]): per
+/// Panel `ip` (output channels `o0 + 8·ip ..` of the `m` from `o0`) of every packed `U_k`
+/// ([`transform_filters`]): per
 /// depth block, two input channels at a time, lane `l` = kernel `(8·ip + l % 8, c + l / 8)`,
 /// so that each `U_k`'s 16 values are one contiguous store of the packed panel (`G g Gᵀ`:
 /// [`g_col`] on the columns of `g`, then on the rows of `G g`). Rows past `O` are zeros.
@@ -241,15 +261,16 @@ fn g_col(
 /// `W[c][o]` turned by 180°.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `wt` holds `O·C·9` values; `u` is valid for writes of
-/// `16·filter_stride(O, C)` values, and no other thread writes panel `ip`.
+/// The CPU has AVX-512F; `wt` holds `O·C·9` values and `o0 + m ≤ O`; `u` is valid for writes
+/// of `16·filter_stride(m, C)` values, and no other thread writes panel `ip`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_panel(wt: &[f32], o: usize, c: usize, ip: usize, u: SharedOut, adjoint: bool) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_panel(wt: &[f32], o: usize, c: usize, o0: usize, m: usize, ip: usize, u: SharedOut, adjoint: bool) {
     use crate::sgemm::transpose16_regs;
     use std::arch::x86_64::*;
-    let (stride, mp) = (filter_stride(o, c), o.div_ceil(MR) * MR);
-    let rows = (o - ip * MR).min(MR);
+    let (stride, mp) = (filter_stride(m, c), m.div_ceil(MR) * MR);
+    let rows = (m - ip * MR).min(MR);
     // Where kernel `(o_, c_)`'s 9 values start in `wt`.
     let kernel_at = |o_: usize, c_: usize| if adjoint { (c_ * o + o_) * 9 } else { (o_ * c + c_) * 9 };
     for (k0, kc) in kblocks(c) {
@@ -258,9 +279,9 @@ unsafe fn transform_panel(wt: &[f32], o: usize, c: usize, ip: usize, u: SharedOu
             let r: [__m512; L] = std::array::from_fn(|l| {
                 let (row, dc) = (l % MR, l / MR);
                 if row < rows && q + dc < kc {
-                    // SAFETY: kernel `(8·ip + row < O, k0 + q + dc < C)` lies inside `wt`
+                    // SAFETY: kernel `(o0 + 8·ip + row < O, k0 + q + dc < C)` lies inside `wt`
                     // (`O·C·9` values); the load reads its 9 values only.
-                    unsafe { _mm512_maskz_loadu_ps(0x1ff, wt.as_ptr().add(kernel_at(ip * MR + row, k0 + q + dc))) }
+                    unsafe { _mm512_maskz_loadu_ps(0x1ff, wt.as_ptr().add(kernel_at(o0 + ip * MR + row, k0 + q + dc))) }
                 } else {
                     _mm512_setzero_ps()
                 }
@@ -283,7 +304,8 @@ unsafe fn transform_panel(wt: &[f32], o: usize, c: usize, ip: usize, u: SharedOu
 
 /// Stand-in off x86-64, where [`transform_filters`] refuses to run.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transform_panel(_: &[f32], _: usize, _: usize, _: usize, _: SharedOut, _: bool) {}
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_panel(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: usize, _: SharedOut, _: bool) {}
 
 /// Kernels per task of [`filter_grads`].
 const FILTER_RUN: usize = 1024;
@@ -396,13 +418,13 @@ impl Geom {
         if src.rows > 0 && src.cols > 0 && (c - 1) * src.plane + (src.rows - 1) * src.rs + src.cols > img_len {
             candle_core::bail!("winograd: input layout {}×{} outside an image of {img_len}", src.rows, src.cols);
         }
-        let packed = transform_filters(o, c, wt, adjoint)?;
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let y = SharedOut(out.as_mut_ptr().cast::<f32>());
         if self.winograd_wide() {
-            self.forward_wide(x, img_len, &src, &packed, y, self.wide_rows(tw))?;
+            self.forward_wide(x, img_len, &src, wt, adjoint, y, self.wide_rows(tw))?;
             return self.apply_epilogue(out, epi);
         }
+        let packed = transform_filters(o, c, wt, adjoint, 0..o)?;
         let rows = self.winograd_rows(tw);
         // Tasks take `rows` tile rows of the batch at a time (image `G / th`, row `G % th` for
         // row `G`), small maps several images' worth.
@@ -478,23 +500,36 @@ impl Geom {
     }
 
     /// [`Self::forward_winograd`] for [`Self::winograd_wide`] convolutions, into `y` (the
-    /// whole batch's output, every element written). Per group of `rows` tile rows: the input
+    /// whole batch's output, every element written), with the filters `wt` (read as
+    /// [`transform_filters`] does with `adjoint`). Per group of `rows` tile rows: the input
     /// transform with the channels split over the pool, the 16 products `M_k = U_k·V_k` one
-    /// per task, the output transform with the output channels split.
+    /// per task, the output transform with the output channels split. With one group, the
+    /// filters are transformed a block of output channels at a time ([`WIDE_FILTER_VALUES`])
+    /// right before that block's products and output transform, so that `U` (16 MiB for 512 →
+    /// 512 channels) is read back from cache rather than memory; with several groups, each of
+    /// which reads all of `U`, once for all.
     #[allow(clippy::too_many_arguments)]
     fn forward_wide(
         &self,
         x: &[f32],
         img_len: usize,
         src: &Src,
-        packed: &Filters,
+        wt: &[f32],
+        adjoint: bool,
         y: SharedOut,
         rows: usize,
     ) -> candle_core::Result<()> {
         let (n, c, o, oh, ow) = (self.n, self.c, self.o, self.oh, self.ow);
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let rows = rows.max(1);
-        let (cs, os) = (channel_runs(c), channel_runs(o));
+        // Blocks re-read the transformed input `V` (`16·C·tb` values) once each: only when it
+        // is no larger than a block of filters.
+        let tbs = rows.min(n * th) * tw;
+        let blocked = rows >= n * th && 16 * c * tbs <= WIDE_FILTER_VALUES;
+        let block = if blocked { (WIDE_FILTER_VALUES / (16 * c)) / MR * MR } else { o };
+        let block = block.clamp(MR, o.max(MR));
+        let whole = if block >= o { Some(transform_filters(o, c, wt, adjoint, 0..o)?) } else { None };
+        let cs = channel_runs(c);
         for r0 in (0..n * th).step_by(rows) {
             let r1 = (r0 + rows).min(n * th);
             let tb = (r1 - r0) * tw;
@@ -509,17 +544,29 @@ impl Geom {
                     unsafe { input_transform(x, img_len, src, c, chs.clone(), th, tw, r0, r1, vp) };
                 });
                 let v = &*v;
-                m.par_chunks_mut(kso).enumerate().try_for_each(|(k, mk)| {
-                    let b = Strided { data: &v[k * ksc..k * ksc + c * tb], rs: tb, cs: 1 };
-                    sgemm_packed_view(tb, &mut mk[..o * tb], tb, false, packed.u(k), &b, 1)
-                })?;
-                let m = &*m;
-                os.par_iter().for_each(|ocs| {
-                    // SAFETY: as above; `m` holds `16·k_stride(O·tb)` values, and each task writes its
-                    // own channels' rows of this group's tile rows, inside `y` (the caller's
-                    // contract).
-                    unsafe { output_transform(m, y, o, ocs.clone(), oh, ow, th, tw, r0, r1) };
-                });
+                for o0 in (0..o).step_by(block) {
+                    let o1 = (o0 + block).min(o);
+                    let owned;
+                    let packed = match &whole {
+                        Some(f) => f,
+                        None => {
+                            owned = transform_filters(o, c, wt, adjoint, o0..o1)?;
+                            &owned
+                        }
+                    };
+                    m.par_chunks_mut(kso).enumerate().try_for_each(|(k, mk)| {
+                        let b = Strided { data: &v[k * ksc..k * ksc + c * tb], rs: tb, cs: 1 };
+                        sgemm_packed_view(tb, &mut mk[o0 * tb..o1 * tb], tb, false, packed.u(k), &b, 1)
+                    })?;
+                    let m = &*m;
+                    channel_runs(o1 - o0).par_iter().for_each(|ocs| {
+                        // SAFETY: as above; `m` holds `16·k_stride(O·tb)` values (rows `o0..o1`
+                        // of each `M_k` written just above), and each task writes its own
+                        // channels' rows of this group's tile rows, inside `y` (the caller's
+                        // contract).
+                        unsafe { output_transform(m, y, o, o0 + ocs.start..o0 + ocs.end, oh, ow, th, tw, r0, r1) };
+                    });
+                }
                 Ok(())
             })?;
         }
@@ -1369,8 +1416,9 @@ mod tests {
             return;
         }
         // (n, c, h, w, o, padding, rows per group): more than `MAX_CHANNELS` channels; two rows
-        // per vector (tw = 4, 5) and runs of 16 (tw = 18: 16 + 2 tiles); one group, groups of
-        // one tile row, of 3 rows across images.
+        // per vector (tw = 4, 5) and runs of 16 (tw = 18: 16 + 2 tiles); one group (filters in
+        // blocks of 216 + 24 output channels, also for the adjoint), groups of one tile row, of
+        // 3 rows across images.
         for (n, c, h, w, o, p, rows) in [
             (2, 300, 7, 9, 240, 1, 64),
             (2, 300, 7, 9, 240, 1, 1),
@@ -1384,10 +1432,16 @@ mod tests {
             let want = reference(&g, &x, &wt);
             let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(f32::NAN); n * o * g.oh * g.ow];
             let src = Src { plane: h * w, rs: w, rows: h, cols: w, top: p, left: p };
-            let packed = transform_filters(o, c, &wt, false).unwrap();
-            g.forward_wide(&x, c * h * w, &src, &packed, SharedOut(out.as_mut_ptr().cast()), rows).unwrap();
+            g.forward_wide(&x, c * h * w, &src, &wt, false, SharedOut(out.as_mut_ptr().cast()), rows).unwrap();
             let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
             assert_close(&got, &want, &format!("{n}×{c}×{h}×{w} → {o}, padding {p}, {rows} rows per group"));
+            // The same filters given as the weights (`C·O·3·3`) of the convolution whose input
+            // gradient this one is.
+            let w_adj = g.flip_transpose(&wt);
+            let mut out: Vec<MaybeUninit<f32>> = vec![MaybeUninit::new(f32::NAN); n * o * g.oh * g.ow];
+            g.forward_wide(&x, c * h * w, &src, &w_adj, true, SharedOut(out.as_mut_ptr().cast()), rows).unwrap();
+            let got: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+            assert_close(&got, &want, &format!("{n}×{c}×{h}×{w} → {o} adjoint, {rows} rows per group"));
         }
     }
 
@@ -1404,11 +1458,46 @@ mod tests {
             let g = Geom::new(&[1, o, 5, 5], &[c, o, 3, 3], &Conv2dConfig::default().padding(1)).unwrap();
             let w = values(c * o * 9, o + c);
             let flipped = g.flip_transpose(&w);
-            let (got, want) =
-                (transform_filters(o, c, &w, true).unwrap(), transform_filters(o, c, &flipped, false).unwrap());
-            assert_eq!(got.data.len(), want.data.len());
-            let same = got.data.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{o}×{c}: the adjoint transform differs from the flipped copy's");
+            for ocs in [0..o, o / 3..o, 0..o.div_ceil(2)] {
+                let got = transform_filters(o, c, &w, true, ocs.clone()).unwrap();
+                let want = transform_filters(o, c, &flipped, false, ocs.clone()).unwrap();
+                assert_eq!(got.data.len(), want.data.len());
+                let same = got.data.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{o}×{c}, {ocs:?}: the adjoint transform differs from the flipped copy's");
+            }
+        }
+    }
+
+    /// `U_k[o][c]` from the packed layout of [`Filters`].
+    fn unpacked(f: &Filters, k: usize, o: usize, c: usize) -> f32 {
+        let (stride, mp) = (filter_stride(f.o, f.c), f.o.div_ceil(MR) * MR);
+        let (k0, kc) = kblocks(f.c).find(|&(k0, kc)| c < k0 + kc).unwrap();
+        f.data[k * stride + k0 * mp + (o / MR) * kc * MR + (c - k0) * MR + o % MR]
+    }
+
+    /// A block of output channels transforms to the same `U_k` rows as the whole, from any
+    /// first channel, over one or two depth blocks; an empty or out-of-range block is an error.
+    #[test]
+    fn filter_blocks_are_rows_of_the_whole() {
+        if !crate::sgemm::available() {
+            return;
+        }
+        for (o, c) in [(30, 7), (17, 200)] {
+            let w = values(o * c * 9, o);
+            let whole = transform_filters(o, c, &w, false, 0..o).unwrap();
+            for ocs in [3..11, 8..o, 0..1] {
+                let block = transform_filters(o, c, &w, false, ocs.clone()).unwrap();
+                for k in 0..16 {
+                    for (r, oc) in ocs.clone().enumerate() {
+                        for ch in 0..c {
+                            let (got, want) = (unpacked(&block, k, r, ch), unpacked(&whole, k, oc, ch));
+                            assert_eq!(got.to_bits(), want.to_bits(), "{o}×{c} {ocs:?}: U_{k}[{oc}][{ch}]");
+                        }
+                    }
+                }
+            }
+            assert!(transform_filters(o, c, &w, false, 4..4).is_err());
+            assert!(transform_filters(o, c, &w, false, 0..o + 1).is_err());
         }
     }
 

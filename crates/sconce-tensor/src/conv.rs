@@ -760,25 +760,26 @@ impl Conv2dBackward {
             conv.forward_shifted_with(dyf, &kernel, dx, &sp, None, pointwise_t.as_ref())?;
         }
         if self.need_dw {
-            let sp = if self.transposed { None } else { g.shift_plan() };
-            if let Some(sp) = sp {
-                g.weight_grad_shifted_fresh(xf, dyf, dw, &sp)?;
-            } else {
-                dw.iter_mut().for_each(|v| {
-                    v.write(0.0);
-                });
-                // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
-                let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
-                if self.transposed {
-                    g.weight_grad_into(dyf, xf, dw)?;
-                } else {
-                    g.weight_grad_into(xf, dyf, dw)?;
-                }
-            }
+            self.fresh_weight_grad(xf, dyf, dw)?;
         }
-        // SAFETY: `forward_shifted` wrote all of `dx` and the loop above all of `dw`.
+        // SAFETY: `forward_shifted` wrote all of `dx` and `fresh_weight_grad` all of `dw`.
         unsafe { out.set_len(dx_len + dw_len) };
         Ok(T::from_f32_vec(out))
+    }
+
+    /// The weight gradient into `dw` (its contents ignored, every element written).
+    fn fresh_weight_grad(&self, xf: &[f32], dyf: &[f32], dw: &mut [MaybeUninit<f32>]) -> candle_core::Result<()> {
+        let g = &self.geom;
+        let sp = if self.transposed { None } else { g.shift_plan() };
+        if let Some(sp) = sp {
+            return g.weight_grad_shifted_fresh(xf, dyf, dw, &sp);
+        }
+        dw.iter_mut().for_each(|v| {
+            v.write(0.0);
+        });
+        // SAFETY: every element of `dw` was just written; `MaybeUninit<f32>` has `f32`'s layout.
+        let dw = unsafe { std::slice::from_raw_parts_mut(dw.as_mut_ptr().cast::<f32>(), dw.len()) };
+        if self.transposed { g.weight_grad_into(dyf, xf, dw) } else { g.weight_grad_into(xf, dyf, dw) }
     }
 
     /// Applies the kernel and splits its buffer into `(dx, dw)` shaped like `x` and `w`.

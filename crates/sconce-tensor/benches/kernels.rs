@@ -67,13 +67,13 @@ fn bench_conv(c: &mut Criterion) {
                 black_box(backward_ones(&y, &wv))
             })
         });
-        // What candle's backward pass adds around any op's input gradient: a zero-filled
-        // buffer (`GradStore::or_insert`) and a fresh tensor for `zeros + dx`. Part of every
-        // `fwd_bwd` above; PyTorch hands a leaf's gradient over without either.
-        let dx = randn(&xs, 4);
-        group.bench_function("candle_grad_store", |b| {
-            b.iter(|| black_box(x.zeros_like().and_then(|z| z.add(&dx)).map(|g| g.dims().len())))
-        });
+        // What candle's backward pass adds around any op's gradients: for each of `x` and
+        // `w` a zero-filled buffer (`GradStore::or_insert`) and a fresh tensor for
+        // `zeros + grad`. Part of every `fwd_bwd` above; PyTorch hands a leaf's gradient over
+        // without either.
+        let (dx, dw) = (randn(&xs, 4), randn(&ws, 5));
+        let store = |t: &Tensor, g: &Tensor| t.zeros_like().and_then(|z| z.add(g)).map(|s| s.dims().len());
+        group.bench_function("candle_grad_store", |b| b.iter(|| black_box((store(&x, &dx), store(&w, &dw)))));
         group.finish();
     }
 }

@@ -285,29 +285,33 @@ unsafe fn transform_panels(
     // Where kernel `(o_, c_)`'s 9 values start in `wt`.
     let kernel_at = |o_: usize, c_: usize| if adjoint { (c_ * o + o_) * 9 } else { (o_ * c + c_) * 9 };
     for (k0, kc) in kblocks(c) {
-        for (q, ip) in (0..kc).step_by(2).flat_map(|q| ips.clone().map(move |ip| (q, ip))) {
-            let rows = (m - ip * MR).min(MR);
-            let pair = if q + 1 < kc { lanes_mask(L) } else { lanes_mask(MR) };
-            let r: [__m512; L] = std::array::from_fn(|l| {
-                let (row, dc) = (l % MR, l / MR);
-                if row < rows && q + dc < kc {
-                    // SAFETY: kernel `(o0 + 8·ip + row < O, k0 + q + dc < C)` lies inside `wt`
-                    // (`O·C·9` values); the load reads its 9 values only.
-                    unsafe { _mm512_maskz_loadu_ps(0x1ff, wt.as_ptr().add(kernel_at(o0 + ip * MR + row, k0 + q + dc))) }
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            // Row `e` of the transpose: value `e` of each lane's kernel.
-            let t = transpose16_regs(r);
-            let g: [__m512; 9] = std::array::from_fn(|e| if adjoint { t[8 - e] } else { t[e] });
-            let (t0, t1, t2) = (g_col(g[0], g[3], g[6]), g_col(g[1], g[4], g[7]), g_col(g[2], g[5], g[8]));
-            for (i, ((a, b), c)) in t0.into_iter().zip(t1).zip(t2).enumerate() {
-                for (j, v) in g_col(a, b, c).into_iter().enumerate() {
-                    let at = (4 * i + j) * stride + k0 * mp + ip * kc * MR + q * MR;
-                    // SAFETY: depths `q, q + 1 < kc` (the second only in `pair`) of panel `ip`
-                    // in block `k0` of `U_{4i+j}`: inside the operands (the caller's contract).
-                    unsafe { _mm512_mask_storeu_ps(u.at(at), pair, v) };
+        for q in (0..kc).step_by(2) {
+            for ip in ips.clone() {
+                let rows = (m - ip * MR).min(MR);
+                let pair = if q + 1 < kc { lanes_mask(L) } else { lanes_mask(MR) };
+                let r: [__m512; L] = std::array::from_fn(|l| {
+                    let (row, dc) = (l % MR, l / MR);
+                    if row < rows && q + dc < kc {
+                        // SAFETY: kernel `(o0 + 8·ip + row < O, k0 + q + dc < C)` lies inside `wt`
+                        // (`O·C·9` values); the load reads its 9 values only.
+                        unsafe {
+                            _mm512_maskz_loadu_ps(0x1ff, wt.as_ptr().add(kernel_at(o0 + ip * MR + row, k0 + q + dc)))
+                        }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                // Row `e` of the transpose: value `e` of each lane's kernel.
+                let t = transpose16_regs(r);
+                let g: [__m512; 9] = std::array::from_fn(|e| if adjoint { t[8 - e] } else { t[e] });
+                let (t0, t1, t2) = (g_col(g[0], g[3], g[6]), g_col(g[1], g[4], g[7]), g_col(g[2], g[5], g[8]));
+                for (i, ((a, b), c)) in t0.into_iter().zip(t1).zip(t2).enumerate() {
+                    for (j, v) in g_col(a, b, c).into_iter().enumerate() {
+                        let at = (4 * i + j) * stride + k0 * mp + ip * kc * MR + q * MR;
+                        // SAFETY: depths `q, q + 1 < kc` (the second only in `pair`) of panel `ip`
+                        // in block `k0` of `U_{4i+j}`: inside the operands (the caller's contract).
+                        unsafe { _mm512_mask_storeu_ps(u.at(at), pair, v) };
+                    }
                 }
             }
         }

@@ -722,19 +722,33 @@ impl<'a> From<&'a mut [MaybeUninit<f32>]> for Out<'a> {
 
 /// Where a product's logical columns land in its output rows: a convolution on a padded grid
 /// computes `wq` columns per output row, of which the first `ow` are kept. Logical column
-/// `g` is output column `(g / wq)·ow + g % wq`, and is dropped when `g % wq ≥ ow`. The tiles
+/// `g` is output column `(g / wq)·rs + g % wq`, and is dropped when `g % wq ≥ ow`. The tiles
 /// write straight into the compact output instead of a grid that is then copied (a full
-/// read and write of the output per convolution).
+/// read and write of the output per convolution). With `rs = ow` ([`Grid::compact`]) the
+/// kept runs of a row follow each other; with `rs ≥ m·ldc` ([`Grid::images`]) each run goes
+/// to its own block of all `m` rows: a product over several images' positions writing each
+/// image's `[m][ow]` block of the output.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Grid {
     pub(crate) wq: usize,
     pub(crate) ow: usize,
+    pub(crate) rs: usize,
 }
 
 impl Grid {
+    /// Rows of `wq` logical columns, the first `ow` kept, one after another.
+    pub(crate) fn compact(wq: usize, ow: usize) -> Self {
+        Self { wq, ow, rs: ow }
+    }
+
+    /// Runs of `p` columns (one image's positions), run `r` at output column `r·block`.
+    pub(crate) fn images(p: usize, block: usize) -> Self {
+        Self { wq: p, ow: p, rs: block }
+    }
+
     /// Output columns per row for `n` logical columns.
     fn physical(self, n: usize) -> usize {
-        if n == 0 { 0 } else { (n - 1) / self.wq * self.ow + ((n - 1) % self.wq).min(self.ow - 1) + 1 }
+        if n == 0 { 0 } else { (n - 1) / self.wq * self.rs + ((n - 1) % self.wq).min(self.ow - 1) + 1 }
     }
 }
 
@@ -751,7 +765,7 @@ impl Grid {
     /// The destinations of the `16·V` columns from logical column `j` (all inside the
     /// product), or `None` when a vector can span more than two grid rows (`wq < 16`).
     fn vec_dsts<const V: usize>(self, j: usize) -> Option<[VecDst; V]> {
-        let Grid { wq, ow } = self;
+        let Grid { wq, ow, rs } = self;
         if wq < 16 {
             return None;
         }
@@ -764,11 +778,11 @@ impl Grid {
             let lanes =
                 |lo: usize, hi: usize| -> u16 { if hi <= lo { 0 } else { (((1u32 << (hi - lo)) - 1) << lo) as u16 } };
             if c0 < ow {
-                d.off[0] = (r * ow + c0) as isize;
+                d.off[0] = (r * rs + c0) as isize;
                 d.mask[0] = lanes(0, b.min(ow - c0));
             }
             if b < 16 {
-                d.off[1] = ((r + 1) * ow) as isize - b as isize;
+                d.off[1] = ((r + 1) * rs) as isize - b as isize;
                 d.mask[1] = lanes(b, 16.min(b + ow));
             }
         }
@@ -963,9 +977,9 @@ pub(crate) fn sgemm_packed_grid<'c, B: PackB + ?Sized>(
     grid: Option<Grid>,
 ) -> candle_core::Result<()> {
     if let Some(g) = grid
-        && (g.ow == 0 || g.ow > g.wq)
+        && (g.ow == 0 || g.ow > g.wq || g.rs < g.ow)
     {
-        candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns");
+        candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns, or overlaps its runs");
     }
     let view = PackedView { data: a.packed(), m: a.m, k: a.k };
     packed_product(n, c.into(), ldc, accumulate, view, b, threads, grid)
@@ -1014,14 +1028,26 @@ fn prepare(
         candle_core::bail!("sgemm: cannot accumulate into uninitialised memory");
     }
     let cols = grid.map_or(n, |g| g.physical(n));
-    if ldc < cols || c_len < (m - 1) * ldc + cols {
+    // The rows' outputs must not overlap: each row's columns before the next row, or (a grid
+    // of separate runs) each run's `m` rows of `ow` before the next run.
+    let apart = match grid {
+        Some(g) if g.rs != g.ow => ldc >= g.ow && g.rs >= m * ldc,
+        _ => ldc >= cols,
+    };
+    if !apart || c_len < (m - 1) * ldc + cols {
         candle_core::bail!("sgemm: output of {c_len} (row stride {ldc}) for {m}x{n} ({cols} output columns)");
     }
     if k == 0 {
         if !accumulate {
+            // The kept columns: runs of at most `ow` from each grid row's start.
+            let (wq, ow, rs) = grid.map_or((n, n, n), |g| (g.wq, g.ow, g.rs));
             for i in 0..m {
-                // SAFETY: row `i < m` has `cols ≤ ldc` elements inside the `c_len` checked above.
-                unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc), 0, cols) };
+                for r in 0..n.div_ceil(wq) {
+                    let len = ow.min(n - r * wq);
+                    // SAFETY: the run ends at or before row `i`'s last output column, inside
+                    // the `c_len` checked above.
+                    unsafe { std::ptr::write_bytes(c_ptr.add(i * ldc + r * rs), 0, len) };
+                }
             }
         }
         return Ok(None);
@@ -1273,14 +1299,14 @@ unsafe fn scatter(
     grid: Grid,
     overwrite: bool,
 ) {
-    let Grid { wq, ow } = grid;
+    let Grid { wq, ow, rs } = grid;
     let mut g = j;
     while g < j + cols {
         let (r, col) = (g / wq, g % wq);
         let end = (j + cols).min((r + 1) * wq);
         if col < ow {
             let len = ow.min(col + end - g) - col;
-            let (src, dst) = (g - j, r * ow + col);
+            let (src, dst) = (g - j, r * rs + col);
             for i in 0..rows {
                 let from = &buf[i * NR + src..][..len];
                 // SAFETY: `dst + len ≤ grid.physical(j + cols)` on row `i < rows` (contract).
@@ -1969,6 +1995,65 @@ mod tests {
         Ok(())
     }
 
+    /// A grid of image runs ([`Grid::images`]) writes run `r` (one image's `p` positions) of
+    /// every row into block `r` (`[m][p]`, row stride `p`) and nothing in the gaps between
+    /// blocks: runs of 49, 20 and 16, runs shorter than a vector (the scattering fallback),
+    /// both thread counts, accumulating or not, and an empty depth (zeros in the runs only).
+    #[test]
+    fn image_grids_write_each_run_into_its_block() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        for &(m, p, imgs) in &[(8, 49, 3), (17, 20, 4), (5, 7, 5), (40, 16, 2)] {
+            let (n, block) = (p * imgs, m * p + 3);
+            for k in [37, 0] {
+                let a_data = lcg(m as u64, m * k.max(1));
+                let b_data = lcg(p as u64, k.max(1) * n);
+                let a = Strided { data: &a_data, rs: k.max(1), cs: 1 };
+                let b = Strided { data: &b_data, rs: n, cs: 1 };
+                let want = naive(m, n, k, &a, &b);
+                let packed = PackedA::new(m, k, &a)?;
+                for threads in [1, 2] {
+                    for accumulate in [false, true] {
+                        let mut c = vec![0.5f32; imgs * block];
+                        sgemm_packed_grid(
+                            n,
+                            &mut c[..],
+                            p,
+                            accumulate,
+                            &packed,
+                            &b,
+                            threads,
+                            Some(Grid::images(p, block)),
+                        )?;
+                        for (at, &got) in c.iter().enumerate() {
+                            let (r, i, q) = (at / block, (at % block) / p, (at % block) % p);
+                            let what = format!("m{m} p{p} k{k} t{threads} acc{accumulate}: element {at}");
+                            if at % block >= m * p {
+                                assert_eq!(got, 0.5, "{what}: a gap was written");
+                                continue;
+                            }
+                            let w = want[i * n + r * p + q] + if accumulate { 0.5 } else { 0.0 };
+                            assert!((f64::from(got) - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what}: {got} vs {w}");
+                        }
+                    }
+                }
+            }
+            // Blocks that overlap the next run's rows, and runs longer than the row stride.
+            let a_data = lcg(1, m * 4);
+            let packed = PackedA::new(m, 4, &Strided { data: &a_data, rs: 4, cs: 1 })?;
+            let b_data = lcg(2, 4 * n);
+            let b = Strided { data: &b_data, rs: n, cs: 1 };
+            let mut c = vec![0f32; imgs * block];
+            let overlap = Grid::images(p, m * p - 1);
+            assert!(sgemm_packed_grid(n, &mut c[..], p, false, &packed, &b, 1, Some(overlap)).is_err());
+            assert!(
+                sgemm_packed_grid(n, &mut c[..], p - 1, false, &packed, &b, 1, Some(Grid::images(p, block))).is_err()
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn gathered_columns_read_shifted_rows_at_their_bases() -> candle_core::Result<()> {
         if !available() {
@@ -2095,7 +2180,7 @@ mod tests {
             let want = naive(m, n, k, &a, &Strided { data: &b_dense, rs: n, cs: 1 });
             let packed = PackedA::new(m, k, &a)?;
             for &ow in ows {
-                let grid = Grid { wq, ow };
+                let grid = Grid::compact(wq, ow);
                 let cols = grid.physical(n);
                 let last = (0..n).filter(|g| g % wq < ow).map(|g| g / wq * ow + g % wq).max();
                 assert_eq!(cols, last.map_or(0, |l| l + 1), "physical extent for wq {wq} ow {ow}");
@@ -2132,11 +2217,11 @@ mod tests {
         let a_data = lcg(1, 8 * k);
         let packed = PackedA::new(8, k, &Strided { data: &a_data, rs: k, cs: 1 })?;
         let b = Shifted { data: &data, plane, offs: &offs };
-        let grid = Grid { wq, ow: 18 };
+        let grid = Grid::compact(wq, 18);
         let mut short = vec![0f32; 7 * grid.physical(n) + grid.physical(n) - 1];
         assert!(sgemm_packed_grid(n, &mut short[..], grid.physical(n), false, &packed, &b, 1, Some(grid)).is_err());
         let mut c = vec![0f32; 8 * n];
-        assert!(sgemm_packed_grid(n, &mut c[..], n, false, &packed, &b, 1, Some(Grid { wq, ow: wq + 1 })).is_err());
+        assert!(sgemm_packed_grid(n, &mut c[..], n, false, &packed, &b, 1, Some(Grid::compact(wq, wq + 1))).is_err());
         Ok(())
     }
 

@@ -446,10 +446,7 @@ impl Geom {
         if !self.winograd_applies() {
             return Ok(false);
         }
-        if dx.len() != self.n * self.o * self.p() || dy.len() != self.n * self.x_len(sp) || w.len() != self.weight_len()
-        {
-            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
-        }
+        // `forward_winograd` checks `dy` and `dx`, the filter transform `w`.
         self.forward_winograd(dy, self.x_len(sp), self.winograd_src(sp), w, true, dx, None)?;
         Ok(true)
     }
@@ -537,12 +534,7 @@ impl Geom {
             v.write(f32::NAN);
         }
         if self.batched_dw_applies(sp) {
-            if x.len() != self.n * self.x_len(sp)
-                || dy.len() != self.n * self.o * self.dy_stride(sp)
-                || dw.len() != self.weight_len()
-            {
-                candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
-            }
+            self.check_dw_buffers(x, dy, dw.len(), sp)?;
             return self.weight_grad_batched(x, dy, dw, true, sp, &self.column_offsets(sp));
         }
         for v in dw.iter_mut() {
@@ -551,6 +543,18 @@ impl Geom {
         // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
         let dw = unsafe { &mut *(std::ptr::from_mut(dw) as *mut [f32]) };
         self.weight_grad_shifted(x, dy, dw, sp)
+    }
+
+    /// The weight gradient's buffers against the geometry: `x` as given ([`Self::x_len`] per
+    /// image), `dY` ([`Self::dy_stride`] per channel), `dW`.
+    fn check_dw_buffers(&self, x: &[f32], dy: &[f32], dw_len: usize, sp: &ShiftPlan) -> candle_core::Result<()> {
+        if x.len() != self.n * self.x_len(sp)
+            || dy.len() != self.n * self.o * self.dy_stride(sp)
+            || dw_len != self.weight_len()
+        {
+            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
+        }
+        Ok(())
     }
 
     /// Whether [`Self::weight_grad_shifted`] takes [`Self::weight_grad_batched`]: neither
@@ -594,9 +598,7 @@ impl Geom {
         let (k, og, cg) = (self.k(), self.og(), self.cg());
         let (img_len, dys) = (self.x_len(sp), self.dy_stride(sp));
         let out_len = self.o * dys;
-        if x.len() != self.n * img_len || dy.len() != self.n * out_len || dw.len() != self.weight_len() {
-            candle_core::bail!("conv2d backward: buffers do not match the geometry {self:?}");
-        }
+        self.check_dw_buffers(x, dy, dw.len(), sp)?;
         // Winograd where the dot products below do not take the gradient (more than
         // `DOT_MAX_O` output channels): 32 → 32 at 125² (batch 4) 6.56 ms vs 5.86 by dot
         // products; 64 → 64 at 56² (batch 8) 8.10 vs 8.48, 128 → 128 at 28² 7.36 vs 8.25,

@@ -211,8 +211,7 @@ pub(super) fn transform_filters(
     if ocs.is_empty() || ocs.end > o {
         candle_core::bail!("winograd: output channels {ocs:?} of {o}");
     }
-    let (o0, o) = (ocs.start, o);
-    let m = ocs.len();
+    let (o0, m) = (ocs.start, ocs.len());
     if !crate::sgemm::available() {
         candle_core::bail!("winograd: this CPU has no AVX-512F");
     }
@@ -225,9 +224,9 @@ pub(super) fn transform_filters(
     }
     let up = SharedOut(spare.as_mut_ptr().cast::<f32>());
     let panels = m.div_ceil(MR);
-    let per = if adjoint { ADJOINT_PANELS } else { 1 };
-    (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
-        let ips = t * per..(t * per + per).min(panels);
+    let per_task = if adjoint { ADJOINT_PANELS } else { 1 };
+    (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let ips = t * per_task..(t * per_task + per_task).min(panels);
         // SAFETY: the CPU has AVX-512F (checked above); `data` has capacity for the 16 packed
         // operands `stride` apart, and only this task writes panels `ips` of each.
         unsafe { transform_panels(wt, o, c, o0, m, ips, up, adjoint) };

@@ -67,6 +67,82 @@ pub(crate) trait PackB: Sync {
     fn direct_rows(&self) -> usize {
         DIRECT_ROWS
     }
+    /// For an operand packed ahead ([`PrePacked`]): the block [`Self::pack`] would write for
+    /// `(k0, kc, j0, nc)`, read in place; `None` to pack it.
+    fn prepacked(&self, _k0: usize, _kc: usize, _j0: usize, _nc: usize) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// A right operand packed once, every block that a one-task product of all its `n` columns
+/// packs ([`run`]: column blocks of `NC`, each in depth blocks), for several products with the
+/// same `B`: a Winograd `V_k` that every block of output channels multiplies
+/// (`winograd::Geom::forward_wide`), packed once instead of once per block.
+pub(crate) struct PrePacked {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PrePacked {
+    /// `b` (`k×n`) packed.
+    pub(crate) fn new<B: PackB + ?Sized>(b: &B, k: usize, n: usize) -> candle_core::Result<Self> {
+        b.check(k, n)?;
+        let len = n.div_ceil(NC) * k * NC.min(n.div_ceil(NR) * NR);
+        let mut data = vec![0f32; len];
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for (k0, kc) in kblocks(k) {
+                let at = Self::block_at(k, j0, k0, nc);
+                b.pack(k0, kc, j0, nc, &mut data[at..at + kc * nc.div_ceil(NR) * NR]);
+            }
+        }
+        Ok(Self { data, k, n })
+    }
+
+    /// Where block `(j0, k0)` starts: the column blocks before it hold `k·NC` values each.
+    fn block_at(k: usize, j0: usize, k0: usize, nc: usize) -> usize {
+        j0 / NC * k * NC + k0 * nc.div_ceil(NR) * NR
+    }
+
+    /// `B[p][j]` from the packed blocks.
+    fn at(&self, p: usize, j: usize) -> f32 {
+        let j0 = j / NC * NC;
+        let nc = NC.min(self.n - j0);
+        let Some((k0, kc)) = kblocks(self.k).find(|&(k0, kc)| p < k0 + kc) else { return 0.0 };
+        let jj = j - j0;
+        self.data[Self::block_at(self.k, j0, k0, nc) + (jj / NR) * kc * NR + (p - k0) * NR + jj % NR]
+    }
+}
+
+impl PackB for PrePacked {
+    fn check(&self, k: usize, n: usize) -> candle_core::Result<()> {
+        if k != self.k || n > self.n {
+            candle_core::bail!("sgemm: a {k}×{n} product of an operand packed as {}×{}", self.k, self.n);
+        }
+        Ok(())
+    }
+
+    fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        // Blocks the packed layout does not hold as such (other column splits): element by
+        // element.
+        for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
+            for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    let j = jp * NR + c;
+                    *v = if j < nc { self.at(k0 + p, j0 + j) } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    fn prepacked(&self, k0: usize, kc: usize, j0: usize, nc: usize) -> Option<&[f32]> {
+        let aligned = j0.is_multiple_of(NC) && nc == NC.min(self.n - j0) && kblocks(self.k).any(|b| b == (k0, kc));
+        aligned.then(|| {
+            let at = Self::block_at(self.k, j0, k0, nc);
+            &self.data[at..at + kc * nc.div_ceil(NR) * NR]
+        })
+    }
 }
 
 /// A row-major matrix seen through strides: element `(r, c)` at `data[r·rs + c·cs]`.
@@ -1213,8 +1289,14 @@ unsafe fn run<B: PackB + ?Sized>(
                     }
                     continue;
                 }
-                let bp = &mut bpack[..kc * panels * NR];
-                b.pack(k0, kc, jc, nc, bp);
+                let bp: &[f32] = match b.prepacked(k0, kc, jc, nc) {
+                    Some(p) if p.len() >= kc * panels * NR => p,
+                    _ => {
+                        let bp = &mut bpack[..kc * panels * NR];
+                        b.pack(k0, kc, jc, nc, bp);
+                        bp
+                    }
+                };
                 for jp in 0..panels {
                     let cols = NR.min(nc - jp * NR);
                     let bpanel = bp[jp * kc * NR..].as_ptr();
@@ -2050,6 +2132,33 @@ mod tests {
             assert!(
                 sgemm_packed_grid(n, &mut c[..], p - 1, false, &packed, &b, 1, Some(Grid::images(p, block))).is_err()
             );
+        }
+        Ok(())
+    }
+
+    /// An operand packed ahead gives the product of the operand itself: one task (its blocks
+    /// read in place) and two (columns split off the packed blocks, packed element by element),
+    /// two column blocks and several depth blocks; a product of another shape is an error.
+    #[test]
+    fn prepacked_operands_give_the_same_products() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        for &(m, n, k) in &[(40, 128, 512), (16, 900, 200), (9, 50, 7)] {
+            let a_data = lcg(m as u64, m * k);
+            let b_data = lcg(n as u64, k * n);
+            let a = Strided { data: &a_data, rs: k, cs: 1 };
+            let b = Strided { data: &b_data, rs: n, cs: 1 };
+            let want = naive(m, n, k, &a, &b);
+            let packed_a = PackedA::new(m, k, &a)?;
+            let pre = PrePacked::new(&b, k, n)?;
+            for threads in [1, 2] {
+                let mut c = vec![0f32; m * n];
+                sgemm_packed(n, &mut c[..], n, false, &packed_a, &pre, threads)?;
+                assert_product(&format!("{m}x{n}x{k} t{threads}"), &c, &want);
+            }
+            let mut c = vec![0f32; m * n];
+            assert!(sgemm_packed(n, &mut c[..], n, false, &PackedA::new(m, k - 1, &a)?, &pre, 1).is_err());
         }
         Ok(())
     }

@@ -104,15 +104,6 @@ impl PrePacked {
     fn block_at(k: usize, j0: usize, k0: usize, nc: usize) -> usize {
         j0 / NC * k * NC + k0 * nc.div_ceil(NR) * NR
     }
-
-    /// `B[p][j]` from the packed blocks.
-    fn at(&self, p: usize, j: usize) -> f32 {
-        let j0 = j / NC * NC;
-        let nc = NC.min(self.n - j0);
-        let Some((k0, kc)) = kblocks(self.k).find(|&(k0, kc)| p < k0 + kc) else { return 0.0 };
-        let jj = j - j0;
-        self.data[Self::block_at(self.k, j0, k0, nc) + (jj / NR) * kc * NR + (p - k0) * NR + jj % NR]
-    }
 }
 
 impl PackB for PrePacked {
@@ -125,12 +116,19 @@ impl PackB for PrePacked {
 
     fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         // Blocks the packed layout does not hold as such (other column splits): element by
-        // element.
+        // element from the same depth block (`run` cuts the depth by `kblocks(k)` too).
         for (jp, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
             for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
                 for (c, v) in row.iter_mut().enumerate() {
-                    let j = jp * NR + c;
-                    *v = if j < nc { self.at(k0 + p, j0 + j) } else { 0.0 };
+                    let j = j0 + jp * NR + c;
+                    *v = if jp * NR + c < nc {
+                        let jb = j / NC * NC;
+                        let jj = j - jb;
+                        let block = Self::block_at(self.k, jb, k0, NC.min(self.n - jb));
+                        self.data[block + (jj / NR) * kc * NR + p * NR + jj % NR]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

@@ -1,10 +1,11 @@
-//! An `f32` matrix product on our own AVX-512 micro-kernel (a 12×32 register tile, ~125 GFLOP/s
-//! per core here against ~65 for the `gemm` crate), with the right operand packed by the caller
-//! so that a convolution packs straight from its (padded) input instead of materialising im2col.
+//! An `f32` matrix product on our own AVX-512 micro-kernel (an 8×48 register tile, ~240
+//! GFLOP/s per core on the Zen 5 of `docs/benchmarks.md`, near its FMA peak), with both
+//! operands packed through traits ([`PackA`], [`PackB`]) so that a convolution packs straight
+//! from its (padded) input and output gradient instead of materialising im2col or copies.
 //!
 //! Layout follows BLIS: the left operand is packed once into `MR`-row panels per `KC` block, the
 //! right operand `KC×NC` block by block into `NR`-column panels, and the micro-kernel keeps the
-//! 12×32 tile of `C` in 24 `zmm` registers. Used only when the CPU has AVX-512F (checked at run
+//! 8×48 tile of `C` in 24 `zmm` registers. Used only when the CPU has AVX-512F (checked at run
 //! time; `SCONCE_NO_AVX512=1` turns it off); otherwise `matmul` calls the `gemm` crate.
 #![allow(unsafe_code)]
 
@@ -692,19 +693,125 @@ pub(crate) fn kblocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..nb).map(move |b| (b * base, base.min(k.saturating_sub(b * base)))).filter(|&(_, l)| l > 0)
 }
 
+/// A left operand that packs itself: rows `k0..k0 + kc` of every `MR`-row panel of the `m×k`
+/// matrix A (see [`pack_a`]).
+pub(crate) trait PackA: Sync {
+    /// Checks once that every element of an `m×k` operand lies inside the data.
+    fn check(&self, m: usize, k: usize) -> candle_core::Result<()>;
+    /// Packs depth block `(k0, kc)` into `block` (`m.div_ceil(MR)` panels of `kc×MR`).
+    fn pack_block(&self, m: usize, k0: usize, kc: usize, block: &mut [f32]);
+}
+
+impl PackA for Strided<'_> {
+    fn check(&self, m: usize, k: usize) -> candle_core::Result<()> {
+        self.check_dims(m, k, "left operand")
+    }
+
+    fn pack_block(&self, m: usize, k0: usize, kc: usize, block: &mut [f32]) {
+        pack_a_block(m, k0, kc, self, block);
+    }
+}
+
+/// A left operand whose depth runs over images in runs of `seg` contiguous values: depth index
+/// `d = (i·runs + r)·seg + q` (`r < runs`, `q < seg`) of row `ii` reads
+/// `data[i·stride + r·run_stride + ii·rs + q]`. The output gradient of a batch, `O` rows of
+/// `N·OH·OW` depth (a batched weight gradient), read in place from `[N, O, …]` planes instead of
+/// copied into one `O × N·OH·OW` matrix first (a serial copy of the whole gradient).
+pub(crate) struct ImageRows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) seg: usize,
+    pub(crate) runs: usize,
+    pub(crate) run_stride: usize,
+    pub(crate) stride: usize,
+}
+
+impl ImageRows<'_> {
+    /// Where depth index `d`'s run starts in `data` (row 0), and `d`'s place in its run.
+    fn run_at(&self, d: usize) -> (usize, usize) {
+        let (run, q) = (d / self.seg, d % self.seg);
+        ((run / self.runs) * self.stride + (run % self.runs) * self.run_stride, q)
+    }
+}
+
+impl PackA for ImageRows<'_> {
+    fn check(&self, m: usize, k: usize) -> candle_core::Result<()> {
+        if m == 0 || k == 0 {
+            return Ok(());
+        }
+        let per_image = self.seg * self.runs;
+        if per_image == 0 || !k.is_multiple_of(per_image) {
+            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {per_image}");
+        }
+        if self.runs > 1 && self.run_stride < self.seg {
+            candle_core::bail!("sgemm: runs of {} values {} apart overlap", self.seg, self.run_stride);
+        }
+        // The runs start in order, so the last row of the last run reads furthest.
+        let (last, _) = self.run_at(k - 1);
+        if last + (m - 1) * self.rs + self.seg > self.data.len() {
+            candle_core::bail!("sgemm: the last image's rows run past the operand's {} values", self.data.len());
+        }
+        Ok(())
+    }
+
+    fn pack_block(&self, m: usize, k0: usize, kc: usize, block: &mut [f32]) {
+        for (ip, panel) in block.chunks_exact_mut(kc * MR).enumerate() {
+            let i0 = ip * MR;
+            let h = MR.min(m - i0);
+            if h < MR {
+                panel.fill(0.0);
+            }
+            let mut d = k0;
+            while d < k0 + kc {
+                let (start, q) = self.run_at(d);
+                let len = (self.seg - q).min(k0 + kc - d);
+                let base = start + i0 * self.rs + q;
+                let out = &mut panel[(d - k0) * MR..(d - k0 + len) * MR];
+                let mut p = 0;
+                if h == MR {
+                    // 16 depth steps of the 8 rows at a time (rows 8..15 repeat rows 0..7, each
+                    // output row cut to its first 8 lanes), the run's tail as a partial block
+                    // where 16 values can be read.
+                    let srcs: [usize; 16] = std::array::from_fn(|r| base + (r % MR) * self.rs);
+                    while p < len {
+                        let rows = (len - p).min(16);
+                        if srcs.iter().any(|&s| s + p + 16 > self.data.len()) {
+                            break;
+                        }
+                        // SAFETY: each row is readable for 16 values from `srcs[r] + p`
+                        // (checked); `rows` output rows of `MR` lanes lie in `out`.
+                        unsafe {
+                            let ptrs = std::array::from_fn(|r| self.data.as_ptr().add(srcs[r] + p));
+                            transpose16(ptrs, out.as_mut_ptr().add(p * MR), MR, 0x00ff, rows);
+                        }
+                        p += rows;
+                    }
+                }
+                for ii in 0..h {
+                    let row = &self.data[base + ii * self.rs..];
+                    for qq in p..len {
+                        out[qq * MR + ii] = row[qq];
+                    }
+                }
+                d += len;
+            }
+        }
+    }
+}
+
 /// Packs the `m×k` left operand: for each depth block, `m.div_ceil(MR)` panels of `kc×MR`
 /// (panel row `p` holds `A[i..i+MR][k0+p]`), zero rows past `m`. Block `b` starts at `k0·mp`.
-fn pack_a(m: usize, k: usize, a: &Strided<'_>, dst: &mut [f32]) {
+fn pack_a<A: PackA + ?Sized>(m: usize, k: usize, a: &A, dst: &mut [f32]) {
     let mp = m.div_ceil(MR) * MR;
     for (k0, kc) in kblocks(k) {
-        pack_a_block(m, k0, kc, a, &mut dst[k0 * mp..(k0 + kc) * mp]);
+        a.pack_block(m, k0, kc, &mut dst[k0 * mp..(k0 + kc) * mp]);
     }
 }
 
 /// [`pack_a`] with the depth blocks spread over rayon's pool when the operand is large (a
 /// layer's weights: 2.4 M values for a 3×3 512-channel convolution, packed on one core while
 /// the other waited).
-fn pack_a_par(m: usize, k: usize, a: &Strided<'_>, dst: &mut [f32]) {
+fn pack_a_par<A: PackA + ?Sized>(m: usize, k: usize, a: &A, dst: &mut [f32]) {
     if m * k < 1 << 16 || rayon::current_num_threads() < 2 {
         pack_a(m, k, a, dst);
         return;
@@ -717,7 +824,7 @@ fn pack_a_par(m: usize, k: usize, a: &Strided<'_>, dst: &mut [f32]) {
         jobs.push((k0, kc, block));
         rest = tail;
     }
-    jobs.into_par_iter().for_each(|(k0, kc, block)| pack_a_block(m, k0, kc, a, block));
+    jobs.into_par_iter().for_each(|(k0, kc, block)| a.pack_block(m, k0, kc, block));
 }
 
 /// One depth block of [`pack_a`]: rows `k0..k0 + kc` of every panel, into `block`.
@@ -872,26 +979,26 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
-/// `C[m×n] (+)= A[m×k] · B[k×n]` with `C` row-major (row stride `ldc`), `A` strided and `B`
-/// packing itself. `threads > 1` splits the columns over rayon's pool.
+/// `C[m×n] (+)= A[m×k] · B[k×n]` with `C` row-major (row stride `ldc`), `A` and `B` packing
+/// themselves. `threads > 1` splits the columns over rayon's pool.
 ///
 /// # Errors
 /// When an operand is shorter than its shape needs (an internal bug; never UB), or when the
 /// CPU lacks AVX-512 (callers check [`available`] first).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm<'c, B: PackB + ?Sized>(
+pub(crate) fn sgemm<'c, A: PackA + ?Sized, B: PackB + ?Sized>(
     m: usize,
     n: usize,
     k: usize,
     c: impl Into<Out<'c>>,
     ldc: usize,
     accumulate: bool,
-    a: &Strided<'_>,
+    a: &A,
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
     let Some(out) = prepare(m, n, k, c.into(), ldc, accumulate, None)? else { return Ok(()) };
-    a.check_dims(m, k, "left operand")?;
+    a.check(m, k)?;
     b.check(k, n)?;
     with_buf(&APACK, m.div_ceil(MR) * MR * k, |apack| {
         if threads > 1 {
@@ -2072,6 +2179,61 @@ mod tests {
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(4), 1).is_err());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(15), 1).is_err());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a, &rows(5), 1).is_ok());
+        Ok(())
+    }
+
+    /// [`ImageRows`] as the left operand against the same matrix copied out: runs longer and
+    /// shorter than a depth block and than the 16-step transposes, one run per image or per
+    /// output row of a map on a wider grid, rows not a multiple of `MR`, and runs whose last
+    /// row ends too close to the data's end for a 16-value read (the scalar tail); then the
+    /// errors for a depth that is not whole images, a last row past the data, overlapping runs.
+    #[test]
+    fn image_rows_read_the_depth_in_place() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        for &(m, n, seg, runs, run_stride, images, slack) in &[
+            (3, 5, 7, 1, 0, 4, 9),
+            (8, 48, 61, 1, 0, 8, 0),
+            (16, 50, 196, 1, 0, 3, 2),
+            (17, 97, 49, 1, 0, 5, 0),
+            (8, 48, 7, 7, 9, 8, 0),
+            (24, 50, 14, 14, 16, 3, 5),
+            (5, 33, 3, 4, 5, 2, 1),
+        ] {
+            // Row `r` of image `i` at `i·stride + r·rs`, the runs inside it `run_stride` apart;
+            // `slack` values after the last run only.
+            let rs = if runs > 1 { (runs - 1) * run_stride + seg + 2 } else { seg + 3 };
+            let stride = m * rs + 1;
+            let len = (images - 1) * stride + (m - 1) * rs + (runs - 1) * run_stride + seg + slack;
+            let data = lcg(seg as u64 + 7, len);
+            let k = images * runs * seg;
+            let at = |r: usize, d: usize| {
+                let (run, q) = (d / seg, d % seg);
+                (run / runs) * stride + (run % runs) * run_stride + r * rs + q
+            };
+            let copy: Vec<f32> = (0..m * k).map(|e| data[at(e / k, e % k)]).collect();
+            let b_data = lcg(n as u64, k * n);
+            let b = Strided { data: &b_data, rs: n, cs: 1 };
+            let plain = Strided { data: &copy, rs: k, cs: 1 };
+            let want = naive_fn(m, n, k, &plain, |p, j| b_data[p * n + j]);
+            for threads in [1, 2] {
+                let mut c = vec![0f32; m * n];
+                let a = ImageRows { data: &data, rs, seg, runs, run_stride, stride };
+                sgemm(m, n, k, &mut c[..], n, false, &a, &b, threads)?;
+                assert_product(&format!("{m}x{n} seg {seg} runs {runs} x{images}"), &c, &want);
+            }
+        }
+        let data = vec![0f32; 20];
+        let b_data = vec![0f32; 20];
+        let b = Strided { data: &b_data, rs: 2, cs: 1 };
+        let mut c = [0f32; 4];
+        let a = |stride, runs, run_stride| ImageRows { data: &data, rs: 5, seg: 5, runs, run_stride, stride };
+        assert!(sgemm(2, 2, 7, &mut c[..], 2, false, &a(10, 1, 0), &b, 1).is_err());
+        assert!(sgemm(2, 2, 10, &mut c[..], 2, false, &a(11, 1, 0), &b, 1).is_err());
+        assert!(sgemm(2, 2, 10, &mut c[..], 2, false, &a(10, 1, 0), &b, 1).is_ok());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a(20, 2, 4), &b, 1).is_err());
+        assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a(20, 2, 5), &b, 1).is_ok());
         Ok(())
     }
 

@@ -232,7 +232,17 @@ fn residual_ops_equal_conv_batch_norm_add_relu() -> Result<()> {
         // 66 images of 8×8: the batched small-map product in two chunks of images (64 + 2),
         // the epilogue's residual indexed by the image's place in the whole batch.
         ([66, 2, 8, 8], [3, 2, 3, 3], Conv2dConfig::default().padding(1)),
+        // 1×1 over 10×10 maps (100 = 2·48 + 4 columns): each task's images run their whole
+        // panels, then their 4-column slivers as one product; the residual again indexed by
+        // the image's place in the whole batch.
+        ([6, 8, 10, 10], [16, 8, 1, 1], Conv2dConfig::default()),
     ];
+    // The paths above split images or columns over the pool: two threads whatever the machine.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+    pool.install(|| check_residual_cases(&cases))
+}
+
+fn check_residual_cases(cases: &[([usize; 4], [usize; 4], Conv2dConfig)]) -> Result<()> {
     for (i, (xs, ws, cfg)) in cases.iter().enumerate() {
         let seed = 300 + 10 * i as u64;
         let o = ws[0];

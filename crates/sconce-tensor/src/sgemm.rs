@@ -1250,36 +1250,56 @@ fn product<B: PackB + ?Sized>(
     threads: usize,
 ) {
     let tasks = if threads > 1 { threads.min(n.div_ceil(2 * NR)) } else { 1 };
+    let all = 0..m.div_ceil(MR);
     if tasks <= 1 {
         // SAFETY: `prepare` bounded every index `run` writes by `(m−1)·ldc + n`, `b.check`
         // passed, and `apack` is `pack_a`'s output for `m×k`.
-        unsafe { run(m, k, 0, n, out, ldc, accumulate, apack, b) };
-    } else {
-        // Task boundaries on 16-column vectors, not whole panels: 392 columns (a batch of 7×7
-        // maps) split 240 | 152 by panels left one core idle a sixth of the time.
-        let bound = |t: usize| if t == tasks { n } else { (t * n / tasks).div_ceil(16) * 16 };
+        unsafe { run(m, k, 0, n, all, out, ldc, accumulate, apack, b) };
+        return;
+    }
+    let (full, sliver) = (n / NR, n % NR);
+    if (1..=16).contains(&sliver) && full.is_multiple_of(tasks) && all.end >= tasks {
+        // Whole panels split evenly, and the last sliver of columns (≤ 16) split by rows: its
+        // one-vector tiles cost about a third of a whole one each, so 392 columns (8 images of
+        // 7×7) split on vectors, 208 | 184, left one task a third of a panel behind.
         (0..tasks).into_par_iter().for_each(|t| {
-            let (lo, hi) = (bound(t), bound(t + 1).min(n));
-            if lo < hi {
-                // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)`.
-                unsafe { run(m, k, lo, hi, out, ldc, accumulate, apack, b) };
+            let (lo, hi) = (t * full / tasks * NR, (t + 1) * full / tasks * NR);
+            let rows = t * all.end / tasks..(t + 1) * all.end / tasks;
+            // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)` of whole panels,
+            // and disjoint row panels `rows` of the sliver's columns `[full·NR, n)`.
+            unsafe {
+                run(m, k, lo, hi, all.clone(), out, ldc, accumulate, apack, b);
+                run(m, k, full * NR, n, rows, out, ldc, accumulate, apack, b);
             }
         });
+        return;
     }
+    // Task boundaries on 16-column vectors, not whole panels: 392 columns (a batch of 7×7
+    // maps) split 240 | 152 by panels left one core idle a sixth of the time.
+    let bound = |t: usize| if t == tasks { n } else { (t * n / tasks).div_ceil(16) * 16 };
+    (0..tasks).into_par_iter().for_each(|t| {
+        let (lo, hi) = (bound(t), bound(t + 1).min(n));
+        if lo < hi {
+            // SAFETY: as above; tasks own disjoint column ranges `[lo, hi)`.
+            unsafe { run(m, k, lo, hi, all.clone(), out, ldc, accumulate, apack, b) };
+        }
+    });
 }
 
-/// Columns `[j_lo, j_hi)` of the product into `c`.
+/// Columns `[j_lo, j_hi)` of the row panels `row_panels` (rows `ip·MR..(ip + 1)·MR`, cut at
+/// `m`) of the product into `c`.
 ///
 /// # Safety
 /// `c` must be valid for writes at `i·ldc + j` for `i < m`, `j < j_hi` (with a [`Grid`] in `c`:
-/// `j < grid.physical(j_hi)`), with no other writer to those columns; `apack` is `pack_a`'s
-/// output for `m×k`; `b.check(k, n)` passed with `n ≥ j_hi`; the CPU has AVX-512F.
+/// `j < grid.physical(j_hi)`), with no other writer to those rows and columns; `apack` is
+/// `pack_a`'s output for `m×k`; `b.check(k, n)` passed with `n ≥ j_hi`; the CPU has AVX-512F.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run<B: PackB + ?Sized>(
     m: usize,
     k: usize,
     j_lo: usize,
     j_hi: usize,
+    row_panels: std::ops::Range<usize>,
     c: SharedOut,
     ldc: usize,
     accumulate: bool,
@@ -1309,7 +1329,9 @@ unsafe fn run<B: PackB + ?Sized>(
                         if cols < NR {
                             let bp = &mut bpack[..kc * NR];
                             b.pack(k0, kc, j, cols, bp);
-                            for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
+                            for (ip, apanel) in
+                                ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
+                            {
                                 let rows = MR.min(m - ip * MR);
                                 // SAFETY: as in the packed loop below.
                                 unsafe {
@@ -1329,7 +1351,9 @@ unsafe fn run<B: PackB + ?Sized>(
                             }
                             continue;
                         }
-                        for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
+                        for (ip, apanel) in
+                            ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
+                        {
                             let rows = MR.min(m - ip * MR);
                             // SAFETY: every row offset plus `j + NR ≤ j_hi` lies inside `data`
                             // (checked for this block above); the tile lies in the caller's columns.
@@ -1405,7 +1429,9 @@ unsafe fn run<B: PackB + ?Sized>(
                 for jp in 0..panels {
                     let cols = NR.min(nc - jp * NR);
                     let bpanel = bp[jp * kc * NR..].as_ptr();
-                    for (ip, apanel) in ablock.chunks_exact(kc * MR).enumerate() {
+                    for (ip, apanel) in
+                        ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
+                    {
                         let rows = MR.min(m - ip * MR);
                         // SAFETY: the panels hold `kc·MR` and `kc·NR` values; the tile's
                         // `rows×cols` elements lie in the caller's columns (see `run`'s contract).

@@ -437,7 +437,7 @@ impl Geom {
     /// ResNet50's 14² maps: 196 = 4·48 + 4): each task's images run their whole panels one by
     /// one, then the slivers of all of them as one gathered product (`Grid::images`) instead
     /// of one narrow tile column per image. The 4 columns of a 14² map took ~10 % of a pass
-    /// (skipping them: 1×1 1024 → 256 forward 1.98 → 1.89 ms, input gradient 2.19 → 1.89);
+    /// (skipping them: 1×1 1024 → 256 forward 2.36 → 2.07 ms, input gradient 2.10 → 1.89);
     /// gathered, 15 alternating runs in one process (ms, medians), batch 8: 1024 → 256 forward
     /// 1.98 → 1.87, input gradient 1.97 → 1.91; 256 → 1024 1.92 → 1.80 and 2.00 → 1.90. A
     /// sliver of one whole vector (28², 56²: 16 columns) gained nothing.

@@ -3,8 +3,12 @@ back to back with its PyTorch twin (scripts/bench_tensor.py --only ID), several 
 alternating which side goes first, so that both sides of a ratio see the VM in the same
 minute. Prints a markdown table with each round's ratio (sconce / PyTorch) and the median.
 
+Each side starts after a pause (`--settle`, 2 s): a run that starts right as the other side's
+process exits measured up to ~10 % slower on this VM (1x1_c2048_h7_b8/fwd: 2.34 ms after a
+PyTorch run, 2.05-2.15 otherwise).
+
 Run (after `cargo bench -p sconce-tensor --bench kernels --no-run`):
-    .venv-ref/bin/python scripts/bench_tensor_paired.py [--rounds 3] [--only REGEX]
+    .venv-ref/bin/python scripts/bench_tensor_paired.py [--rounds 3] [--only REGEX] [--settle 2]
 """
 import argparse
 import json
@@ -14,6 +18,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -58,6 +63,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="regex on benchmark ids")
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds of pause before each side's run")
     args = ap.parse_args()
     ref = json.loads((ROOT / "crates/sconce-tensor/benches/reference_torch.json").read_text())
     ids = [b for b in ref["seconds"] if re.search(args.only, b)]
@@ -68,10 +74,18 @@ def main():
     for bid in ids:
         ratios, o_s, t_s = [], [], []
         for r in range(args.rounds):
+            def o_run():
+                time.sleep(args.settle)
+                return ours(exe, bid, env)
+
+            def t_run():
+                time.sleep(args.settle)
+                return torch_side(bid, env)
+
             if r % 2 == 0:
-                o, t = ours(exe, bid, env), torch_side(bid, env)
+                o, t = o_run(), t_run()
             else:
-                t, o = torch_side(bid, env), ours(exe, bid, env)
+                t, o = t_run(), o_run()
             o_s.append(o)
             t_s.append(t)
             ratios.append(o / t)

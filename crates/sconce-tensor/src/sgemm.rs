@@ -245,9 +245,29 @@ impl ImageColumns<'_> {
     /// Where depth index `d`'s run starts in `data` (before a column's offset), and `d`'s
     /// place in its run.
     fn run_at(&self, d: usize) -> (usize, usize) {
-        let (run, q) = (d / self.seg, d % self.seg);
-        ((run / self.runs) * self.stride + (run % self.runs) * self.run_stride, q)
+        run_at(d, self.seg, self.runs, self.run_stride, self.stride)
     }
+}
+
+/// Where depth index `d = (i·runs + r)·seg + q` of an operand whose depth runs over images
+/// ([`ImageColumns`], [`ImageRows`]) starts its run, `i·stride + r·run_stride`, and `q`.
+fn run_at(d: usize, seg: usize, runs: usize, run_stride: usize, stride: usize) -> (usize, usize) {
+    let (run, q) = (d / seg, d % seg);
+    ((run / runs) * stride + (run % runs) * run_stride, q)
+}
+
+/// Checks a depth of `k` that runs over images in `runs` runs of `seg` values `run_stride`
+/// apart: whole images, runs that do not overlap.
+fn check_runs(k: usize, seg: usize, runs: usize, run_stride: usize) -> candle_core::Result<()> {
+    let per_image = seg * runs;
+    if per_image == 0 || !k.is_multiple_of(per_image) {
+        candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {per_image}");
+    }
+    // The runs start in order (`run_stride ≥ seg`), so the last run reads furthest.
+    if runs > 1 && run_stride < seg {
+        candle_core::bail!("sgemm: runs of {seg} values {run_stride} apart overlap");
+    }
+    Ok(())
 }
 
 impl PackB for ImageColumns<'_> {
@@ -255,16 +275,9 @@ impl PackB for ImageColumns<'_> {
         if k == 0 || n == 0 {
             return Ok(());
         }
-        let per_image = self.seg * self.runs;
-        if per_image == 0 || !k.is_multiple_of(per_image) {
-            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {per_image}");
-        }
+        check_runs(k, self.seg, self.runs, self.run_stride)?;
         if self.offs.len() < n {
             candle_core::bail!("sgemm: {n} columns but {} column offsets", self.offs.len());
-        }
-        // The runs start in order (`run_stride ≥ seg`), so the last run reads furthest.
-        if self.runs > 1 && self.run_stride < self.seg {
-            candle_core::bail!("sgemm: runs of {} values {} apart overlap", self.seg, self.run_stride);
         }
         let (last, _) = self.run_at(k - 1);
         if self.offs[..n].iter().any(|&o| last + o + self.seg > self.data.len()) {
@@ -729,8 +742,7 @@ pub(crate) struct ImageRows<'a> {
 impl ImageRows<'_> {
     /// Where depth index `d`'s run starts in `data` (row 0), and `d`'s place in its run.
     fn run_at(&self, d: usize) -> (usize, usize) {
-        let (run, q) = (d / self.seg, d % self.seg);
-        ((run / self.runs) * self.stride + (run % self.runs) * self.run_stride, q)
+        run_at(d, self.seg, self.runs, self.run_stride, self.stride)
     }
 }
 
@@ -739,13 +751,7 @@ impl PackA for ImageRows<'_> {
         if m == 0 || k == 0 {
             return Ok(());
         }
-        let per_image = self.seg * self.runs;
-        if per_image == 0 || !k.is_multiple_of(per_image) {
-            candle_core::bail!("sgemm: a depth of {k} is not a whole number of images of {per_image}");
-        }
-        if self.runs > 1 && self.run_stride < self.seg {
-            candle_core::bail!("sgemm: runs of {} values {} apart overlap", self.seg, self.run_stride);
-        }
+        check_runs(k, self.seg, self.runs, self.run_stride)?;
         // The runs start in order, so the last row of the last run reads furthest.
         let (last, _) = self.run_at(k - 1);
         if last + (m - 1) * self.rs + self.seg > self.data.len() {

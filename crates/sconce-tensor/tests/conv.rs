@@ -165,8 +165,12 @@ fn batches_of_small_maps_match_f64() -> Result<()> {
     // weight gradients with grids of ≤ 256 positions and C·kh·kw ≥ 192 as one product whose
     // depth runs over the images. f64 takes the per-image im2col path: the reference. Padded
     // 3×3 (image boundaries inside and across depth blocks), strided 3×3, an unpadded 1×1 read
-    // in place, 70 images (two chunks of images for both), and a single image.
-    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 8] = [
+    // in place, 70 images (two chunks of images for both), and a single image. Then 1×1 layers
+    // over maps that end in a sliver of columns (10×10: 100 = 2·48 + 4), whose forwards and
+    // input gradients run whole panels per image and the slivers per task: 3 images (tasks of
+    // 2 and 1) and 7 images over a 14×14 map (196 = 4·48 + 4; 256 input channels, so that
+    // the weight gradient is batched too).
+    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 10] = [
         ([5, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
         ([3, 24, 13, 13], [16, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([4, 32, 14, 13], [8, 32, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
@@ -176,6 +180,8 @@ fn batches_of_small_maps_match_f64() -> Result<()> {
         // Dilated (batched too), and grouped (per image, whatever the map size).
         ([6, 24, 7, 7], [16, 24, 3, 3], Conv2dConfig::default().padding(2).dilation(2)),
         ([6, 48, 7, 7], [16, 24, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
+        ([3, 8, 10, 10], [16, 8, 1, 1], Conv2dConfig::default()),
+        ([7, 256, 14, 14], [24, 256, 1, 1], Conv2dConfig::default()),
     ];
     // The batched paths split their products over the pool and need more than one thread
     // (forwards also N·P ≥ 2·48·threads): run on a pool of two whatever the machine has.

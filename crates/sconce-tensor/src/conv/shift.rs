@@ -805,8 +805,8 @@ impl Geom {
 
     /// [`Self::weight_grad_shifted`] for one group and small maps: `dW += A·B` with the depth
     /// running over every image's output positions, `A = [dY_0 | dY_1 | …]` (`O × N·OH·OW`,
-    /// read in place by [`ImageRows`]: no serial copy of `dY`, which was 2 % of a 1×1
-    /// 1024 → 256 layer's weight gradient at 14²) and `B` the images' (padded) input windows
+    /// read in place by [`ImageRows`]: no serial copy of `dY`; 1×1 1024 → 256 at 14², batch 8,
+    /// 1.90 → 1.83 ms in alternating runs) and `B` the images' (padded) input windows
     /// read row by row ([`ImageColumns`] runs of `OW`), the columns split over the pool. `dW`
     /// is read and written once instead of once per image, and the depth skips the grid's
     /// padding columns (a fifth of a 7×7 map's 9-wide grid).

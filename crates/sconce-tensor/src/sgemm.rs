@@ -1058,7 +1058,7 @@ pub(crate) fn sgemm<'c, A: PackA + ?Sized, B: PackB + ?Sized>(
                 let block = &mut apack[..mp * kc];
                 a.pack_block(m, k0, kc, block);
                 let b = DepthFrom { b, k0 };
-                product(m, n, kc, out, ldc, accumulate || k0 > 0, block, &b, 1);
+                product(m, n, kc, out, ldc, accumulate || k0 > 0, ALeft::packed(block), &b, 1);
             }
         });
         return Ok(());
@@ -1069,7 +1069,7 @@ pub(crate) fn sgemm<'c, A: PackA + ?Sized, B: PackB + ?Sized>(
         } else {
             pack_a(m, k, a, apack);
         }
-        product(m, n, k, out, ldc, accumulate, apack, b, threads);
+        product(m, n, k, out, ldc, accumulate, ALeft::packed(apack), b, threads);
     });
     Ok(())
 }
@@ -1108,14 +1108,28 @@ impl<B: PackB + ?Sized> PackB for DepthFrom<'_, B> {
 }
 
 /// A left operand packed once for several products (a convolution's weights, shared by every
-/// image of the batch).
-pub(crate) struct PackedA {
+/// image of the batch), or, rows along the depth and long enough ([`IN_PLACE_MIN_DEPTH`]),
+/// read in place by every product.
+pub(crate) struct PackedA<'a> {
     /// A buffer from [`APOOL`] of at least `len` values; the packed operand is `data[..len]`.
     data: Vec<f32>,
     len: usize,
     m: usize,
     k: usize,
+    /// Or read in place: the operand's values and its row stride.
+    in_place: Option<(&'a [f32], usize)>,
 }
+
+/// Fewest values per row for which a left operand with rows along the depth (a layer's
+/// weights for its forward pass) is read in place by the micro-kernel instead of packed, when
+/// it has more rows than any product reads B in place for ([`DIRECT_ROWS_TAPS`]) and whole
+/// panels of them. Packing such weights is a pass over all of them per call, and it waited on
+/// memory: 15 alternating runs in one process (ms, medians), batch 8, forward 1×1 2048 → 512
+/// at 7² 2.18 → 2.00 and (a slower phase of the VM) 2.83 → 2.16, 512 → 2048 2.14 → 1.94 and
+/// 2.77 → 2.17, 1024 → 256 at 14² 1.90 → 1.94 and 2.20 → 1.96; candle's `fwd_bwd` of 2048 → 512
+/// 7.94 → 7.19, of 1024 → 256 7.28 → 7.04. Shorter rows gained nothing (512 → 128 at 28²: 2.26
+/// vs 2.27) or lost (3×3 direct over 16 and 24 channels, depth 144 and 216: +2 %).
+const IN_PLACE_MIN_DEPTH: usize = 512;
 
 /// Buffers kept per thread for [`PackedA`]: a convolution packs its weights on every call (for
 /// ResNet50's forward pass 100 MB), and a fresh zeroed buffer each time cost a memset as long
@@ -1128,13 +1142,16 @@ thread_local! {
     static APOOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
-impl PackedA {
-    /// Packs the `m×k` operand `a`.
+impl<'a> PackedA<'a> {
+    /// Packs the `m×k` operand `a`, or keeps it to be read in place ([`IN_PLACE_MIN_DEPTH`]).
     ///
     /// # Errors
     /// When `a` is shorter than `m×k` needs.
-    pub(crate) fn new(m: usize, k: usize, a: &Strided<'_>) -> candle_core::Result<Self> {
+    pub(crate) fn new(m: usize, k: usize, a: &Strided<'a>) -> candle_core::Result<Self> {
         a.check_dims(m, k, "left operand")?;
+        if a.cs == 1 && m > DIRECT_ROWS_TAPS && k >= IN_PLACE_MIN_DEPTH && m.is_multiple_of(MR) {
+            return Ok(PackedA { data: Vec::new(), len: 0, m, k, in_place: Some((a.data, a.rs)) });
+        }
         let len = packed_a_len(m, k);
         // The smallest pooled buffer that is large enough, else a new one.
         let pooled = APOOL.with(|pool| {
@@ -1144,16 +1161,19 @@ impl PackedA {
         });
         let mut data = pooled.unwrap_or_else(|| vec![0f32; len]);
         pack_a_par(m, k, a, &mut data[..len]);
-        Ok(PackedA { data, len, m, k })
+        Ok(PackedA { data, len, m, k, in_place: None })
     }
 
     /// The packed operand.
     fn packed(&self) -> &[f32] {
-        &self.data[..self.len]
+        match self.in_place {
+            Some((data, _)) => data,
+            None => &self.data[..self.len],
+        }
     }
 }
 
-impl Drop for PackedA {
+impl Drop for PackedA<'_> {
     /// Returns the buffer to this thread's pool, which keeps the largest [`APOOL_MAX`] up to
     /// [`APOOL_MAX_VALUES`] in all (at thread exit the buffer is simply freed).
     fn drop(&mut self) {
@@ -1200,6 +1220,22 @@ pub(crate) struct PackedView<'a> {
     pub(crate) data: &'a [f32],
     pub(crate) m: usize,
     pub(crate) k: usize,
+    /// `None` when packed; else A read in place, row `i` at depth `d` at `data[i·ra + d]`.
+    pub(crate) ra: Option<usize>,
+}
+
+/// A product's left operand as the micro-kernel reads it: packed ([`packed_a_len`]'s layout),
+/// or in place with row `i` at depth `d` at `data[i·ra + d]` (`ra = Some(..)`).
+#[derive(Clone, Copy)]
+struct ALeft<'a> {
+    data: &'a [f32],
+    ra: Option<usize>,
+}
+
+impl<'a> ALeft<'a> {
+    fn packed(data: &'a [f32]) -> Self {
+        ALeft { data, ra: None }
+    }
 }
 
 /// [`sgemm_packed`] with a [`PackedView`].
@@ -1215,7 +1251,7 @@ pub(crate) fn sgemm_packed_view<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
-    if a.data.len() != packed_a_len(a.m, a.k) {
+    if a.ra.is_some() || a.data.len() != packed_a_len(a.m, a.k) {
         candle_core::bail!("sgemm: {} packed values for a {}×{} operand", a.data.len(), a.m, a.k);
     }
     packed_product(n, c.into(), ldc, accumulate, a, b, threads, None)
@@ -1258,7 +1294,7 @@ pub(crate) fn sgemm_packed_grid<'c, B: PackB + ?Sized>(
     {
         candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns, or overlaps its runs");
     }
-    let view = PackedView { data: a.packed(), m: a.m, k: a.k };
+    let view = PackedView { data: a.packed(), m: a.m, k: a.k, ra: a.in_place.map(|(_, ra)| ra) };
     packed_product(n, c.into(), ldc, accumulate, view, b, threads, grid)
 }
 
@@ -1276,7 +1312,7 @@ fn packed_product<B: PackB + ?Sized>(
 ) -> candle_core::Result<()> {
     let Some(out) = prepare(a.m, n, a.k, c, ldc, accumulate, grid)? else { return Ok(()) };
     b.check(a.k, n)?;
-    product(a.m, n, a.k, out, ldc, accumulate, a.data, b, threads);
+    product(a.m, n, a.k, out, ldc, accumulate, ALeft { data: a.data, ra: a.ra }, b, threads);
     Ok(())
 }
 
@@ -1341,7 +1377,7 @@ fn product<B: PackB + ?Sized>(
     out: SharedOut,
     ldc: usize,
     accumulate: bool,
-    apack: &[f32],
+    apack: ALeft<'_>,
     b: &B,
     threads: usize,
 ) {
@@ -1399,10 +1435,17 @@ unsafe fn run<B: PackB + ?Sized>(
     c: SharedOut,
     ldc: usize,
     accumulate: bool,
-    apack: &[f32],
+    a: ALeft<'_>,
     b: &B,
 ) {
     let mp = m.div_ceil(MR) * MR;
+    // Row panel `ip` of depth block `(k0, kc)`, and A's row stride (0: packed).
+    let a_at = |ip: usize, k0: usize, kc: usize| -> (*const f32, usize) {
+        match a.ra {
+            None => (a.data[k0 * mp + ip * kc * MR..].as_ptr(), 0),
+            Some(ra) => (a.data[ip * MR * ra + k0..].as_ptr(), ra),
+        }
+    };
     let width = NC.min((j_hi - j_lo).div_ceil(NR) * NR);
     let mut roffs = [0usize; KC];
     let direct_rows = b.direct_rows();
@@ -1413,9 +1456,9 @@ unsafe fn run<B: PackB + ?Sized>(
             let panels = nc.div_ceil(NR);
             for (k0, kc) in kblocks(k) {
                 let overwrite = k0 == 0 && !accumulate;
-                let ablock = &apack[k0 * mp..(k0 + kc) * mp];
                 // Few rows: full panels read B in place, only a narrow last panel is packed.
                 if m <= direct_rows
+                    && a.ra.is_none()
                     && let Some(data) = b.rows(k0, &mut roffs[..kc])
                     && roffs[..kc].iter().all(|&o| o + j_hi <= data.len())
                 {
@@ -1425,31 +1468,18 @@ unsafe fn run<B: PackB + ?Sized>(
                         if cols < NR {
                             let bp = &mut bpack[..kc * NR];
                             b.pack(k0, kc, j, cols, bp);
-                            for (ip, apanel) in
-                                ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
-                            {
+                            for ip in row_panels.clone() {
+                                let (ap, ra) = a_at(ip, k0, kc);
                                 let rows = MR.min(m - ip * MR);
                                 // SAFETY: as in the packed loop below.
                                 unsafe {
-                                    tile_at(
-                                        kc,
-                                        apanel.as_ptr(),
-                                        bp.as_ptr(),
-                                        c,
-                                        ip * MR,
-                                        ldc,
-                                        j,
-                                        rows,
-                                        cols,
-                                        overwrite,
-                                    );
+                                    tile_at(kc, ap, ra, bp.as_ptr(), c, ip * MR, ldc, j, rows, cols, overwrite);
                                 }
                             }
                             continue;
                         }
-                        for (ip, apanel) in
-                            ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
-                        {
+                        for ip in row_panels.clone() {
+                            let (ap, ra) = a_at(ip, k0, kc);
                             let rows = MR.min(m - ip * MR);
                             // SAFETY: every row offset plus `j + NR ≤ j_hi` lies inside `data`
                             // (checked for this block above); the tile lies in the caller's columns.
@@ -1458,56 +1488,22 @@ unsafe fn run<B: PackB + ?Sized>(
                                     let bj = data.as_ptr().add(j);
                                     let row = c.0.add(ip * MR * ldc);
                                     match c.1.map(|g| (g, g.vec_dsts::<NV>(j))) {
-                                        None => kernel_rows(
-                                            kc,
-                                            apanel.as_ptr(),
-                                            bj,
-                                            roffs.as_ptr(),
-                                            row.add(j),
-                                            ldc,
-                                            overwrite,
-                                            None,
-                                        ),
-                                        Some((_, Some(d))) => kernel_rows(
-                                            kc,
-                                            apanel.as_ptr(),
-                                            bj,
-                                            roffs.as_ptr(),
-                                            row,
-                                            ldc,
-                                            overwrite,
-                                            Some(&d),
-                                        ),
+                                        None => {
+                                            kernel_rows(kc, ap, bj, roffs.as_ptr(), row.add(j), ldc, overwrite, None)
+                                        }
+                                        Some((_, Some(d))) => {
+                                            kernel_rows(kc, ap, bj, roffs.as_ptr(), row, ldc, overwrite, Some(&d))
+                                        }
                                         Some((grid, None)) => {
                                             let mut buf = [0f32; MR * NR];
-                                            kernel_rows(
-                                                kc,
-                                                apanel.as_ptr(),
-                                                bj,
-                                                roffs.as_ptr(),
-                                                buf.as_mut_ptr(),
-                                                NR,
-                                                true,
-                                                None,
-                                            );
+                                            kernel_rows(kc, ap, bj, roffs.as_ptr(), buf.as_mut_ptr(), NR, true, None);
                                             scatter(&buf, row, ldc, j, MR, NR, grid, overwrite);
                                         }
                                     }
                                 } else {
                                     let bp = &mut bpack[..kc * NR];
                                     b.pack(k0, kc, j, cols, bp);
-                                    tile_at(
-                                        kc,
-                                        apanel.as_ptr(),
-                                        bp.as_ptr(),
-                                        c,
-                                        ip * MR,
-                                        ldc,
-                                        j,
-                                        rows,
-                                        cols,
-                                        overwrite,
-                                    );
+                                    tile_at(kc, ap, ra, bp.as_ptr(), c, ip * MR, ldc, j, rows, cols, overwrite);
                                 }
                             }
                         }
@@ -1525,14 +1521,13 @@ unsafe fn run<B: PackB + ?Sized>(
                 for jp in 0..panels {
                     let cols = NR.min(nc - jp * NR);
                     let bpanel = bp[jp * kc * NR..].as_ptr();
-                    for (ip, apanel) in
-                        ablock.chunks_exact(kc * MR).enumerate().take(row_panels.end).skip(row_panels.start)
-                    {
+                    for ip in row_panels.clone() {
+                        let (ap, ra) = a_at(ip, k0, kc);
                         let rows = MR.min(m - ip * MR);
                         // SAFETY: the panels hold `kc·MR` and `kc·NR` values; the tile's
                         // `rows×cols` elements lie in the caller's columns (see `run`'s contract).
                         unsafe {
-                            tile_at(kc, apanel.as_ptr(), bpanel, c, ip * MR, ldc, jc + jp * NR, rows, cols, overwrite);
+                            tile_at(kc, ap, ra, bpanel, c, ip * MR, ldc, jc + jp * NR, rows, cols, overwrite);
                         }
                     }
                 }
@@ -1552,6 +1547,7 @@ unsafe fn run<B: PackB + ?Sized>(
 unsafe fn tile_at(
     kc: usize,
     a: *const f32,
+    ra: usize,
     b: *const f32,
     c: SharedOut,
     row0: usize,
@@ -1564,23 +1560,35 @@ unsafe fn tile_at(
     // SAFETY: forwarded contract.
     unsafe {
         match c.1 {
-            None => tile(kc, a, b, c.0.add(row0 * ldc + j), ldc, rows, cols, overwrite),
+            None => tile(kc, a, ra, b, c.0.add(row0 * ldc + j), ldc, rows, cols, overwrite),
             Some(grid) => {
                 let row = c.0.add(row0 * ldc);
                 let full = rows == MR && cols.is_multiple_of(16);
                 match cols / 16 {
                     1 if full && let Some(d) = grid.vec_dsts::<1>(j) => {
-                        kernel::<1>(kc, a, b, row, ldc, overwrite, Some(&d))
+                        if ra > 0 {
+                            kernel::<1, true>(kc, a, ra, b, row, ldc, overwrite, Some(&d))
+                        } else {
+                            kernel::<1, false>(kc, a, 0, b, row, ldc, overwrite, Some(&d))
+                        }
                     }
                     2 if full && let Some(d) = grid.vec_dsts::<2>(j) => {
-                        kernel::<2>(kc, a, b, row, ldc, overwrite, Some(&d))
+                        if ra > 0 {
+                            kernel::<2, true>(kc, a, ra, b, row, ldc, overwrite, Some(&d))
+                        } else {
+                            kernel::<2, false>(kc, a, 0, b, row, ldc, overwrite, Some(&d))
+                        }
                     }
                     NV if full && let Some(d) = grid.vec_dsts::<NV>(j) => {
-                        kernel::<NV>(kc, a, b, row, ldc, overwrite, Some(&d))
+                        if ra > 0 {
+                            kernel::<NV, true>(kc, a, ra, b, row, ldc, overwrite, Some(&d))
+                        } else {
+                            kernel::<NV, false>(kc, a, 0, b, row, ldc, overwrite, Some(&d))
+                        }
                     }
                     _ => {
                         let mut buf = [0f32; MR * NR];
-                        tile(kc, a, b, buf.as_mut_ptr(), NR, MR, cols, true);
+                        tile(kc, a, ra, b, buf.as_mut_ptr(), NR, MR, cols, true);
                         scatter(&buf, row, ldc, j, rows, cols, grid, overwrite);
                     }
                 }
@@ -1637,6 +1645,7 @@ unsafe fn scatter(
 }
 
 /// One `rows×cols` (≤ MR×NR) tile of `C`: straight into `C` when full, else through a buffer.
+/// A is a packed panel, or (`ra > 0`) `MR` rows `ra` apart read in place ([`kernel`]).
 ///
 /// # Safety
 /// As [`kernel`], for the `rows×cols` elements at `c`.
@@ -1645,6 +1654,7 @@ unsafe fn scatter(
 unsafe fn tile(
     kc: usize,
     a: *const f32,
+    ra: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -1655,19 +1665,23 @@ unsafe fn tile(
     // Only as many 16-lane vectors as the tile's columns need: the narrow last panel of a
     // product (n = 64 gives panels of 48 and 16) then costs a third of a full one.
     let nv = cols.div_ceil(16);
-    let run: unsafe fn(usize, *const f32, *const f32, *mut f32, usize, bool) = match nv {
-        1 => |kc, a, b, c, ldc, o| unsafe { kernel::<1>(kc, a, b, c, ldc, o, None) },
-        2 => |kc, a, b, c, ldc, o| unsafe { kernel::<2>(kc, a, b, c, ldc, o, None) },
-        _ => |kc, a, b, c, ldc, o| unsafe { kernel::<NV>(kc, a, b, c, ldc, o, None) },
+    type Run = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, bool);
+    let run: Run = match (nv, ra > 0) {
+        (1, false) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<1, false>(kc, a, ra, b, c, ldc, o, None) },
+        (2, false) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<2, false>(kc, a, ra, b, c, ldc, o, None) },
+        (_, false) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<NV, false>(kc, a, ra, b, c, ldc, o, None) },
+        (1, true) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<1, true>(kc, a, ra, b, c, ldc, o, None) },
+        (2, true) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<2, true>(kc, a, ra, b, c, ldc, o, None) },
+        (_, true) => |kc, a, ra, b, c, ldc, o| unsafe { kernel::<NV, true>(kc, a, ra, b, c, ldc, o, None) },
     };
     if rows == MR && cols == nv * 16 {
         // SAFETY: forwarded contract; the kernel writes `MR` rows of `16·nv = cols` floats.
-        unsafe { run(kc, a, b, c, ldc, overwrite) };
+        unsafe { run(kc, a, ra, b, c, ldc, overwrite) };
         return;
     }
     let mut buf = [0f32; MR * NR];
     // SAFETY: `buf` is a full MR×NR tile with row stride NR.
-    unsafe { run(kc, a, b, buf.as_mut_ptr(), NR, true) };
+    unsafe { run(kc, a, ra, b, buf.as_mut_ptr(), NR, true) };
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: `i < rows`, `j < cols`: inside the caller's tile.
@@ -1680,16 +1694,19 @@ unsafe fn tile(
 }
 
 /// The micro-kernel: `C[MR×16·V] (+)= Σ_p a[p][0..MR] ⊗ b[p][0..16·V]` (B panels keep their
-/// row stride `NR`; `V ≤ NV`).
+/// row stride `NR`; `V ≤ NV`). A packed panel holds `a[p][i]` at `a[p·MR + i]`; with `RS` A is
+/// read in place, `a[p][i]` at `a[i·ra + p]` (`ra` is ignored otherwise).
 ///
 /// # Safety
-/// `a` holds `kc·MR` and `b` `kc·NR` readable floats, `c` is valid for `MR` rows of `16·V`
-/// floats with row stride `ldc`, and the CPU has AVX-512F.
+/// `a` holds `kc·MR` readable floats (with `RS`: `MR` rows of `kc`, `ra` apart) and `b` `kc·NR`,
+/// `c` is valid for `MR` rows of `16·V` floats with row stride `ldc`, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const V: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const V: usize, const RS: bool>(
     kc: usize,
     a: *const f32,
+    ra: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -1697,6 +1714,9 @@ unsafe fn kernel<const V: usize>(
     dst: Option<&[VecDst; V]>,
 ) {
     use std::arch::x86_64::*;
+    // Where A's value of row `i` lies from a depth step's pointer, and the step to the next
+    // depth: packed panels (`MR` values per depth), or rows `ra` apart read in place.
+    let (row, sa) = if RS { (ra, 1) } else { (1, MR) };
     // SAFETY: the caller's contract covers every pointer offset below.
     unsafe {
         // Ask for the C tile's lines now, so that their misses (a fresh output is rarely in
@@ -1710,9 +1730,9 @@ unsafe fn kernel<const V: usize>(
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = _mm512_loadu_ps(b.add(16 * v));
             }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i));
-                for (r, &bv) in row.iter_mut().zip(&bv) {
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * row));
+                for (r, &bv) in acc_row.iter_mut().zip(&bv) {
                     *r = _mm512_fmadd_ps(ai, bv, *r);
                 }
             }
@@ -1721,15 +1741,15 @@ unsafe fn kernel<const V: usize>(
         // take issue slots on the FMA ports once per 24 FMAs.
         for _ in 0..kc / 4 {
             step(&mut acc, a, b);
-            step(&mut acc, a.add(MR), b.add(NR));
-            step(&mut acc, a.add(2 * MR), b.add(2 * NR));
-            step(&mut acc, a.add(3 * MR), b.add(3 * NR));
-            a = a.add(4 * MR);
+            step(&mut acc, a.add(sa), b.add(NR));
+            step(&mut acc, a.add(2 * sa), b.add(2 * NR));
+            step(&mut acc, a.add(3 * sa), b.add(3 * NR));
+            a = a.add(4 * sa);
             b = b.add(4 * NR);
         }
         for _ in 0..kc % 4 {
             step(&mut acc, a, b);
-            a = a.add(MR);
+            a = a.add(sa);
             b = b.add(NR);
         }
         if let Some(dst) = dst {
@@ -2096,9 +2116,11 @@ unsafe fn dot_tile<const OT: usize, const JT: usize>(
 
 /// Never called: [`available`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel<const V: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const V: usize, const RS: bool>(
     _kc: usize,
     _a: *const f32,
+    _ra: usize,
     _b: *const f32,
     _c: *mut f32,
     _ldc: usize,
@@ -2399,6 +2421,40 @@ mod tests {
         assert!(sgemm(2, 2, 10, &mut c[..], 2, false, &a(10, 1, 0), &b, 1).is_ok());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a(20, 2, 4), &b, 1).is_err());
         assert!(sgemm(1, 2, 10, &mut c[..], 2, false, &a(20, 2, 5), &b, 1).is_ok());
+        Ok(())
+    }
+
+    /// Weights with long rows along the depth are read in place, not packed
+    /// ([`IN_PLACE_MIN_DEPTH`]): the same products as the definition, in a plain output and a
+    /// grid of image runs, one task and two, over several depth blocks and a last column
+    /// panel of a few columns; rows that are not whole panels, or shorter ones, are packed.
+    #[test]
+    fn long_weight_rows_are_read_in_place() -> candle_core::Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        for &(m, k, p, imgs, in_place) in
+            &[(136, 520, 49, 3, true), (144, 1030, 20, 2, true), (130, 520, 49, 2, false), (136, 500, 49, 2, false)]
+        {
+            let n = p * imgs;
+            let a_data = lcg(m as u64 + k as u64, m * k);
+            let b_data = lcg(p as u64, k * n);
+            let a = Strided { data: &a_data, rs: k, cs: 1 };
+            let b = Strided { data: &b_data, rs: n, cs: 1 };
+            let want = naive(m, n, k, &a, &b);
+            let packed = PackedA::new(m, k, &a)?;
+            assert_eq!(packed.in_place.is_some(), in_place, "{m}×{k}");
+            for threads in [1, 2] {
+                let mut c = vec![0.5f32; m * n];
+                sgemm_packed(n, &mut c[..], n, false, &packed, &b, threads)?;
+                assert_product(&format!("{m}x{k} t{threads}"), &c, &want);
+                let block = m * p;
+                let mut c = vec![0.5f32; imgs * block];
+                sgemm_packed_grid(n, &mut c[..], p, true, &packed, &b, threads, Some(Grid::images(p, block)))?;
+                let got: Vec<f32> = (0..m * n).map(|at| c[(at % n) / p * block + at / n * p + at % p] - 0.5).collect();
+                assert_product(&format!("{m}x{k} t{threads} grid"), &got, &want);
+            }
+        }
         Ok(())
     }
 

@@ -169,8 +169,9 @@ fn batches_of_small_maps_match_f64() -> Result<()> {
     // over maps that end in a sliver of columns (10×10: 100 = 2·48 + 4), whose forwards and
     // input gradients run whole panels per image and the slivers per task: 3 images (tasks of
     // 2 and 1) and 7 images over a 14×14 map (196 = 4·48 + 4; 256 input channels, so that
-    // the weight gradient is batched too).
-    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 10] = [
+    // the weight gradient is batched too). Last, 1×1 layers whose weights the forward reads in
+    // place (more than 128 rows of at least 512 values).
+    let cases: [([usize; 4], [usize; 4], Conv2dConfig); 12] = [
         ([5, 32, 7, 7], [24, 32, 3, 3], Conv2dConfig::default().padding(1)),
         ([3, 24, 13, 13], [16, 24, 3, 3], Conv2dConfig::default().padding(1)),
         ([4, 32, 14, 13], [8, 32, 3, 3], Conv2dConfig::default().padding(1).stride(2)),
@@ -182,6 +183,10 @@ fn batches_of_small_maps_match_f64() -> Result<()> {
         ([6, 48, 7, 7], [16, 24, 3, 3], Conv2dConfig::default().padding(1).groups(2)),
         ([3, 8, 10, 10], [16, 8, 1, 1], Conv2dConfig::default()),
         ([7, 256, 14, 14], [24, 256, 1, 1], Conv2dConfig::default()),
+        // Weights read in place by the forward (136 rows of 512 values): over the batch at 7×7,
+        // and per image with slivers at 10×10.
+        ([3, 512, 7, 7], [136, 512, 1, 1], Conv2dConfig::default()),
+        ([3, 512, 10, 10], [136, 512, 1, 1], Conv2dConfig::default()),
     ];
     // The batched paths split their products over the pool and need more than one thread
     // (forwards also N·P ≥ 2·48·threads): run on a pool of two whatever the machine has.

@@ -1127,7 +1127,8 @@ pub(crate) struct PackedA<'a> {
 /// memory: 15 alternating runs in one process (ms, medians), batch 8, forward 1×1 2048 → 512
 /// at 7² 2.18 → 2.00 and (a slower phase of the VM) 2.83 → 2.16, 512 → 2048 2.14 → 1.94 and
 /// 2.77 → 2.17, 1024 → 256 at 14² 1.90 → 1.94 and 2.20 → 1.96; candle's `fwd_bwd` of 2048 → 512
-/// 7.94 → 7.19, of 1024 → 256 7.28 → 7.04. Shorter rows gained nothing (512 → 128 at 28²: 2.26
+/// 7.94 → 7.19, of 1024 → 256 7.28 → 7.04; ResNet50's stride-2 3×3 512 → 512 at 14² (direct,
+/// depth 4608) forward 6.48 → 5.23, `fwd_bwd` 20.97 → 19.31. Shorter rows gained nothing (512 → 128 at 28²: 2.26
 /// vs 2.27) or lost (3×3 direct over 16 and 24 channels, depth 144 and 216: +2 %).
 const IN_PLACE_MIN_DEPTH: usize = 512;
 

@@ -307,8 +307,6 @@ impl PackB for ImageColumns<'_> {
     }
 }
 
-/// One `kc×NR` panel from columns stored contiguously: `panel[p][c] = data[col(j + c) + k0 + p]`
-/// for `c < w`, zero for `c ≥ w`; 16×16 blocks go through registers.
 /// Values ahead in each source row that the transposing packs ([`pack_transposed`],
 /// [`ImageRows`]) ask for. 15 alternating runs in one process (ms, medians), batch 8, weight
 /// gradients: 1×1 1024 → 256 at 14² 2.74 → 2.50, 256 → 64 at 56² 3.29 → 3.12, 64 → 256 at
@@ -327,6 +325,8 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// One `kc×NR` panel from columns stored contiguously: `panel[p][c] = data[col(j + c) + k0 + p]`
+/// for `c < w`, zero for `c ≥ w`; 16×16 blocks go through registers.
 fn pack_transposed(
     data: &[f32],
     col: impl Fn(usize) -> usize,
@@ -1128,8 +1128,9 @@ pub(crate) struct PackedA<'a> {
 /// at 7² 2.18 → 2.00 and (a slower phase of the VM) 2.83 → 2.16, 512 → 2048 2.14 → 1.94 and
 /// 2.77 → 2.17, 1024 → 256 at 14² 1.90 → 1.94 and 2.20 → 1.96; candle's `fwd_bwd` of 2048 → 512
 /// 7.94 → 7.19, of 1024 → 256 7.28 → 7.04; ResNet50's stride-2 3×3 512 → 512 at 14² (direct,
-/// depth 4608) forward 6.48 → 5.23, `fwd_bwd` 20.97 → 19.31. Shorter rows gained nothing (512 → 128 at 28²: 2.26
-/// vs 2.27) or lost (3×3 direct over 16 and 24 channels, depth 144 and 216: +2 %).
+/// depth 4608) forward 6.48 → 5.23, `fwd_bwd` 20.97 → 19.31. Shorter rows gained nothing
+/// (512 → 128 at 28²: 2.26 vs 2.27) or lost (3×3 direct over 16 and 24 channels, depth 144 and
+/// 216: +2 %).
 const IN_PLACE_MIN_DEPTH: usize = 512;
 
 /// Buffers kept per thread for [`PackedA`]: a convolution packs its weights on every call (for
@@ -1165,7 +1166,7 @@ impl<'a> PackedA<'a> {
         Ok(PackedA { data, len, m, k, in_place: None })
     }
 
-    /// The packed operand.
+    /// The packed operand, or the operand itself when it is read in place.
     fn packed(&self) -> &[f32] {
         match self.in_place {
             Some((data, _)) => data,
@@ -1252,7 +1253,10 @@ pub(crate) fn sgemm_packed_view<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
-    if a.ra.is_some() || a.data.len() != packed_a_len(a.m, a.k) {
+    if a.ra.is_some() {
+        candle_core::bail!("sgemm: a packed view cannot be read in place");
+    }
+    if a.data.len() != packed_a_len(a.m, a.k) {
         candle_core::bail!("sgemm: {} packed values for a {}×{} operand", a.data.len(), a.m, a.k);
     }
     packed_product(n, c.into(), ldc, accumulate, a, b, threads, None)

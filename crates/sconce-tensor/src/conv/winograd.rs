@@ -375,6 +375,7 @@ fn prefetch_rows(x: &[f32], img_len: usize, src: &Src, ch: usize, th: usize, r0:
         }
     }
 }
+
 /// See [`PF_M`].
 const PF_CH: usize = 2;
 

@@ -1222,8 +1222,6 @@ pub(crate) struct PackedView<'a> {
     pub(crate) data: &'a [f32],
     pub(crate) m: usize,
     pub(crate) k: usize,
-    /// `None` when packed; else A read in place, row `i` at depth `d` at `data[i·ra + d]`.
-    pub(crate) ra: Option<usize>,
 }
 
 /// A product's left operand as the micro-kernel reads it: packed ([`packed_a_len`]'s layout),
@@ -1253,13 +1251,10 @@ pub(crate) fn sgemm_packed_view<'c, B: PackB + ?Sized>(
     b: &B,
     threads: usize,
 ) -> candle_core::Result<()> {
-    if a.ra.is_some() {
-        candle_core::bail!("sgemm: a packed view cannot be read in place");
-    }
     if a.data.len() != packed_a_len(a.m, a.k) {
         candle_core::bail!("sgemm: {} packed values for a {}×{} operand", a.data.len(), a.m, a.k);
     }
-    packed_product(n, c.into(), ldc, accumulate, a, b, threads, None)
+    packed_product(n, c.into(), ldc, accumulate, (a.m, a.k, ALeft::packed(a.data)), b, threads, None)
 }
 
 /// [`sgemm`] with a left operand packed beforehand.
@@ -1299,25 +1294,26 @@ pub(crate) fn sgemm_packed_grid<'c, B: PackB + ?Sized>(
     {
         candle_core::bail!("sgemm: grid {g:?} keeps no or too many columns, or overlaps its runs");
     }
-    let view = PackedView { data: a.packed(), m: a.m, k: a.k, ra: a.in_place.map(|(_, ra)| ra) };
-    packed_product(n, c.into(), ldc, accumulate, view, b, threads, grid)
+    let left = ALeft { data: a.packed(), ra: a.in_place.map(|(_, ra)| ra) };
+    packed_product(n, c.into(), ldc, accumulate, (a.m, a.k, left), b, threads, grid)
 }
 
-/// The product of a packed left operand and `b` into `c` (see [`sgemm_packed_grid`]).
+/// The product of an `m×k` left operand packed beforehand (or read in place) and `b` into `c`
+/// (see [`sgemm_packed_grid`]).
 #[allow(clippy::too_many_arguments)]
 fn packed_product<B: PackB + ?Sized>(
     n: usize,
     c: Out<'_>,
     ldc: usize,
     accumulate: bool,
-    a: PackedView<'_>,
+    (m, k, a): (usize, usize, ALeft<'_>),
     b: &B,
     threads: usize,
     grid: Option<Grid>,
 ) -> candle_core::Result<()> {
-    let Some(out) = prepare(a.m, n, a.k, c, ldc, accumulate, grid)? else { return Ok(()) };
-    b.check(a.k, n)?;
-    product(a.m, n, a.k, out, ldc, accumulate, ALeft { data: a.data, ra: a.ra }, b, threads);
+    let Some(out) = prepare(m, n, k, c, ldc, accumulate, grid)? else { return Ok(()) };
+    b.check(k, n)?;
+    product(m, n, k, out, ldc, accumulate, a, b, threads);
     Ok(())
 }
 

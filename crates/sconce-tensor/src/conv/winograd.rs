@@ -174,7 +174,7 @@ impl Filters {
     /// `U_k` as a products' left operand.
     fn u(&self, k: usize) -> PackedView<'_> {
         let (per, stride) = (packed_a_len(self.o, self.c), filter_stride(self.o, self.c));
-        PackedView { data: &self.data[k * stride..k * stride + per], m: self.o, k: self.c, ra: None }
+        PackedView { data: &self.data[k * stride..k * stride + per], m: self.o, k: self.c }
     }
 }
 

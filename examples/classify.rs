@@ -1,15 +1,23 @@
-//! Image classification, training mode: a ResNet/DenseNet on the built-in 26-class letters
-//! dataset (or an image folder), with softmax + cross-entropy or, to show the trap, sigmoid +
-//! binary cross-entropy on single-label targets, where the per-output "binary accuracy" looks
-//! excellent while the real accuracy does not.
+//! Image classification: training a ResNet/DenseNet on the built-in 26-class letters dataset
+//! (or an image folder), with softmax + cross-entropy or, to show the trap, sigmoid + binary
+//! cross-entropy on single-label targets, where the per-output "binary accuracy" looks
+//! excellent while the real accuracy does not; and predicting with pretrained weights.
 //!
 //! ```text
 //! cargo run --release --example classify -- train                       # resnet18, letters, softmax + CE, Adam
 //! cargo run --release --example classify -- train --loss bce            # the "96% accuracy" illusion, side by side
 //! cargo run --release --example classify -- train --data DIR --model resnet50 --weights resnet50.safetensors
-//! cargo run --release --example classify -- predict photo.jpg --weights hub:timm/resnet50.a1_in1k   # top-5
+//! cargo run --release --example classify -- predict --image photo.jpg --weights hub:timm/resnet50.a1_in1k   # top-5
+//! cargo run --release --example classify -- predict --image photo.jpg --weights densenet121.safetensors --model densenet121 --json
 //! ```
-//! Options: `--data DIR` (one folder per class), `--model NAME` (any classifier of
+//! Predict options: `--image PATH` (or the first argument after `predict`), `--weights SPEC`,
+//! `--model NAME` (when the checkpoint has no `config.json` and is not a known one),
+//! `--resize none` (the image is already at the input size: only normalised), `--topk K`
+//! (default 5), `--json` (one object: `model`, `topk` as `index`/`label`/`prob`, `logits`).
+//! Legacy DenseNet key names (`norm.1`) and files without BatchNorm counters load as they are.
+//!
+//! Training options:
+//! `--data DIR` (one folder per class), `--model NAME` (any classifier of
 //! `sconce_backbones::MODEL_NAMES`), `--weights SPEC` (a safetensors path or
 //! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names;
 //! the classifier is replaced when the class count differs), `--loss cce|bce`,
@@ -28,7 +36,7 @@ use sconce::backbones::{ModelOptions, create_model};
 use sconce::data::{
     Dataset, ImageFolder, LabelFormat, Letters, LettersConfig, Loader, LoaderConfig, Pipeline, Subset, Transform,
 };
-use sconce::layers::{LoadOptions, ParamStore};
+use sconce::layers::ParamStore;
 use sconce::losses::{BinaryCrossEntropy, CrossEntropy};
 use sconce::train::{
     Adam, AdamConfig, Batch, ClassificationEvaluator, EpochRecord, Optimizer, Schedule, Sgd, SgdConfig, TrainConfig,
@@ -36,8 +44,10 @@ use sconce::train::{
 };
 
 const KNOWN: &[&str] = &[
+    "image",
     "resize",
     "top",
+    "topk",
     "data",
     "model",
     "weights",
@@ -55,58 +65,76 @@ const KNOWN: &[&str] = &[
     "smoke",
 ];
 
-/// `classify predict IMAGE --weights SPEC [--model NAME] [--resize none] [--top K]`: timm's
-/// eval preprocessing from the checkpoint's `config.json` (or the known table), then the top-K
-/// classes with their probabilities.
+/// `classify predict --image PATH --weights SPEC [--model NAME] [--resize none] [--topk K]
+/// [--json]`: timm's eval preprocessing from the checkpoint's `config.json` (or the known
+/// table, or timm's defaults), then the top-K classes with their probabilities. The image may
+/// also be given as the first argument after `predict`.
 fn predict(args: &common::Args) -> Result<()> {
-    let image_path = args.positional().get(1).context("usage: classify predict IMAGE --weights SPEC")?;
-    let w = args.opt("weights").context("classify predict needs --weights (a path or hub:ORG/NAME)")?;
+    let image = args
+        .opt("image")
+        .or(args.positional().get(1).map(String::as_str))
+        .context("usage: classify predict --image PATH --weights SPEC")?;
+    let weights = args.opt("weights").context("classify predict needs --weights (a path or hub:ORG/NAME)")?;
+    let default_k = args.get("top", 5usize)?;
+    run_predict(&PredictArgs {
+        image,
+        weights,
+        model: args.opt("model"),
+        resize: args.opt("resize") != Some("none"),
+        topk: args.get("topk", default_k)?,
+        json: args.flag("json"),
+    })
+}
+
+/// What `classify predict` was asked for.
+struct PredictArgs<'a> {
+    image: &'a str,
+    weights: &'a str,
+    model: Option<&'a str>,
+    resize: bool,
+    topk: usize,
+    json: bool,
+}
+
+fn run_predict(req: &PredictArgs) -> Result<()> {
+    let (image_path, w) = (req.image, req.weights);
     let spec: sconce::hub::WeightsSpec = w.parse()?;
-    let resolver = sconce::hub::Resolver::from_env();
-    let path = resolver.resolve(&spec)?;
-    let known = match &spec {
-        sconce::hub::WeightsSpec::Hub { repo, .. } => sconce::hub::known_weights(repo),
-        sconce::hub::WeightsSpec::File(_) => None,
-    };
-    let cfg = match resolver.pretrained_cfg(&spec)? {
-        Some(c) => c,
-        None => {
-            let mut c = sconce::hub::PretrainedCfg::from_json("{}", "defaults")?;
-            if let Some(k) = known {
-                c.pretrained_cfg.input_size = [3, k.input_size, k.input_size];
-                c.pretrained_cfg.crop_pct = k.crop_pct;
-                c.pretrained_cfg.interpolation = k.interpolation.to_string();
-            }
-            c
+    let pre = sconce::hub::Resolver::from_env().pretrained(&spec)?;
+    let model_name = match (req.model, &pre.arch) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(a)) => a.clone(),
+        (None, None) => {
+            bail!("{w}: the architecture is not known (no config.json, not a known checkpoint): pass --model")
         }
     };
-    let model_name: String = match (args.opt("model"), &cfg.architecture, known) {
-        (Some(m), _, _) => m.to_string(),
-        (None, Some(a), _) => a.clone(),
-        (None, None, Some(k)) => k.arch.to_string(),
-        _ => bail!("unknown architecture: pass --model"),
-    };
-    let classes = cfg.num_classes.or(known.map(|k| k.num_classes)).unwrap_or(1000);
+    if pre.num_classes == 0 {
+        bail!("{w} has no classifier (an encoder's weights): predict needs a classification checkpoint");
+    }
     let store = ParamStore::new();
     let vb = store.builder(0, DType::F32, &Device::Cpu).skip_init();
-    let model = create_model(&model_name, &vb, &ModelOptions { num_classes: classes, ..Default::default() })?;
-    let rules = known.map(|k| k.naming.rules()).unwrap_or_default();
-    let report = store.load_safetensors(&path, &rules.into_iter().fold(LoadOptions::strict(), LoadOptions::rule))?;
-    tracing::info!("{w}: {report}");
+    let model = create_model(&model_name, &vb, &ModelOptions { num_classes: pre.num_classes, ..Default::default() })?;
+    let report = store.load_safetensors(&pre.path, &pre.load_options())?;
+    tracing::info!("{w} ({:?} key names): {report}", pre.naming);
     let img = image::open(image_path).with_context(|| format!("cannot read {image_path}"))?.to_rgb8();
     let (iw, ih) = img.dimensions();
-    let resize = args.opt("resize") != Some("none");
-    let x = sconce::hub::eval_transform(img.as_raw(), ih as usize, iw as usize, &cfg.pretrained_cfg, resize)?;
-    let [_, h, wd] = cfg.pretrained_cfg.input_size;
-    let x = Tensor::from_vec(x, (1, 3, h, wd), &Device::Cpu)?;
-    let probs: Vec<f32> =
-        sconce::tensor::softmax(&sconce::no_grad(|| model.forward_t(&x, false))?, 1)?.flatten_all()?.to_vec1()?;
+    let p = &pre.cfg.pretrained_cfg;
+    let x = sconce::hub::eval_transform(img.as_raw(), ih as usize, iw as usize, p, req.resize)?;
+    let x = Tensor::from_vec(x, (1, 3, p.input_size[1], p.input_size[2]), &Device::Cpu)?;
+    let logits: Vec<f32> = sconce::no_grad(|| model.forward_t(&x, false))?.flatten_all()?.to_vec1()?;
+    let probs: Vec<f32> = sconce::tensor::softmax(&Tensor::new(logits.as_slice(), &Device::Cpu)?, 0)?.to_vec1()?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let top: usize = args.get("top", 5)?;
-    for &i in order.iter().take(top) {
-        let label = cfg.label_names.as_ref().and_then(|l| l.get(i)).cloned().unwrap_or_else(|| format!("class {i}"));
-        println!("{:>7.3}%  {label}", probs[i] * 100.0);
+    if req.json {
+        let topk: Vec<_> = order
+            .iter()
+            .take(req.topk)
+            .map(|&i| serde_json::json!({"index": i, "label": pre.label(i), "prob": probs[i]}))
+            .collect();
+        println!("{}", serde_json::json!({"model": model_name, "topk": topk, "logits": logits}));
+    } else {
+        for &i in order.iter().take(req.topk) {
+            println!("{:>7.3}%  {}", probs[i] * 100.0, pre.label(i));
+        }
     }
     Ok(())
 }
@@ -176,14 +204,10 @@ fn main() -> Result<()> {
     }
     if let Some(w) = args.opt("weights") {
         let head = if model_name.starts_with("densenet") { "classifier." } else { "fc." };
-        let spec: sconce::hub::WeightsSpec = w.parse()?;
-        let naming = match &spec {
-            sconce::hub::WeightsSpec::Hub { repo, .. } => sconce::hub::known_weights(repo).map(|k| k.naming.rules()),
-            sconce::hub::WeightsSpec::File(_) => None,
-        };
-        let opts = naming.unwrap_or_default().into_iter().fold(LoadOptions::strict(), LoadOptions::rule).skip(head);
-        let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
-        let report = store.load_safetensors(&path, &opts).with_context(|| format!("loading {w}"))?;
+        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        let report = store
+            .load_safetensors(&pre.path, &pre.load_options().skip(head))
+            .with_context(|| format!("loading {w}"))?;
         println!("weights from {w}: {report} (new {classes}-class head)");
     }
     let loss: Box<dyn sconce::Loss> =
@@ -260,6 +284,27 @@ fn main() -> Result<()> {
             );
         }
         let _ = names;
+    }
+    if smoke {
+        // The predict path on what was just trained: a plain file (no config.json), so the
+        // model name is given and the classes come from the file's `fc.weight`.
+        let dir = std::env::temp_dir().join(format!("sconce-classify-smoke-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (weights, image) = (dir.join("model.safetensors"), dir.join("image.png"));
+        store.save_safetensors(&weights)?;
+        image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([(x * 6) as u8, (y * 7) as u8, ((x + y) * 3) as u8]))
+            .save(&image)?;
+        let path_str = |p: &std::path::Path| p.to_str().map(str::to_string).context("temporary path is not UTF-8");
+        let (weights, image) = (path_str(&weights)?, path_str(&image)?);
+        run_predict(&PredictArgs {
+            image: &image,
+            weights: &weights,
+            model: Some(&model_name),
+            resize: true,
+            topk: 3,
+            json: true,
+        })?;
+        std::fs::remove_dir_all(dir)?;
     }
     Ok(())
 }

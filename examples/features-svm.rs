@@ -25,7 +25,7 @@ use sconce::data::{
     Dataset, Digits, LabelFormat, Letters, LettersConfig, Loader, LoaderConfig, Pipeline, Split, Subset,
 };
 use sconce::encodings::OneHot;
-use sconce::layers::{Linear, LoadOptions, ParamStore};
+use sconce::layers::{Linear, ParamStore};
 use sconce::svm::{Features, SvmParams, cross_validation, score};
 use sconce::train::{Adam, AdamConfig, Optimizer};
 
@@ -115,10 +115,9 @@ fn main() -> Result<()> {
     let vb = store.builder(seed, DType::F32, &Device::Cpu);
     let backbone = create_backbone(&model, &vb, in_ch, 0)?;
     if let Some(w) = args.opt("weights") {
-        let spec: sconce::hub::WeightsSpec = w.parse()?;
-        let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
-        let opts = LoadOptions::strict().skip("fc.").skip("classifier.");
-        let report = store.load_safetensors(&path, &opts)?;
+        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        let opts = pre.load_options().skip("fc.").skip("classifier.");
+        let report = store.load_safetensors(&pre.path, &opts)?;
         tracing::info!("{w}: {report}");
     }
     let t0 = Instant::now();

@@ -397,24 +397,17 @@ fn main() -> Result<()> {
                 "--weights loads encoder weights; the classic U-Net has no pretrained encoder (use --backbone resnet50)"
             );
         }
-        let spec: sconce::hub::WeightsSpec = w.parse()?;
-        // A known checkpoint's own spelling first (transformers, legacy DenseNet), then the
-        // encoder prefix of smp's U-Net.
-        let naming = match &spec {
-            sconce::hub::WeightsSpec::Hub { repo, .. } => sconce::hub::known_weights(repo).map(|k| k.naming.rules()),
-            sconce::hub::WeightsSpec::File(_) => None,
-        };
-        let opts = naming
-            .unwrap_or_default()
-            .into_iter()
-            .fold(LoadOptions::strict(), LoadOptions::rule)
+        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        // The checkpoint's own spelling first (transformers, legacy DenseNet: detected from the
+        // file's keys), then the encoder prefix of smp's U-Net.
+        let opts = pre
+            .load_options()
             .rule(sconce::layers::KeyRule::prefix("", "encoder."))
             .rule(sconce::layers::KeyRule::Drop("encoder.fc.".into()))
             .rule(sconce::layers::KeyRule::Drop("encoder.classifier.".into()))
             .skip("decoder.")
             .skip("segmentation_head.");
-        let path = sconce::hub::Resolver::from_env().resolve(&spec)?;
-        let report = store.load_safetensors(&path, &opts)?;
+        let report = store.load_safetensors(&pre.path, &opts)?;
         tracing::info!("encoder weights from {w}: {report}");
     }
     let loss = build_loss(&cfg)?;

@@ -18,6 +18,10 @@ pub struct LoadReport {
     pub shape_mismatch: Vec<(String, Vec<usize>, Vec<usize>)>,
     /// Keys deliberately not loaded (e.g. a classifier replaced by a new head).
     pub skipped: Vec<String>,
+    /// Keys the file lacks that have a standard value, which was set: BatchNorm's
+    /// `num_batches_tracked`, absent from files saved before PyTorch 0.4.1 (and from some
+    /// converters), becomes 0 as PyTorch's own loader makes it.
+    pub defaulted: Vec<String>,
 }
 
 impl LoadReport {
@@ -38,6 +42,7 @@ impl LoadReport {
         self.unexpected.sort();
         self.shape_mismatch.sort();
         self.skipped.sort();
+        self.defaulted.sort();
     }
 }
 
@@ -52,6 +57,9 @@ impl fmt::Display for LoadReport {
             self.shape_mismatch.len(),
             self.skipped.len()
         )?;
+        if !self.defaulted.is_empty() {
+            write!(f, ", {} set to their default (not in the file)", self.defaulted.len())?;
+        }
         for k in &self.missing {
             write!(f, "\n  missing:    {k}")?;
         }

@@ -10,6 +10,8 @@
 //! | [`PretrainedCfg`] | input size, mean/std, interpolation, crop_pct, classes, label names |
 //! | [`eval_transform`] | timm's eval preprocessing (Pillow-exact antialiased resize, centre crop, normalise) |
 //! | [`KNOWN_WEIGHTS`], [`Naming`] | the known checkpoints (timm, smp, `microsoft/resnet-50`) and the key maps they need |
+//! | [`Pretrained`] | [`Resolver::pretrained`]: a checkpoint's file, preprocessing, architecture, classes and key spelling (detected from the file for plain files) |
+//! | [`safetensors_header`] | a safetensors file's tensor names and shapes, without reading the tensors |
 //!
 //! Downloading (when a file is not cached and `HF_HUB_OFFLINE` is not set) uses hf-hub behind
 //! the optional `download` feature (it brings ~280 crates); without it the error says so and
@@ -29,6 +31,7 @@
 mod cfg;
 mod known;
 mod preprocess;
+mod pretrained;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,6 +41,7 @@ use sconce_core::{Error, Result};
 pub use cfg::{Preprocess, PretrainedCfg};
 pub use known::{KNOWN_WEIGHTS, KnownWeights, Naming, known_weights};
 pub use preprocess::eval_transform;
+pub use pretrained::{Pretrained, safetensors_header};
 
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -156,6 +156,7 @@ impl ParamStore {
             }
         }
         let mut plan = Vec::new();
+        let mut defaults = Vec::new();
         for (key, entry) in self.entries() {
             if opts.skipped(&key) {
                 by_key.remove(&key);
@@ -163,7 +164,12 @@ impl ParamStore {
                 continue;
             }
             let Some((_, t)) = by_key.remove(&key) else {
-                report.missing.push(key);
+                // Files saved before PyTorch 0.4.1 have no BatchNorm counters; PyTorch's loader
+                // sets them to 0 (`_load_from_state_dict` without a version), and so do we.
+                match entry {
+                    Entry::Buffer(b) if is_counter(&key) => defaults.push((key, b)),
+                    _ => report.missing.push(key),
+                }
                 continue;
             };
             let want = entry.tensor().dims().to_vec();
@@ -204,12 +210,18 @@ impl ParamStore {
             }
             ready.push((key, entry, t));
         }
+        let zeros =
+            defaults.into_iter().map(|(key, b)| Ok((key, b.get().zeros_like()?, b))).collect::<Result<Vec<_>>>()?;
         for (key, entry, t) in ready {
             match entry {
                 Entry::Param(v) => v.set(&t)?,
                 Entry::Buffer(b) => b.set(t),
             }
             report.loaded.push(key);
+        }
+        for (key, t, b) in zeros {
+            b.set(t);
+            report.defaulted.push(key);
         }
         report.sort();
         tracing::debug!(source, %report, "weights loaded");
@@ -240,6 +252,11 @@ impl ParamStore {
         let map: HashMap<String, Tensor> = self.state_dict().into_iter().collect();
         save_safetensors_atomic(&map, path.as_ref())
     }
+}
+
+/// BatchNorm's step counter (`num_batches_tracked`), which old files lack.
+fn is_counter(key: &str) -> bool {
+    key == "num_batches_tracked" || key.ends_with(".num_batches_tracked")
 }
 
 /// Every tensor of a safetensors file, read through a memory map.

@@ -103,6 +103,32 @@ fn save_then_load_round_trips_every_tensor() -> Result<()> {
 }
 
 #[test]
+fn files_without_batch_norm_counters_load_with_the_counters_at_zero() -> Result<()> {
+    // A trained model (counter 1) loads a file saved before PyTorch 0.4.1: no counters in it.
+    let store = ParamStore::new();
+    let (block, _) = small_model(&store)?;
+    block.forward_t(&Tensor::randn(0f32, 1., (4, 2, 5, 5), &Device::Cpu)?, true)?;
+    assert_eq!(block.bn().num_batches_tracked(), 1);
+    // Copies (a variable cannot be set from its own storage).
+    let mut file = store.state_dict().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<Result<Vec<_>>>()?;
+    file.retain(|(k, _)| !k.ends_with("num_batches_tracked"));
+    let report = store.load_tensors(file.clone(), &LoadOptions::strict(), "old.safetensors")?;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.defaulted, ["features.1.num_batches_tracked"]);
+    assert_eq!(report.loaded.len(), 7);
+    assert!(report.to_string().contains("1 set to their default"), "{report}");
+    // PyTorch's loader sets the counter to 0 for such files; so do we.
+    assert_eq!(block.bn().num_batches_tracked(), 0);
+    // Only the counter has a default: a missing running mean is still a problem.
+    file.retain(|(k, _)| k != "features.1.running_mean");
+    let Err(Error::Weights { report: Some(report), .. }) = store.load_tensors(file, &LoadOptions::strict(), "f") else {
+        bail!("a missing running mean must fail strict loading")
+    };
+    assert_eq!(report.missing, ["features.1.running_mean"]);
+    Ok(())
+}
+
+#[test]
 fn strict_loading_lists_every_problem_at_once_and_changes_nothing() -> Result<()> {
     let store = ParamStore::new();
     small_model(&store)?;

@@ -77,6 +77,12 @@ pub trait Loss: Send + Sync + std::fmt::Debug {
 
     /// What the target tensor must hold.
     fn target_kind(&self) -> TargetKind;
+
+    /// The integer target value this loss skips (PyTorch's `ignore_index`, e.g. 255 for void
+    /// pixels), if any. The head checker reads it, so such targets are not out of range.
+    fn ignore_index(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The final layer an [`OutputEncoding`] needs on top of `F` pooled (or per-pixel) features.

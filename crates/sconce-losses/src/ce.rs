@@ -170,6 +170,9 @@ impl Loss for CrossEntropy {
     fn target_kind(&self) -> TargetKind {
         TargetKind::ClassIndices
     }
+    fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
 }
 
 /// Integer targets as i64 (any integer dtype, or whole-valued floats).

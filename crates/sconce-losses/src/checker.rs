@@ -65,7 +65,7 @@ impl<'a> HeadChecker<'a> {
             activation: final_activation,
             loss,
             targets: None,
-            ignore_index: None,
+            ignore_index: loss.ignore_index(),
             threshold: None,
             dtype: None,
         }
@@ -77,7 +77,7 @@ impl<'a> HeadChecker<'a> {
         self
     }
 
-    /// The target value the loss ignores.
+    /// The target value the loss ignores (by default the loss's own [`Loss::ignore_index`]).
     pub fn ignore_index(mut self, i: i64) -> Self {
         self.ignore_index = Some(i);
         self

@@ -192,4 +192,7 @@ impl Loss for FocalLoss {
             _ => TargetKind::BinaryProbabilities,
         }
     }
+    fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
 }

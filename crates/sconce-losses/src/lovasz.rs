@@ -189,6 +189,9 @@ impl Loss for LovaszLoss {
             _ => TargetKind::BinaryProbabilities,
         }
     }
+    fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,12 @@ fn targets_and_metrics_rules() -> Result<()> {
     let f = HeadChecker::new(&[3, 5], Activation::Identity, &ce).targets(&labels).ignore_index(255).check()?;
     assert!(rules(&f, Severity::Error).is_empty());
     assert_eq!(rules(&f, Severity::Info), vec!["fewer-classes-than-outputs"]);
+    // The loss's own ignore_index is the checker's default (so the Trainer's check passes).
+    let ce255 = CrossEntropy::new().ignore_index(255);
+    let f = HeadChecker::new(&[3, 5], Activation::Identity, &ce255).targets(&labels).check()?;
+    assert!(rules(&f, Severity::Error).is_empty(), "{f:?}");
+    let f = HeadChecker::new(&[3, 5], Activation::Identity, &ce).targets(&labels).check()?;
+    assert_eq!(rules(&f, Severity::Error), vec!["labels-out-of-range"]);
     // ReLU feeding a classification loss.
     let f = HeadChecker::new(&[3, 5], Activation::Relu, &ce).check()?;
     assert!(f.iter().any(|x| x.rule == "activation-before-logits-loss" && x.message.contains("σ ≥ 0.5")));

@@ -189,6 +189,28 @@ fn a_wrong_head_is_refused_before_the_first_step() -> Result<()> {
 }
 
 #[test]
+fn void_labels_pass_the_head_check_when_the_loss_ignores_them() -> Result<()> {
+    let run = model(1)?;
+    let mut cfg = TrainConfig::new(1, 0.01);
+    cfg.progress = false;
+    let batch = sconce_train::Batch {
+        x: Tensor::ones((4, 4, 1, 1), DType::F32, &Device::Cpu)?,
+        y: Tensor::new(&[0u32, 255, 2, 1], &Device::Cpu)?,
+    };
+    // 255 (void) is out of range for 3 classes unless the loss ignores it.
+    let ignoring = CrossEntropy::new().ignore_index(255);
+    let opt = Box::new(Adam::new(run.store.named_vars(), AdamConfig::adam())?);
+    let t = Trainer::new(&run.model, run.store.clone(), &ignoring, opt, cfg.clone())?;
+    t.check_head(&batch)?;
+    let plain = CrossEntropy::new();
+    let opt = Box::new(Adam::new(run.store.named_vars(), AdamConfig::adam())?);
+    let t = Trainer::new(&run.model, run.store.clone(), &plain, opt, cfg)?;
+    let r = t.check_head(&batch);
+    assert!(matches!(&r, Err(Error::HeadCheck { .. })) && format!("{r:?}").contains("labels-out-of-range"), "{r:?}");
+    Ok(())
+}
+
+#[test]
 fn bce_on_single_label_targets_warns_and_reports_binary_accuracy() -> Result<()> {
     let run = model(1)?;
     let loss = BinaryCrossEntropy::new();

@@ -85,7 +85,9 @@ impl Ecoc {
     }
 
     /// Hadamard code: rows 1..=n of a Sylvester matrix of order `m ≥ n + 1` (the all-ones row
-    /// dropped); every pair of codewords differs in exactly `m/2` places.
+    /// dropped), without the columns that are constant over those rows (column 0 always; for
+    /// n = 2 one more): a constant column is a bit no learner can be trained for, and dropping
+    /// it changes no distance. Every pair of codewords differs in exactly `m/2` places.
     ///
     /// # Errors
     /// [`Error::Config`] for `n < 2`.
@@ -93,7 +95,9 @@ impl Ecoc {
         check_classes(n)?;
         let m = (n + 1).next_power_of_two();
         let h = crate::sylvester(m)?;
-        Self::from_matrix(h[1..=n].to_vec())
+        let rows = &h[1..=n];
+        let keep: Vec<usize> = (0..m).filter(|&j| rows.iter().any(|r| r[j] != rows[0][j])).collect();
+        Self::from_matrix(rows.iter().map(|r| keep.iter().map(|&j| r[j]).collect()).collect())
     }
 
     /// Best of `tries` random codes by minimum row distance (Allwein et al.): dense codes have
@@ -192,7 +196,9 @@ impl Ecoc {
 
     /// Trains one binary estimator per code column on the samples whose class uses that column
     /// (`M ≠ 0`), with labels `1` for `+1` and `0` for `−1`: any [`Fit`] whose model
-    /// [`Predict`]s a decision value (an SVM, a logistic regression) can be a bit learner.
+    /// [`Predict`]s a decision value (an SVM, a logistic regression) can be a bit learner. The
+    /// decision value must follow [`Predict::decision_function`]'s binary convention (positive
+    /// for label 1), as sconce-svm's models do.
     ///
     /// # Errors
     /// Label-range errors, a column with no samples of one sign, and the estimator's errors.

@@ -47,11 +47,16 @@ fn codes_have_their_designed_row_distances() -> Result<()> {
             }
         }
     }
-    for n in [2usize, 5, 10, 26] {
+    for n in 2usize..=70 {
         let e = Ecoc::hadamard(n)?;
-        let m = (n + 1).next_power_of_two() as f64;
-        assert_eq!(e.code_len() as f64, m);
-        assert_eq!(e.min_row_distance(), m / 2.0, "every pair differs in m/2 places (n = {n})");
+        let m = (n + 1).next_power_of_two();
+        // Column 0 (all +1) dropped, and for n = 2 the column equal to −1 on both rows.
+        assert_eq!(e.code_len(), if n == 2 { 2 } else { m - 1 }, "n = {n}");
+        assert_eq!(e.min_row_distance(), m as f64 / 2.0, "every pair differs in m/2 places (n = {n})");
+        for b in 0..e.code_len() {
+            let col: Vec<i8> = e.rows().iter().map(|r| r[b]).collect();
+            assert!(col.contains(&1) && col.contains(&-1), "n = {n}: column {b} is constant");
+        }
     }
     for (n, sparse) in [(10usize, false), (26, false), (10, true)] {
         let a = Ecoc::random(n, sparse, 50, 7)?;

@@ -57,12 +57,20 @@ impl Predict for SvmModel {
         Ok(Tensor::from_vec(p, xf.rows(), x.device())?)
     }
 
-    /// `[N, k(k−1)/2]` one-vs-one values for classification, `[N]` otherwise.
+    /// `[N, k(k−1)/2]` one-vs-one values for classification, `[N]` otherwise. LIBSVM's values
+    /// ([`SvmModel::decision_values`]) are positive for the first label met in training; for
+    /// two classes this one is signed as the trait says instead (positive: the larger label,
+    /// scikit-learn's convention), so it does not depend on the order of the training data.
     fn decision_function(&self, x: &Tensor) -> Result<Tensor> {
         let xf = self.check_tensor(x)?;
-        let d = self.decision_values(&xf)?;
+        let mut d = self.decision_values(&xf)?;
         let m = self.n_decision();
         if self.svm_type().is_classification() {
+            if let [first, second] = self.labels()
+                && first < second
+            {
+                d.iter_mut().for_each(|v| *v = -*v);
+            }
             Ok(Tensor::from_vec(d, (xf.rows(), m), x.device())?)
         } else {
             Ok(Tensor::from_vec(d, xf.rows(), x.device())?)

@@ -27,6 +27,27 @@ fn hard_margin_linear_solution_matches_the_closed_form() -> Result<()> {
 }
 
 #[test]
+fn binary_decision_values_are_positive_for_the_larger_label_whatever_the_order() -> Result<()> {
+    // Class 1 at x > 0. LIBSVM's own values are positive for the first label it met; the
+    // `Predict` boundary's are positive for label 1 either way (scikit-learn's convention).
+    let dev = Device::Cpu;
+    for first in [0u32, 1] {
+        let ys: Vec<u32> = (0..8).map(|i| if i % 2 == 0 { first } else { 1 - first }).collect();
+        let xs: Vec<f32> =
+            ys.iter().enumerate().map(|(i, &c)| (if c == 1 { 1.0 } else { -1.0 }) * (1.0 + i as f32 / 8.0)).collect();
+        let x = Tensor::from_vec(xs, (8, 1), &dev)?;
+        let m = SvmParams::c_svc().kernel(KernelType::Linear).fit(&x, &Tensor::from_vec(ys, 8, &dev)?)?;
+        let d = Predict::decision_function(&m, &Tensor::from_vec(vec![-2f32, 2.0], (2, 1), &dev)?)?;
+        let d = d.flatten_all()?.to_vec1::<f64>()?;
+        ensure!(d[0] < 0.0 && d[1] > 0.0, "first label {first}: {d:?}");
+        // LIBSVM's raw value keeps its own sign: positive for the first label met.
+        let raw = m.decision_values(&Features::dense(1, 1, vec![2.0])?)?;
+        ensure!((raw[0] > 0.0) == (first == 1), "first label {first}: raw {raw:?}");
+    }
+    Ok(())
+}
+
+#[test]
 fn candle_tensors_at_the_boundary() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::from_vec(vec![0f32, 0.0, 0.1, 0.2, 1.0, 1.0, 0.9, 1.1, 0.0, 1.0, 0.1, 0.9], (6, 2), &dev)?;

@@ -116,6 +116,24 @@ pub(crate) fn focal_term(base: &Tensor, gamma: f64) -> Result<Tensor> {
     })
 }
 
+/// Class-index targets must be whole numbers in `0..c` (or the ignore index): anything else
+/// would silently count as background for every class.
+fn check_class_targets(t: &Tensor, c: usize, ignore: Option<f64>) -> Result<()> {
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let ok = |y: f64| Some(y) == ignore || (y.fract() == 0.0 && y >= 0.0 && y < c as f64);
+    if let Some(bad) = v.iter().copied().find(|&y| !ok(y)) {
+        let or_ignore = ignore.map(|i| format!(" or the ignore_index {i}")).unwrap_or_default();
+        return Err(Error::data(
+            "target",
+            format!(
+                "class index {bad} is not one of 0..{c}{or_ignore}; multiclass focal loss takes one class index per \
+                 position (set ignore_index for void labels such as 255)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Loss for FocalLoss {
     fn name(&self) -> &str {
         "focal"
@@ -158,6 +176,9 @@ impl Loss for FocalLoss {
                     return Err(Error::shape("logits", "[N, C, ...]", logits.dims()));
                 }
                 let c = logits.dims()[1];
+                if self.mode == Mode::Multiclass {
+                    check_class_targets(target, c, ignore)?;
+                }
                 let mut losses = Vec::with_capacity(c);
                 for cls in 0..c {
                     let x = logits.narrow(1, cls, 1)?.squeeze(1)?;

@@ -204,6 +204,19 @@ fn review_edge_cases_give_errors_or_finite_values() -> Result<()> {
     assert!(matches!(RegionLoss::dice(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
     assert!(matches!(FocalLoss::new(Mode::Binary).loss(&x, &wrong), Err(Error::Shape { .. })));
     assert!(RegionLoss::dice(Mode::Binary).loss(&x, &Tensor::zeros((1, 2, 3), DType::F32, &dev)?).is_ok());
+    // Multiclass focal: labels out of range or NaN are errors (they would count as background
+    // for every class); the ignore index is accepted.
+    let x3 = Tensor::zeros((2, 3), DType::F32, &dev)?;
+    let focal = FocalLoss::new(Mode::Multiclass);
+    for bad in [[0f32, 7.0], [0.0, f32::NAN], [0.0, 1.5], [-1.0, 0.0]] {
+        let e = focal.loss(&x3, &Tensor::new(&bad, &dev)?);
+        assert!(
+            matches!(&e, Err(Error::Data { .. })) && format!("{e:?}").contains("not one of 0..3"),
+            "{bad:?}: {e:?}"
+        );
+    }
+    assert!(focal.clone().ignore_index(255).loss(&x3, &Tensor::new(&[2u32, 255], &dev)?).is_ok());
+    assert!(focal.loss(&x3, &Tensor::new(&[2u32, 0], &dev)?).is_ok());
     Ok(())
 }
 

@@ -205,13 +205,14 @@ impl ClassificationReport {
 /// What a [`MetricSet`] measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Task {
-    /// Single-label classification over `classes`: scores `[N, C]`, labels `[N]`.
+    /// Single-label classification over `classes`: scores `[N, C]` (C = 1 with 2 classes: one
+    /// logit per sample, thresholded at logit 0), labels `[N]`.
     Multiclass {
         /// Number of classes.
         classes: usize,
     },
-    /// Semantic segmentation: scores `[N, C, H, W]` (C = 1: one logit per pixel, thresholded at
-    /// logit 0) and label maps `[N, H, W]`.
+    /// Semantic segmentation: scores `[N, C, H, W]` (C = 1 with 2 classes: one logit per pixel,
+    /// thresholded at logit 0) and label maps `[N, H, W]`.
     Segmentation {
         /// Number of classes (2 for binary masks).
         classes: usize,
@@ -250,16 +251,26 @@ impl MetricSet {
         Ok(Self { task, cm: ConfusionMatrix::new(classes)?, seg })
     }
 
-    /// Adds a batch of model outputs (scores or logits; arg-max over axis 1, or `logit ≥ 0` for
-    /// a single segmentation channel) and targets.
+    /// Adds a batch of model outputs and targets. The outputs have one channel per class on
+    /// axis 1 (scores or logits, arg-max), or, for two classes, a single logit per sample or
+    /// pixel (class 1 where `logit ≥ 0`: a sigmoid + BCE head).
     ///
     /// # Errors
-    /// Shape and label errors.
+    /// [`Error::Shape`] when the channels fit neither form (e.g. 1 logit for 3 classes), and
+    /// the label errors.
     pub fn update(&mut self, outputs: &Tensor, targets: &Tensor) -> Result<()> {
-        let preds = if outputs.rank() >= 2 && outputs.dims()[1] == 1 && matches!(self.task, Task::Segmentation { .. }) {
+        let (Task::Multiclass { classes } | Task::Segmentation { classes }) = self.task;
+        let channels = if outputs.rank() >= 2 { outputs.dims()[1] } else { 0 };
+        let preds = if channels == 1 && classes == 2 {
             outputs.squeeze(1)?.ge(0.0)?.to_dtype(DType::U32)?
-        } else {
+        } else if channels == classes {
             outputs.argmax(1)?
+        } else {
+            return Err(Error::shape(
+                "metric outputs",
+                format!("[N, {classes}, ...] class scores (or [N, 1, ...] logits for 2 classes)"),
+                outputs.dims(),
+            ));
         };
         match &mut self.seg {
             Some(seg) => seg.update(targets, &preds)?,

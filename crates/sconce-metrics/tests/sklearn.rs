@@ -324,6 +324,32 @@ fn metric_set_summarises_a_segmentation_batch() -> Result<()> {
 }
 
 #[test]
+fn metric_set_reads_one_logit_as_a_binary_classifier_and_refuses_other_mismatches() -> Result<()> {
+    use candle_core::DType;
+    use sconce_core::Error;
+    use sconce_metrics::{MetricSet, Task};
+    let dev = candle_core::Device::Cpu;
+    // [N, 1] logits of a sigmoid + BCE classifier: class 1 where logit ≥ 0 (arg-max over one
+    // channel would call everything class 0).
+    let logits = candle_core::Tensor::new(&[[2.0f32], [-1.0], [0.5], [-3.0]], &dev)?;
+    let labels = candle_core::Tensor::new(&[1u32, 0, 0, 0], &dev)?;
+    let mut m = MetricSet::new(Task::Multiclass { classes: 2 })?;
+    m.update(&logits, &labels)?;
+    assert_eq!(m.values()[0], ("accuracy", 0.75));
+    // One logit for three classes, or two scores for three: errors naming the expected shape.
+    for (task, dims) in [(Task::Multiclass { classes: 3 }, (4, 1)), (Task::Multiclass { classes: 3 }, (4, 2))] {
+        let err = MetricSet::new(task)?.update(&candle_core::Tensor::zeros(dims, DType::F32, &dev)?, &labels);
+        assert!(matches!(&err, Err(Error::Shape { .. })) && format!("{err:?}").contains("[N, 3, ...]"), "{err:?}");
+    }
+    let err = MetricSet::new(Task::Segmentation { classes: 3 })?.update(
+        &candle_core::Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?,
+        &candle_core::Tensor::zeros((1, 2, 2), DType::U32, &dev)?,
+    );
+    assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    Ok(())
+}
+
+#[test]
 fn multilabel_averages_match_scikit_learn() -> Result<()> {
     use sconce_metrics::{MultilabelAverage, MultilabelConfusion, Threshold};
     let fx = fixture()?;

@@ -20,9 +20,10 @@
 //! `--data DIR` (one folder per class), `--model NAME` (any classifier of
 //! `sconce_backbones::MODEL_NAMES`), `--weights SPEC` (a safetensors path or
 //! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names;
-//! the classifier is replaced when the class count differs), `--loss cce|bce`,
+//! the classifier is kept when its class count matches, else replaced), `--loss cce|bce`,
 //! `--optimizer sgd|adam|adamw`, `--lr X`, `--epochs N`, `--batch-size N`, `--img-size N`,
-//! `--train-size N`, `--val-size N`, `--seed N`, `--out DIR`, `--json`, `--smoke`.
+//! `--train-size N`, `--val-size N`, `--seed N`, `--out DIR` (checkpoints in
+//! `DIR/<model>-<loss>-<optimizer>-<timestamp>/`), `--json`, `--smoke`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -80,7 +81,11 @@ fn predict(args: &common::Args) -> Result<()> {
         image,
         weights,
         model: args.opt("model"),
-        resize: args.opt("resize") != Some("none"),
+        resize: match args.opt("resize") {
+            None | Some("shorter") => true,
+            Some("none") => false,
+            Some(other) => bail!("--resize {other}: expected none (the image is already at the input size)"),
+        },
         topk: args.get("topk", default_k)?,
         json: args.flag("json"),
     })
@@ -202,13 +207,19 @@ fn main() -> Result<()> {
     if model_name.starts_with("unet") {
         bail!("--model {model_name} is a segmentation model; use the segment example");
     }
+    // With --json, stdout carries only JSON lines; everything else goes to stderr.
+    let say = |s: String| if json { eprintln!("{s}") } else { println!("{s}") };
     if let Some(w) = args.opt("weights") {
-        let head = if model_name.starts_with("densenet") { "classifier." } else { "fc." };
         let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
-        let report = store
-            .load_safetensors(&pre.path, &pre.load_options().skip(head))
-            .with_context(|| format!("loading {w}"))?;
-        println!("weights from {w}: {report} (new {classes}-class head)");
+        // A pretrained head is kept when it has this many classes, else replaced.
+        let (opts, head_note) = if pre.num_classes == classes {
+            (pre.load_options(), format!("its {classes}-class head kept"))
+        } else {
+            let head = if model_name.starts_with("densenet") { "classifier." } else { "fc." };
+            (pre.load_options().skip(head), format!("new {classes}-class head"))
+        };
+        let report = store.load_safetensors(&pre.path, &opts).with_context(|| format!("loading {w}"))?;
+        say(format!("weights from {w}: {report} ({head_note})"));
     }
     let loss: Box<dyn sconce::Loss> =
         if loss_name == "bce" { Box::new(BinaryCrossEntropy::new()) } else { Box::new(CrossEntropy::new()) };
@@ -225,13 +236,15 @@ fn main() -> Result<()> {
     tc.progress = !json && !smoke;
     let run_dir = PathBuf::from(args.get("out", "runs/classify".to_string())?);
     if !smoke {
-        tc.checkpoint_dir = Some(run_dir.join(format!("{model_name}-{loss_name}-{opt_name}")).join("checkpoints"));
+        // A folder per run: a rerun must not prune (or mix with) an earlier run's checkpoints.
+        let name = format!("{model_name}-{loss_name}-{opt_name}-{}", common::timestamp());
+        tc.checkpoint_dir = Some(run_dir.join(name).join("checkpoints"));
     }
     let mut trainer = Trainer::new(model.as_ref(), store.clone(), loss.as_ref(), optimizer, tc)?;
     if let Some(first) = train.epoch(0).next() {
         let b = first?;
         for f in trainer.check_head(&Batch { x: b.x, y: b.y })? {
-            println!("head check: {f}");
+            say(format!("head check: {f}"));
         }
     }
     if !json {

@@ -182,22 +182,6 @@ fn datasets(cfg: &RunConfig) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>)> {
     }
 }
 
-fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// The predicted foreground (1.0) of logits `[N, C, H, W]`: logit ≥ 0 for one channel, any
 /// class but 0 for several.
 fn foreground(y: &Tensor) -> Result<Tensor> {
@@ -384,7 +368,7 @@ fn main() -> Result<()> {
         None => {
             let cfg = parse_config(&args)?;
             let out = PathBuf::from(args.get("out", "runs/segment".to_string())?);
-            (cfg, out.join(timestamp()))
+            (cfg, out.join(common::timestamp()))
         }
     };
     let json = args.flag("json");

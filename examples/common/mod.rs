@@ -77,6 +77,23 @@ impl Args {
     }
 }
 
+/// `YYYYMMDD-HHMMSS` (UTC) for run folders.
+pub(crate) fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.
 pub(crate) fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -85,7 +102,8 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Logs to stderr at the level in `RUST_LOG` (`error`, `warn`, `info` (default), `debug`, `trace`).
+/// Logs to stderr at the level in `RUST_LOG` (`error`, `warn` (default), `info`, `debug`,
+/// `trace`): by default only warnings, so that the examples' own output stays readable.
 pub(crate) fn init_tracing() {
     let level = match std::env::var("RUST_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
         "error" => tracing::Level::ERROR,

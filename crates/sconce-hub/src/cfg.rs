@@ -21,6 +21,10 @@ pub struct PretrainedCfg {
     /// `pretrained_cfg` proper.
     #[serde(default)]
     pub pretrained_cfg: Preprocess,
+    /// Whether the file had a `pretrained_cfg` (timm's configs do; transformers' do not, and
+    /// then a known checkpoint's own preprocessing applies rather than these defaults).
+    #[serde(skip)]
+    pub has_preprocessing: bool,
 }
 
 /// Input size and normalisation.
@@ -78,8 +82,25 @@ impl PretrainedCfg {
     /// [`Error::Parse`] for invalid JSON, wrongly typed fields, mean/std not matching the
     /// channels, a crop fraction outside (0, 1].
     pub fn from_json(text: &str, source: &str) -> Result<Self> {
-        let c: PretrainedCfg =
+        let mut c: PretrainedCfg =
             serde_json::from_str(text).map_err(|e| Error::parse(source, Some(e.line()), e.to_string()))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::parse(source, Some(e.line()), e.to_string()))?;
+        c.has_preprocessing = raw.get("pretrained_cfg").is_some();
+        // transformers' configs name the classes in `id2label` ({"0": "tench", ...}).
+        if c.label_names.is_none()
+            && let Some(map) = raw.get("id2label").and_then(|m| m.as_object())
+        {
+            let mut names = vec![String::new(); map.len()];
+            for (k, v) in map {
+                let i = k.parse::<usize>().ok().filter(|&i| i < map.len()).ok_or_else(|| {
+                    Error::parse(source, None, format!("id2label key `{k}` is not a class index below {}", map.len()))
+                })?;
+                names[i] = v.as_str().unwrap_or_default().to_string();
+            }
+            c.num_classes = c.num_classes.or(Some(names.len()));
+            c.label_names = Some(names);
+        }
         let p = &c.pretrained_cfg;
         let ch = p.input_size[0];
         if p.mean.len() != ch || p.std.len() != ch || p.std.iter().any(|s| *s <= 0.0) {

@@ -229,7 +229,7 @@ impl Resolver {
                     })
                 }
             }
-            WeightsSpec::Hub { repo, revision, file } => match self.cache.lookup(repo, revision, file) {
+            WeightsSpec::Hub { repo, revision, file } => match self.cache.lookup(repo, pinned(repo, revision), file) {
                 Ok(p) => {
                     tracing::debug!(%spec, path = %p.display(), "weights found in the hub cache");
                     Ok(p)
@@ -238,7 +238,7 @@ impl Resolver {
                     let next = if self.offline {
                         "HF_HUB_OFFLINE is set, so nothing is downloaded".to_string()
                     } else {
-                        match download(&self.cache, repo, revision, file) {
+                        match download(&self.cache, repo, pinned(repo, revision), file) {
                             Ok(p) => {
                                 tracing::info!(%spec, path = %p.display(), "downloaded");
                                 return Ok(p);
@@ -250,9 +250,10 @@ impl Resolver {
                         source_name: spec.to_string(),
                         reason: format!(
                             "not available locally. Tried:\n  - hub cache {}: {why}\n  - download: {next}\nPut the \
-                             file there (e.g. `huggingface-cli download {repo} {file} --revision {revision}`) or \
-                             pass a local path",
-                            self.cache.dir().display()
+                             file there (e.g. `huggingface-cli download {repo} {file} --revision {}`) or pass a \
+                             local path",
+                            self.cache.dir().display(),
+                            pinned(repo, revision)
                         ),
                         report: None,
                     })
@@ -261,7 +262,9 @@ impl Resolver {
         }
     }
 
-    /// The `config.json` beside a hub file (same snapshot), parsed, if the repository has one.
+    /// The `config.json` beside a hub file (same snapshot), parsed, if the repository has one:
+    /// from the cache, else downloaded with the weights (unless offline; a repository without
+    /// one is not an error).
     ///
     /// # Errors
     /// [`Error::Parse`] for a `config.json` that is not valid JSON or has wrongly typed fields.
@@ -269,9 +272,24 @@ impl Resolver {
         let WeightsSpec::Hub { repo, revision, .. } = spec else {
             return Ok(None);
         };
-        match self.cache.lookup(repo, revision, "config.json") {
+        let revision = pinned(repo, revision);
+        let found = self
+            .cache
+            .lookup(repo, revision, "config.json")
+            .or_else(|why| if self.offline { Err(why) } else { download(&self.cache, repo, revision, "config.json") });
+        match found {
             Ok(p) => PretrainedCfg::from_file(&p).map(Some),
             Err(_) => Ok(None),
         }
+    }
+}
+
+/// The revision to look up: a known checkpoint's pinned commit when the spec asks for the
+/// default `main` (smp's encoders live at pinned commits, which the cache may hold without a
+/// `refs/main`), else the spec's.
+fn pinned<'a>(repo: &str, revision: &'a str) -> &'a str {
+    match known_weights(repo) {
+        Some(k) if revision == "main" => k.revision,
+        _ => revision,
     }
 }

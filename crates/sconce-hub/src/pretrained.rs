@@ -86,9 +86,10 @@ impl Naming {
 pub struct Pretrained {
     /// The safetensors file.
     pub path: PathBuf,
-    /// Preprocessing, classes and label names: the repository's `config.json` when the cache
-    /// has it, else the known checkpoint's values ([`crate::KNOWN_WEIGHTS`]), else timm's
-    /// defaults (224 × 224, bilinear, crop 0.875, ImageNet mean/std).
+    /// Preprocessing, classes and label names: the repository's `config.json` (timm's
+    /// `pretrained_cfg`; transformers' `id2label` for the names) when the cache has it, else
+    /// the known checkpoint's values ([`crate::KNOWN_WEIGHTS`]), else timm's defaults
+    /// (224 × 224, bilinear, crop 0.875, ImageNet mean/std).
     pub cfg: PretrainedCfg,
     /// Architecture (a `sconce_backbones::create_model` name) from the config or the known
     /// table; `None` for a plain file (pass the model name yourself).
@@ -127,18 +128,19 @@ impl Resolver {
             WeightsSpec::File(_) => None,
         };
         let header = safetensors_header(&path)?;
-        let cfg = match self.pretrained_cfg(spec)? {
+        let mut cfg = match self.pretrained_cfg(spec)? {
             Some(c) => c,
-            None => {
-                let mut c = PretrainedCfg::from_json("{}", "defaults")?;
-                if let Some(k) = known {
-                    c.pretrained_cfg.input_size = [3, k.input_size, k.input_size];
-                    c.pretrained_cfg.crop_pct = k.crop_pct;
-                    c.pretrained_cfg.interpolation = k.interpolation.to_string();
-                }
-                c
-            }
+            None => PretrainedCfg::from_json("{}", "defaults")?,
         };
+        // A config without timm's `pretrained_cfg` (none at all, or transformers'): the known
+        // checkpoint's preprocessing.
+        if !cfg.has_preprocessing
+            && let Some(k) = known
+        {
+            cfg.pretrained_cfg.input_size = [3, k.input_size, k.input_size];
+            cfg.pretrained_cfg.crop_pct = k.crop_pct;
+            cfg.pretrained_cfg.interpolation = k.interpolation.to_string();
+        }
         let arch = cfg.architecture.clone().or_else(|| known.map(|k| k.arch.to_string()));
         let naming =
             Naming::detect(header.iter().map(|(k, _)| k.as_str())).or(known.map(|k| k.naming)).unwrap_or(Naming::Timm);

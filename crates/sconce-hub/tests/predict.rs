@@ -180,6 +180,42 @@ fn checkpoints_predict_what_timm_predicts() -> Result<()> {
 }
 
 #[test]
+fn pinned_revisions_and_transformers_configs_are_read() -> Result<()> {
+    let root = tmp("pinned")?;
+    let resolver = Resolver::new(HubCache::at(&root), true);
+    let tiny = |keys: &[(&str, &[usize])]| -> Result<HashMap<String, Tensor>> {
+        keys.iter().map(|(k, s)| Ok((k.to_string(), Tensor::zeros(*s, DType::F32, &Device::Cpu)?))).collect()
+    };
+    // smp's encoder weights as smp caches them: only the pinned commit's snapshot, no refs/main.
+    let known = sconce_hub::known_weights("smp-hub/resnet50.imagenet").context("known")?;
+    let snap = root.join("models--smp-hub--resnet50.imagenet/snapshots").join(known.revision);
+    std::fs::create_dir_all(&snap)?;
+    save_safetensors_atomic(&tiny(&[("conv1.weight", &[64, 3, 7, 7])])?, &snap.join("model.safetensors"))?;
+    let pre = resolver.pretrained(&"hub:smp-hub/resnet50.imagenet".parse()?)?;
+    assert!(pre.path.starts_with(&snap), "{}", pre.path.display());
+    assert_eq!((pre.num_classes, pre.arch.as_deref()), (0, Some("resnet50")));
+    // Another revision is looked up as given (and is not in this cache).
+    assert!(resolver.pretrained(&"hub:smp-hub/resnet50.imagenet@v2".parse()?).is_err());
+
+    // microsoft/resnet-50: transformers' names and config (id2label, no pretrained_cfg), so
+    // the known table's preprocessing (bicubic) applies and the labels come from id2label.
+    let id2label: serde_json::Map<String, Value> =
+        (0..1000).map(|i| (i.to_string(), Value::String(format!("name {i}")))).collect();
+    let config = serde_json::json!({"architectures": ["ResNetForImageClassification"], "id2label": id2label});
+    let weights = tiny(&[
+        ("resnet.embedder.embedder.convolution.weight", &[64, 3, 7, 7]),
+        ("classifier.1.weight", &[1000, 2048]),
+    ])?;
+    cache_repo(&root, "microsoft/resnet-50", &weights, Some(&config))?;
+    let pre = resolver.pretrained(&"hub:microsoft/resnet-50".parse()?)?;
+    assert_eq!(pre.naming, Naming::Transformers);
+    assert_eq!(pre.cfg.pretrained_cfg.interpolation, "bicubic");
+    assert_eq!((pre.num_classes, pre.arch.as_deref(), pre.label(7)), (1000, Some("resnet50"), "name 7".to_string()));
+    std::fs::remove_dir_all(root)?;
+    Ok(())
+}
+
+#[test]
 fn naming_is_told_from_the_keys() {
     let timm = ["features.denseblock1.denselayer1.norm1.weight", "features.norm0.weight", "classifier.weight"];
     assert_eq!(Naming::detect(timm), None);

@@ -8,7 +8,8 @@
 //! | [`Hadamard`] | n | fixed ±1 Sylvester block on L2-normalised features, learned scale + bias | softmax |
 //! | [`Ecoc`] | L code bits over {−1, 0, +1} | learned, or one binary estimator per bit ([`Ecoc::fit_bits`]) | logistic loss-based or Hamming |
 //!
-//! The comparison example (digits, letters) arrives with the rest of the encodings issue.
+//! The `encodings` example compares them on digits and letters (`docs/encodings.md`);
+//! [`Ecoc::fit_bits`] trains each bit with any binary [`sconce_core::Fit`] estimator (an SVM).
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod binary_code;

@@ -60,6 +60,10 @@ impl Loss for KlDivergence {
 
 /// Poisson negative log-likelihood for log-rate outputs: `exp(x) − t·x`, mean over elements
 /// (PyTorch's `PoissonNLLLoss(log_input=True, full=False)`). The model outputs `log λ`.
+///
+/// The one loss here that is not finite for every logit: `exp(x)` is the value itself, so a
+/// log-rate above ~88 (f32) or ~709 (f64) gives `+inf` (never NaN), as in PyTorch and Keras;
+/// that is a rate of 10³⁸ events, i.e. a diverged model, not a numerical trap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Poisson;
 

@@ -1,4 +1,4 @@
-//! Parity with LIBSVM's own tools (fixtures from `scripts/fixtures_svm.py`, LIBSVM 3.24's
+//! Parity with LIBSVM's own tools (fixtures from `scripts/fixtures_svm.py`, LIBSVM 3.37's
 //! `svm-train`/`svm-predict`): per sub-problem objective, rho and support-vector counts,
 //! training-set predictions, γ='scale', model files read and re-written byte for byte, and
 //! probability outputs from LIBSVM's probability models.

@@ -357,6 +357,20 @@ fn main() -> Result<()> {
     }
     let (cfg, run_dir) = match args.opt("resume") {
         Some(dir) => {
+            // The run's configuration is its own: only the epoch count may change.
+            let fixed: Vec<&str> = KNOWN
+                .iter()
+                .copied()
+                .filter(|k| !matches!(*k, "resume" | "epochs" | "json" | "out"))
+                .filter(|k| args.opt(k).is_some() || args.flag(k))
+                .collect();
+            if !fixed.is_empty() {
+                bail!(
+                    "--resume continues a run with its own configuration ({dir}/config.json); only --epochs can \
+                     change. Remove --{}",
+                    fixed.join(", --")
+                );
+            }
             let dir = PathBuf::from(dir);
             let mut cfg: RunConfig = serde_json::from_str(
                 &std::fs::read_to_string(dir.join("config.json"))

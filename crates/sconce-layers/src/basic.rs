@@ -266,6 +266,20 @@ impl Head {
         };
         Ok(Self { kind })
     }
+
+    /// The head applied at every pixel of `[N, F, H, W]` features (a 1×1 convolution with the
+    /// same weights; the fixed head's normalisation is over each pixel's `F` features):
+    /// `[N, out, H, W]`, for an output encoding per pixel in segmentation.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for another rank; candle errors.
+    pub fn forward_pixels(&self, x: &Tensor) -> Result<Tensor> {
+        let [n, f, h, w] = sconce_core::check::dims::<4>(x, "head input", "[N, F, H, W]")?;
+        let flat = x.permute((0, 2, 3, 1))?.reshape((n * h * w, f))?;
+        let y = self.forward(&flat)?;
+        let out = y.dim(1)?;
+        Ok(y.reshape((n, h, w, out))?.permute((0, 3, 1, 2))?.contiguous()?)
+    }
 }
 
 impl Module for Head {

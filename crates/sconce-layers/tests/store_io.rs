@@ -334,5 +334,19 @@ fn heads_follow_their_spec() -> Result<()> {
     assert_eq!(hp.forward(&Tensor::zeros((4, 5), DType::F64, &dev)?)?.dims(), &[4, 2]);
     let l = Head::new(&vb.pp("learned"), 5, &HeadSpec::Learned { out_features: 3, bias: true })?;
     assert_eq!(l.forward(&Tensor::zeros((2, 5), DType::F64, &dev)?)?.dims(), &[2, 3]);
+    // Per pixel ([N, F, H, W] → [N, out, H, W]): the head applied to each pixel's features.
+    let x = Tensor::arange(0f64, 2.0 * 2.0 * 3.0 * 4.0, &dev)?.reshape((2, 2, 3, 4))?.affine(0.1, -1.0)?;
+    let y = h.forward_pixels(&x)?;
+    assert_eq!(y.dims(), &[2, 2, 3, 4]);
+    for (ni, i, j) in [(0, 0, 0), (1, 2, 3), (0, 1, 2)] {
+        let px = x.narrow(0, ni, 1)?.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, 2))?;
+        let want = h.forward(&px)?.flatten_all()?.to_vec1::<f64>()?;
+        let got = y.narrow(0, ni, 1)?.narrow(2, i, 1)?.narrow(3, j, 1)?.flatten_all()?.to_vec1::<f64>()?;
+        assert!(
+            want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-12),
+            "pixel ({ni}, {i}, {j}): {got:?} vs {want:?}"
+        );
+    }
+    assert!(h.forward_pixels(&Tensor::zeros((2, 2), DType::F64, &dev)?).is_err());
     Ok(())
 }

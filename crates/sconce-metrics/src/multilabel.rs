@@ -21,10 +21,14 @@ pub enum MultilabelAverage {
 }
 
 /// Streaming multi-label counts: per label `(tp, fp, fn, support)`, and per-sample score sums.
+/// Update per batch, [`merge`](Self::merge) across workers, [`reset`](Self::reset) per epoch;
+/// a target value set by [`ignore_value`](Self::ignore_value) (e.g. −1 for "not annotated")
+/// leaves that (sample, label) pair out of every count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultilabelConfusion {
     labels: usize,
     thresholds: Vec<Threshold>,
+    ignore: Option<f64>,
     counts: Vec<[u64; 4]>,
     /// Per sample `(|pred ∩ true|, |pred|, |true|)`, kept for the `samples` average.
     samples: Vec<(u32, u32, u32)>,
@@ -45,7 +49,57 @@ impl MultilabelConfusion {
             n if n == labels => thresholds,
             n => return Err(Error::config("thresholds", format!("need 1 or {labels} thresholds, got {n}"))),
         };
-        Ok(Self { labels, thresholds, counts: vec![[0; 4]; labels], samples: Vec::new() })
+        Ok(Self { labels, thresholds, ignore: None, counts: vec![[0; 4]; labels], samples: Vec::new() })
+    }
+
+    /// Targets equal to `v` (not 0 or 1, e.g. −1) mark pairs to leave out of every count.
+    pub fn ignore_value(mut self, v: f64) -> Self {
+        self.ignore = Some(v);
+        self
+    }
+
+    /// Adds another worker's counts (same labels, thresholds and ignore value).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the two were set up differently.
+    pub fn merge(&mut self, other: &MultilabelConfusion) -> Result<()> {
+        if other.labels != self.labels || other.thresholds != self.thresholds || other.ignore != self.ignore {
+            return Err(Error::config(
+                "merge",
+                format!(
+                    "cannot merge counts of {} labels into {} (labels, thresholds and ignore value must match)",
+                    other.labels, self.labels
+                ),
+            ));
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        self.samples.extend_from_slice(&other.samples);
+        Ok(())
+    }
+
+    /// Clears every count.
+    pub fn reset(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = [0; 4]);
+        self.samples.clear();
+    }
+
+    /// [`update`](Self::update) from candle tensors: scores and targets `[N, L]` of any dtype.
+    ///
+    /// # Errors
+    /// As [`update`](Self::update); [`Error::Shape`] for other ranks or shapes.
+    pub fn update_tensors(&mut self, scores: &candle_core::Tensor, targets: &candle_core::Tensor) -> Result<()> {
+        let l = self.labels;
+        if scores.rank() != 2 || scores.dims()[1] != l || targets.dims() != scores.dims() {
+            return Err(Error::shape("scores and targets", format!("[N, {l}] both"), scores.dims()));
+        }
+        let flat = |t: &candle_core::Tensor| -> Result<Vec<f64>> {
+            Ok(t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+        };
+        self.update(&flat(scores)?, &flat(targets)?)
     }
 
     /// Adds scores `[N, L]` (row-major) and `{0, 1}` targets `[N, L]`.
@@ -62,30 +116,38 @@ impl MultilabelConfusion {
                 &[scores.len()],
             ));
         }
+        // Check the whole batch first: a bad value must not leave half a batch counted.
         for (row, (s, t)) in scores.chunks(l).zip(targets.chunks(l)).enumerate() {
+            for j in 0..l {
+                if Some(t[j]) == self.ignore {
+                    continue;
+                }
+                if t[j] != 0.0 && t[j] != 1.0 {
+                    let or = self.ignore.map(|v| format!(" (or the ignore value {v})")).unwrap_or_default();
+                    return Err(Error::data("targets", format!("value {} at [{row}, {j}] is not 0 or 1{or}", t[j])));
+                }
+                if let Threshold::Probability(_) = self.thresholds[j]
+                    && !(0.0..=1.0).contains(&s[j])
+                {
+                    return Err(Error::data(
+                        "scores",
+                        format!("{} at [{row}, {j}] is not a probability; use Threshold::Logit for logits", s[j]),
+                    ));
+                }
+                if s[j].is_nan() {
+                    return Err(Error::data("scores", format!("NaN at [{row}, {j}]")));
+                }
+            }
+        }
+        for (s, t) in scores.chunks(l).zip(targets.chunks(l)) {
             let (mut both, mut pred, mut truth) = (0u32, 0u32, 0u32);
             for j in 0..l {
-                let y = if t[j] == 0.0 {
-                    false
-                } else if t[j] == 1.0 {
-                    true
-                } else {
-                    return Err(Error::data("targets", format!("value {} at [{row}, {j}] is not 0 or 1", t[j])));
-                };
+                if Some(t[j]) == self.ignore {
+                    continue;
+                }
+                let y = t[j] == 1.0;
                 let p = match self.thresholds[j] {
-                    Threshold::Probability(th) => {
-                        if !(0.0..=1.0).contains(&s[j]) {
-                            return Err(Error::data(
-                                "scores",
-                                format!(
-                                    "{} at [{row}, {j}] is not a probability; use Threshold::Logit for logits",
-                                    s[j]
-                                ),
-                            ));
-                        }
-                        s[j] >= th
-                    }
-                    Threshold::Logit(th) => s[j] >= th,
+                    Threshold::Probability(th) | Threshold::Logit(th) => s[j] >= th,
                 };
                 let c = &mut self.counts[j];
                 match (y, p) {

@@ -350,6 +350,54 @@ fn metric_set_reads_one_logit_as_a_binary_classifier_and_refuses_other_mismatche
 }
 
 #[test]
+fn multilabel_counts_merge_reset_and_ignore_pairs() -> Result<()> {
+    use sconce_metrics::{MultilabelAverage as A, MultilabelConfusion, Threshold};
+    let fx = fixture()?;
+    let case = &fx["multilabel"].as_array().context("multilabel")?[0];
+    let k = case["labels"].as_u64().context("labels")? as usize;
+    let (probs, targets) = (floats(&case["probs"])?, floats(&case["targets"])?);
+    let rows = targets.len() / k;
+    let th = vec![Threshold::Probability(0.5)];
+    let mut whole = MultilabelConfusion::new(k, th.clone())?;
+    whole.update(&probs, &targets)?;
+    // Two workers' halves merged give the whole batch's scores, every average.
+    let cut = rows / 2 * k;
+    let (mut a, mut b) = (MultilabelConfusion::new(k, th.clone())?, MultilabelConfusion::new(k, th.clone())?);
+    a.update(&probs[..cut], &targets[..cut])?;
+    b.update(&probs[cut..], &targets[cut..])?;
+    a.merge(&b)?;
+    for avg in [A::Micro, A::Macro, A::Weighted, A::Samples] {
+        assert_eq!(a.prf(1.0, avg, ZeroDivision::Zero)?, whole.prf(1.0, avg, ZeroDivision::Zero)?, "{avg:?}");
+    }
+    assert!(a.merge(&MultilabelConfusion::new(k + 1, th.clone())?).is_err());
+    a.reset();
+    assert!(a.prf(1.0, A::Micro, ZeroDivision::Zero).is_err(), "no samples after reset");
+    // Ignored pairs count for nothing: marking every pair of label 0 as −1 gives the micro
+    // scores of the other labels alone (computed here from their predictions).
+    let mut marked = targets.clone();
+    marked.iter_mut().step_by(k).for_each(|t| *t = -1.0);
+    let mut ign = MultilabelConfusion::new(k, th.clone())?.ignore_value(-1.0);
+    ign.update(&probs, &marked)?;
+    let (mut tp, mut fp, mut fneg) = (0.0, 0.0, 0.0);
+    for (i, (&p, &t)) in probs.iter().zip(&targets).enumerate() {
+        if i % k == 0 {
+            continue;
+        }
+        let (p, t) = (p >= 0.5, t == 1.0);
+        tp += f64::from(u8::from(p && t));
+        fp += f64::from(u8::from(p && !t));
+        fneg += f64::from(u8::from(!p && t));
+    }
+    let micro = ign.prf(1.0, A::Micro, ZeroDivision::Zero)?;
+    assert!((micro.precision - tp / (tp + fp)).abs() < 1e-12 && (micro.recall - tp / (tp + fneg)).abs() < 1e-12);
+    // Without the ignore value −1 is an error, and nothing of the bad batch is counted.
+    let mut strict = MultilabelConfusion::new(k, th)?;
+    assert!(strict.update(&probs, &marked).is_err());
+    assert!(strict.prf(1.0, A::Micro, ZeroDivision::Zero).is_err(), "a failed update counts nothing");
+    Ok(())
+}
+
+#[test]
 fn multilabel_averages_match_scikit_learn() -> Result<()> {
     use sconce_metrics::{MultilabelAverage, MultilabelConfusion, Threshold};
     let fx = fixture()?;

@@ -266,9 +266,18 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let name = format!("checkpoint-epoch{:04}", self.state.epochs_done);
         let tmp = dir.join(format!(".{name}.tmp"));
-        let fin = dir.join(&name);
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let r = self.write_checkpoint(dir, &name, &tmp);
+        if r.is_err() {
+            // A failed save leaves no half-written folder behind.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        r
+    }
+
+    fn write_checkpoint(&self, dir: &Path, name: &str, tmp: &Path) -> Result<()> {
+        let fin = dir.join(name);
+        std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
         self.store.save_safetensors(tmp.join("model.safetensors"))?;
         let opt: HashMap<String, Tensor> = self.optimizer.state_tensors()?.into_iter().collect();
         save_safetensors_atomic(&opt, &tmp.join("optimizer.safetensors"))?;
@@ -278,7 +287,7 @@ impl<'a> Trainer<'a> {
             .map_err(|e| Error::data("run state", format!("cannot be written as JSON: {e}")))?;
         write_atomic(&tmp.join("state.json"), text.as_bytes())?;
         let _ = std::fs::remove_dir_all(&fin);
-        std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+        std::fs::rename(tmp, &fin).map_err(|e| Error::io(&fin, e))?;
         write_atomic(&dir.join("latest.json"), json!({ "checkpoint": name }).to_string().as_bytes())?;
         // Keep the newest `keep_checkpoints`.
         let mut all: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -202,3 +202,36 @@ fn state_tensors_are_snapshots_and_restored_state_is_the_optimizers_own() -> Res
     }
     Ok(())
 }
+
+#[test]
+fn gradient_clipping_scales_to_the_norm_like_torch() -> Result<()> {
+    use sconce_train::{clip_grad_norm, grad_norm};
+    let dev = candle_core::Device::Cpu;
+    let (a, b) = (Var::new(&[1f32, 2.0], &dev)?, Var::new(&[[0.5f32]], &dev)?);
+    // loss = 3·Σa + 4·b: gradients (3, 3) and 4, global norm √(9 + 9 + 16) = √34.
+    let grads = || -> Result<GradStore> {
+        let l = ((a.as_tensor().sum_all()? * 3.0)? + (b.as_tensor().sum_all()? * 4.0)?)?;
+        Ok(l.backward()?)
+    };
+    let vars = [a.clone(), b.clone()];
+    let norm = 34f64.sqrt();
+    let mut g = grads()?;
+    assert!((grad_norm(&g, &vars)? - norm).abs() < 1e-6);
+    // Above the norm: nothing changes (torch's scale is clamped at 1).
+    assert!((clip_grad_norm(&mut g, &vars, 10.0)? - norm).abs() < 1e-6);
+    let ga = g.get(a.as_tensor()).context("a")?.to_vec1::<f32>()?;
+    assert_eq!(ga, [3.0, 3.0]);
+    // Below: every gradient times max_norm / (norm + 1e-6), the new norm max_norm.
+    let mut g = grads()?;
+    assert!((clip_grad_norm(&mut g, &vars, 1.0)? - norm).abs() < 1e-6, "returns the norm before clipping");
+    let s = 1.0 / (norm + 1e-6);
+    let ga = g.get(a.as_tensor()).context("a")?.to_vec1::<f32>()?;
+    let gb = g.get(b.as_tensor()).context("b")?.flatten_all()?.to_vec1::<f32>()?;
+    assert!((f64::from(ga[0]) - 3.0 * s).abs() < 1e-6 && (f64::from(gb[0]) - 4.0 * s).abs() < 1e-6);
+    assert!((grad_norm(&g, &vars)? - 1.0).abs() < 1e-5);
+    // A non-positive or NaN limit is a configuration error.
+    for bad in [0.0, -1.0, f64::NAN] {
+        assert!(clip_grad_norm(&mut g, &vars, bad).is_err(), "{bad}");
+    }
+    Ok(())
+}

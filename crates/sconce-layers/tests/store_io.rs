@@ -225,6 +225,25 @@ fn corrupt_and_missing_files_give_clear_errors() -> Result<()> {
     }
     let e = store.load_safetensors(dir.join("absent.safetensors"), &LoadOptions::strict()).err();
     assert!(matches!(e, Some(Error::Io { .. })), "{e:?}");
+    // A valid header whose tensor data was cut off (an interrupted download): a parse error
+    // naming the file, and nothing loaded.
+    let good = dir.join("good.safetensors");
+    store.save_safetensors(&good)?;
+    let bytes = std::fs::read(&good)?;
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 40])?;
+    let before = store.state_dict();
+    match store.load_safetensors(&cut, &LoadOptions::strict()) {
+        Err(Error::Parse { source_name, reason, .. }) => {
+            assert!(source_name.ends_with("cut.safetensors"), "{source_name}");
+            assert!(reason.contains("re-download"), "{reason}");
+        }
+        other => bail!("expected a parse error for a truncated file, got {other:?}"),
+    }
+    for ((k, a), (_, b)) in before.iter().zip(store.state_dict()) {
+        let same = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?.abs()?.flatten_all()?.max(0)?;
+        assert_eq!(same.to_scalar::<f64>()?, 0.0, "{k} changed by a failed load");
+    }
     // An unwritable destination is an error, not a panic.
     let map: HashMap<String, Tensor> = HashMap::new();
     assert!(save_safetensors_atomic(&map, &dir.join("no/such/dir/x.safetensors")).is_err());

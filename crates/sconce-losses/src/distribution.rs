@@ -5,6 +5,8 @@
 use candle_core::{D, DType, Tensor};
 use sconce_core::{Activation, Error, Loss, Result, TargetKind};
 
+use crate::Reduction;
+
 fn class_axis_check(logits: &Tensor, target: &Tensor) -> Result<()> {
     crate::kernel::check_float(logits, "logits")?;
     if logits.rank() < 2 {
@@ -22,16 +24,35 @@ fn non_negative(t: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Mean over every position except the class axis of a per-position loss `[N, ...]`.
-fn mean_positions(per_position: Tensor) -> Result<Tensor> {
-    Ok(per_position.mean_all()?)
+/// Reduces a per-position loss `[N, ...]` (class axis already summed): the mean over positions
+/// by default.
+fn reduce(per_position: Tensor, r: Reduction) -> Result<Tensor> {
+    let n = per_position.elem_count() as f64;
+    r.apply(per_position, n)
 }
 
 /// `KL(t ‖ softmax(x)) = Σ_c t_c·(log t_c − log softmax(x)_c)` over axis 1 (with `0·log 0 = 0`),
 /// averaged over the other positions: PyTorch's `kl_div(log_softmax(x), t, reduction="batchmean")`
-/// for `[N, C]`.
+/// for `[N, C]`; for `[N, C, H, W]` the mean over the `N·H·W` positions (Keras' convention;
+/// PyTorch's `batchmean` would divide the sum by `N` alone). [`Reduction::None`] gives the
+/// per-position values, [`Reduction::Sum`] their sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KlDivergence;
+pub struct KlDivergence {
+    reduction: Reduction,
+}
+
+impl KlDivergence {
+    /// Mean over positions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How the per-position values are reduced.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+}
 
 impl Loss for KlDivergence {
     fn name(&self) -> &str {
@@ -46,7 +67,7 @@ impl Loss for KlDivergence {
         // t·log t with 0·log 0 = 0: log of max(t, tiny) is finite and multiplied by 0 there.
         let t_log_t = (&t * t.maximum(f64::from(f32::MIN_POSITIVE))?.log()?)?.detach();
         let per = (t_log_t - (&t * logp)?)?.sum(1)?;
-        mean_positions(per)
+        reduce(per, self.reduction)
     }
 
     fn activation(&self) -> Activation {
@@ -65,7 +86,22 @@ impl Loss for KlDivergence {
 /// log-rate above ~88 (f32) or ~709 (f64) gives `+inf` (never NaN), as in PyTorch and Keras;
 /// that is a rate of 10³⁸ events, i.e. a diverged model, not a numerical trap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Poisson;
+pub struct Poisson {
+    reduction: Reduction,
+}
+
+impl Poisson {
+    /// Mean over elements.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How the per-element values are reduced.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+}
 
 impl Loss for Poisson {
     fn name(&self) -> &str {
@@ -78,7 +114,7 @@ impl Loss for Poisson {
         let t = target.to_dtype(logits.dtype())?;
         sconce_core::check::finite(&t, "target")?;
         non_negative(&t, "target counts")?;
-        Ok((logits.exp()? - (t * logits)?)?.mean_all()?)
+        reduce((logits.exp()? - (t * logits)?)?, self.reduction)
     }
 
     fn activation(&self) -> Activation {
@@ -93,7 +129,22 @@ impl Loss for Poisson {
 /// Keras' categorical hinge: `max(max_c (1 − y_c)·ŷ_c − Σ_c y_c·ŷ_c + 1, 0)` over axis 1,
 /// mean over positions; one-hot targets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CategoricalHinge;
+pub struct CategoricalHinge {
+    reduction: Reduction,
+}
+
+impl CategoricalHinge {
+    /// Mean over positions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How the per-position values are reduced.
+    pub fn reduction(mut self, r: Reduction) -> Self {
+        self.reduction = r;
+        self
+    }
+}
 
 impl Loss for CategoricalHinge {
     fn name(&self) -> &str {
@@ -105,7 +156,7 @@ impl Loss for CategoricalHinge {
         let y = target.to_dtype(logits.dtype())?;
         let pos = (&y * logits)?.sum(1)?;
         let neg = (y.affine(-1.0, 1.0)? * logits)?.max(1)?;
-        mean_positions(((neg - pos)? + 1.0)?.relu()?)
+        reduce(((neg - pos)? + 1.0)?.relu()?, self.reduction)
     }
 
     fn activation(&self) -> Activation {
@@ -126,11 +177,13 @@ pub struct CategoricalFocal {
     pub alpha: f64,
     /// Focusing exponent (default 2).
     pub gamma: f64,
+    /// How the per-position values are reduced (default: the mean).
+    pub reduction: Reduction,
 }
 
 impl Default for CategoricalFocal {
     fn default() -> Self {
-        Self { alpha: 0.25, gamma: 2.0 }
+        Self { alpha: 0.25, gamma: 2.0, reduction: Reduction::Mean }
     }
 }
 
@@ -148,7 +201,7 @@ impl Loss for CategoricalFocal {
         let logp = sconce_tensor::log_softmax(logits, 1)?;
         let focal = crate::focal::focal_term(&logp.exp()?.affine(-1.0, 1.0)?, self.gamma)?;
         let per = ((focal * y)? * logp)?.sum(1)?.affine(-self.alpha, 0.0)?;
-        mean_positions(per)
+        reduce(per, self.reduction)
     }
 
     fn activation(&self) -> Activation {

@@ -119,7 +119,7 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
         (Box::new(FocalLoss::new(Mode::Multilabel).alpha(0.3).gamma(2.5)), soft.clone()),
         (Box::new(ElementwiseLoss::new(PointLoss::LogCosh)), soft.clone()),
         (Box::new(LovaszLoss::new(Mode::Multiclass)), labels.clone()),
-        (Box::new(KlDivergence), sconce_tensor::softmax(&soft, 1)?),
+        (Box::new(KlDivergence::new()), sconce_tensor::softmax(&soft, 1)?),
         (Box::new(CategoricalFocal::default()), sconce_tensor::softmax(&soft, 1)?),
         (Box::new(ElementwiseLoss::new(PointLoss::Huber { delta: 0.7 })), soft),
     ];
@@ -288,6 +288,37 @@ fn bce_gradient_from_the_forward_pass_equals_the_backward_kernel() -> Result<()>
             let size = g64.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(err <= 1e-6 * size.max(1e-6) + 1e-9, "loss {i}, k {k}: gradient differs by {err} (max {size})");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn distribution_losses_reduce_like_the_others() -> Result<()> {
+    use sconce_losses::{CategoricalHinge, Poisson, Reduction, WeightNorm, weighted_mean};
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[[[0.5f64, -1.0], [2.0, 0.0]], [[-0.3, 0.8], [1.1, -2.0]]], &dev)?; // [N=2, C=2, 2]
+    let p = sconce_tensor::softmax(&x.affine(0.7, 0.1)?, 1)?;
+    let counts = x.abs()?.round()?;
+    type Make = fn(Reduction) -> Box<dyn Loss>;
+    let cases: [(&str, Make, &Tensor, &[usize]); 4] = [
+        ("kl", |r| Box::new(KlDivergence::new().reduction(r)), &p, &[2, 2]),
+        ("hinge", |r| Box::new(CategoricalHinge::new().reduction(r)), &p, &[2, 2]),
+        ("cat focal", |r| Box::new(CategoricalFocal { reduction: r, ..Default::default() }), &p, &[2, 2]),
+        ("poisson", |r| Box::new(Poisson::new().reduction(r)), &counts, &[2, 2, 2]),
+    ];
+    for (name, make, target, per_shape) in cases {
+        let per = make(Reduction::None).loss(&x, target)?;
+        assert_eq!(per.dims(), per_shape, "{name}");
+        let per_v = per.flatten_all()?.to_vec1::<f64>()?;
+        let sum: f64 = per_v.iter().sum();
+        let got_sum = make(Reduction::Sum).loss(&x, target)?.to_scalar::<f64>()?;
+        let got_mean = make(Reduction::Mean).loss(&x, target)?.to_scalar::<f64>()?;
+        assert!((got_sum - sum).abs() < 1e-12 && (got_mean - sum / per_v.len() as f64).abs() < 1e-12, "{name}");
+        // Per-sample weights through the per-position values: weight 0 drops sample 1.
+        let w = weighted_mean(&per, &Tensor::new(&[1f64, 0.0], &dev)?, WeightNorm::SumOfWeights)?.to_scalar::<f64>()?;
+        let half = per_v.len() / 2;
+        let first: f64 = per_v[..half].iter().sum::<f64>() / half as f64;
+        assert!((w - first).abs() < 1e-12, "{name}: {w} vs {first}");
     }
     Ok(())
 }

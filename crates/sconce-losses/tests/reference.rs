@@ -119,12 +119,13 @@ fn build(case: &serde_json::Value) -> Result<Box<dyn Loss>> {
             }
             Box::new(l)
         }
-        "kl" => Box::new(KlDivergence),
-        "poisson" => Box::new(Poisson),
-        "categorical_hinge" => Box::new(CategoricalHinge),
+        "kl" => Box::new(KlDivergence::new()),
+        "poisson" => Box::new(Poisson::new()),
+        "categorical_hinge" => Box::new(CategoricalHinge::new()),
         "categorical_focal" => Box::new(CategoricalFocal {
             alpha: case["alpha"].as_f64().context("alpha")?,
             gamma: case["gamma"].as_f64().context("gamma")?,
+            reduction: Reduction::Mean,
         }),
         "bce_plus_dice" => Box::new(WeightedSum::new(vec![
             (case["w_bce"].as_f64().context("w_bce")?, Box::new(BinaryCrossEntropy::new()) as Box<dyn Loss>),

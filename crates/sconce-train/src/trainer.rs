@@ -362,6 +362,17 @@ impl<'a> Trainer<'a> {
             } else {
                 ProgressBar::hidden()
             };
+            // The previous epoch's validation metrics ride along in the bar's message.
+            let prev = self
+                .state
+                .history
+                .last()
+                .filter(|r| !r.metrics.is_empty())
+                .map(|r| {
+                    let m: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                    format!("; epoch {}: {}", r.epoch, m.join(", "))
+                })
+                .unwrap_or_default();
             let (mut loss_sum, mut seen, mut nb) = (0.0f64, 0usize, 0usize);
             let mut lr = self.optimizer.lr();
             for b in train.batches(epoch)? {
@@ -413,7 +424,7 @@ impl<'a> Trainer<'a> {
                 seen += bs;
                 nb += 1;
                 let el = t0.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("loss {:.4}, {:.1} samples/s", loss_sum / seen as f64, seen as f64 / el));
+                bar.set_message(format!("loss {:.4}, {:.1} samples/s{prev}", loss_sum / seen as f64, seen as f64 / el));
                 bar.inc(1);
                 if self.cfg.max_steps.is_some_and(|m| steps_this_run >= m) {
                     bar.finish_and_clear();

@@ -469,7 +469,8 @@ fn main() -> Result<()> {
     }
     let mut evaluator = SegmentationEvaluator::new(2)?;
     let t0 = std::time::Instant::now();
-    let history = trainer.fit(&mut train, Some(&mut val), &mut evaluator, &mut |r: &EpochRecord| {
+    let fresh = args.opt("resume").is_none();
+    let fitted = trainer.fit(&mut train, Some(&mut val), &mut evaluator, &mut |r: &EpochRecord| {
         let (iou, dice) = (r.get("iou").unwrap_or(f64::NAN), r.get("dice").unwrap_or(f64::NAN));
         if json {
             println!(
@@ -489,7 +490,18 @@ fn main() -> Result<()> {
                 r.samples_per_sec
             );
         }
-    })?;
+    });
+    let history = match fitted {
+        Ok(h) => h,
+        Err(e) => {
+            // A new run that failed before its first checkpoint (a bad mask met in epoch 1, a
+            // divergence) leaves no folder holding only its config.
+            if fresh && !run_dir.join("checkpoints").exists() {
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
+            return Err(e.into());
+        }
+    };
     common::write_json(&run_dir.join("history.json"), &history.epochs)?;
     write_grid(&run_dir.join("grid.png"), model.as_ref(), val_ds.as_ref(), &val_pipe, 4)?;
     write_curves(&run_dir.join("curves.png"), &history.epochs)?;

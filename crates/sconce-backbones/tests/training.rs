@@ -142,7 +142,9 @@ fn every_unet_maps_250_to_250() -> Result<()> {
     // Full-size models, structure only (zero weights) to keep the test fast: the shapes are
     // what is checked. One full-size forward per architecture.
     let x = Tensor::zeros((1, 3, 250, 250), DType::F32, &Device::Cpu)?;
-    for (name, base) in [("unet", 8), ("unet-resnet18", 64), ("unet-densenet121", 64)] {
+    for (name, base) in
+        [("unet", 8), ("unet", 64), ("unet-resnet18", 64), ("unet-resnet50", 64), ("unet-densenet121", 64)]
+    {
         let store = ParamStore::new();
         let vb = store.builder(0, DType::F32, &Device::Cpu).skip_init();
         let m = create_model(name, &vb, &ModelOptions { num_classes: 1, unet_base: base, ..Default::default() })?;

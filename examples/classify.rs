@@ -13,7 +13,7 @@
 //! Predict options: `--image PATH` (or the first argument after `predict`), `--weights SPEC`,
 //! `--model NAME` (when the checkpoint has no `config.json` and is not a known one),
 //! `--resize none` (the image is already at the input size: only normalised), `--topk K`
-//! (default 5), `--json` (one object: `model`, `topk` as `index`/`label`/`prob`, `logits`).
+//! (default 5; `--top K` is the same), `--json` (one object: `model`, `topk` as `index`/`label`/`prob`, `logits`).
 //! Legacy DenseNet key names (`norm.1`) and files without BatchNorm counters load as they are.
 //!
 //! Training options:
@@ -82,7 +82,7 @@ fn predict(args: &common::Args) -> Result<()> {
         weights,
         model: args.opt("model"),
         resize: match args.opt("resize") {
-            None | Some("shorter") => true,
+            None => true,
             Some("none") => false,
             Some(other) => bail!("--resize {other}: expected none (the image is already at the input size)"),
         },
@@ -238,7 +238,7 @@ fn main() -> Result<()> {
     if !smoke {
         // A folder per run: a rerun must not prune (or mix with) an earlier run's checkpoints.
         let name = format!("{model_name}-{loss_name}-{opt_name}-{}", common::timestamp());
-        tc.checkpoint_dir = Some(run_dir.join(name).join("checkpoints"));
+        tc.checkpoint_dir = Some(common::create_run_dir(&run_dir, &name)?.join("checkpoints"));
     }
     let mut trainer = Trainer::new(model.as_ref(), store.clone(), loss.as_ref(), optimizer, tc)?;
     if let Some(first) = train.epoch(0).next() {

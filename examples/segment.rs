@@ -361,7 +361,7 @@ fn main() -> Result<()> {
             let fixed: Vec<&str> = KNOWN
                 .iter()
                 .copied()
-                .filter(|k| !matches!(*k, "resume" | "epochs" | "json" | "out"))
+                .filter(|k| !matches!(*k, "resume" | "epochs" | "json"))
                 .filter(|k| args.opt(k).is_some() || args.flag(k))
                 .collect();
             if !fixed.is_empty() {
@@ -382,7 +382,7 @@ fn main() -> Result<()> {
         None => {
             let cfg = parse_config(&args)?;
             let out = PathBuf::from(args.get("out", "runs/segment".to_string())?);
-            (cfg, out.join(common::timestamp()))
+            (cfg, out)
         }
     };
     let json = args.flag("json");
@@ -432,6 +432,10 @@ fn main() -> Result<()> {
     let steps = (cfg.epochs * train.num_batches()) as u64;
     let mut tc = TrainConfig::new(cfg.epochs, cfg.lr);
     tc.schedule = tc.schedule.with(sconce::train::Schedule::Cosine { t_max: steps.max(1), eta_min: cfg.lr * 0.05 });
+    // A new run gets a folder of its own under --out; a resumed one continues in its folder.
+    let fresh = args.opt("resume").is_none();
+    let run_dir = if fresh { common::create_run_dir(&run_dir, &common::timestamp())? } else { run_dir };
+    let guard = common::RunDirGuard::new(&run_dir, fresh);
     tc.checkpoint_dir = Some(run_dir.join("checkpoints"));
     tc.progress = !json && !args.flag("smoke");
     let mut trainer = Trainer::new(model.as_ref(), store.clone(), loss.as_ref(), optimizer, tc)?;
@@ -446,9 +450,8 @@ fn main() -> Result<()> {
             )
         })?;
     }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     common::write_json(&run_dir.join("config.json"), &cfg)?;
-    if args.opt("resume").is_some() {
+    if !fresh {
         trainer.resume(&run_dir.join("checkpoints"))?;
     }
     if !json {
@@ -469,8 +472,7 @@ fn main() -> Result<()> {
     }
     let mut evaluator = SegmentationEvaluator::new(2)?;
     let t0 = std::time::Instant::now();
-    let fresh = args.opt("resume").is_none();
-    let fitted = trainer.fit(&mut train, Some(&mut val), &mut evaluator, &mut |r: &EpochRecord| {
+    let history = trainer.fit(&mut train, Some(&mut val), &mut evaluator, &mut |r: &EpochRecord| {
         let (iou, dice) = (r.get("iou").unwrap_or(f64::NAN), r.get("dice").unwrap_or(f64::NAN));
         if json {
             println!(
@@ -490,18 +492,8 @@ fn main() -> Result<()> {
                 r.samples_per_sec
             );
         }
-    });
-    let history = match fitted {
-        Ok(h) => h,
-        Err(e) => {
-            // A new run that failed before its first checkpoint (a bad mask met in epoch 1, a
-            // divergence) leaves no folder holding only its config.
-            if fresh && !run_dir.join("checkpoints").exists() {
-                let _ = std::fs::remove_dir_all(&run_dir);
-            }
-            return Err(e.into());
-        }
-    };
+    })?;
+    guard.keep();
     common::write_json(&run_dir.join("history.json"), &history.epochs)?;
     write_grid(&run_dir.join("grid.png"), model.as_ref(), val_ds.as_ref(), &val_pipe, 4)?;
     write_curves(&run_dir.join("curves.png"), &history.epochs)?;

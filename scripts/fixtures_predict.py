@@ -12,7 +12,7 @@ Cases:
                      preprocessing for timm/densenet121.tv_in1k (bicubic, 0.875)
   densenet121_legacy the old torchvision spelling (`denselayerN.norm.1`, `conv.2`) and no
                      num_batches_tracked (files saved before PyTorch 0.4.1), as a plain file:
-                     timm's default preprocessing (bilinear, 0.875)
+                     timm's default preprocessing (its `PretrainedCfg()`: bicubic, 0.875)
 
 The classifier's weights are the pattern times HEAD_SCALE (a power of two: exact on both sides),
 which spreads the logits of these untrained networks so that the top-5 are decided well beyond
@@ -44,14 +44,23 @@ HEADS = ("fc.weight", "classifier.weight")
 RTOL = ATOL = 1e-4  # the Rust test's
 torch.set_num_threads(2)
 
+# `tag`: the timm pretrained tag whose preprocessing the case's checkpoint has (read from timm
+# below, so the test's expectations of sconce's known table come from timm); None: a plain
+# file, timm's defaults.
 CASES = [
     dict(name="resnet50_hub", arch="resnet50", naming="timm", counters=True, image=[240, 300],
-         interpolation="bicubic", crop_pct=0.95),
+         tag="resnet50.a1_in1k"),
     dict(name="densenet121_known", arch="densenet121", naming="timm", counters=True, image=[250, 300],
-         interpolation="bicubic", crop_pct=0.875),
+         tag="densenet121.tv_in1k"),
     dict(name="densenet121_legacy", arch="densenet121", naming="legacy", counters=False, image=[200, 260],
-         interpolation="bilinear", crop_pct=0.875),
+         tag=None),
 ]
+
+
+def preprocessing(tag):
+    """(interpolation, crop_pct) of a timm pretrained tag, or timm's defaults."""
+    c = timm.models.PretrainedCfg() if tag is None else timm.models.get_pretrained_cfg(tag)
+    return c.interpolation, c.crop_pct
 
 LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|conv))([12])\.(weight|bias|running_mean|running_var)$")
 
@@ -79,6 +88,7 @@ def main():
             save_file(state_dict(c["arch"], c["naming"], c["counters"]), str(path))
             model = timm.create_model(c["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
             h, w = c["image"]
+            c["interpolation"], c["crop_pct"] = preprocessing(c["tag"])
             t = create_transform(input_size=(3, 224, 224), interpolation=c["interpolation"], crop_pct=c["crop_pct"],
                                  mean=MEAN, std=STD, is_training=False)
             x = t(Image.fromarray(image(h, w))).unsqueeze(0)

@@ -94,6 +94,50 @@ pub(crate) fn timestamp() -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Creates `base/name` (or `base/name-2`, `-3`, ... when a run started in the same second
+/// already has it) and returns it: each run gets a folder of its own.
+pub(crate) fn create_run_dir(base: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(base).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", base.display()))?;
+    for i in 1..1000 {
+        let dir = if i == 1 { base.join(name) } else { base.join(format!("{name}-{i}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => anyhow::bail!("cannot create {}: {e}", dir.display()),
+        }
+    }
+    anyhow::bail!("{}: too many runs named {name}", base.display())
+}
+
+/// Removes a new run's folder when dropped before [`RunDirGuard::keep`], unless a checkpoint
+/// was saved in it: a run that fails early (a refused head, a bad first image, a divergence
+/// in epoch 1) leaves no folder behind.
+pub(crate) struct RunDirGuard {
+    dir: Option<std::path::PathBuf>,
+}
+
+impl RunDirGuard {
+    /// Guards `dir` when `fresh` (a resumed run's folder is never removed).
+    pub(crate) fn new(dir: &std::path::Path, fresh: bool) -> Self {
+        Self { dir: fresh.then(|| dir.to_path_buf()) }
+    }
+
+    /// The run finished: keep its folder.
+    pub(crate) fn keep(mut self) {
+        self.dir = None;
+    }
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir
+            && !d.join("checkpoints").join("latest.json").exists()
+        {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if available.
 pub(crate) fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

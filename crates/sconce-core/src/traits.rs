@@ -215,8 +215,9 @@ pub trait Predict {
     /// [`crate::Error::Shape`] for the wrong number of features.
     fn predict(&self, x: &Tensor) -> Result<Tensor>;
 
-    /// Raw decision values `[N]` (binary, regression) or `[N, M]` (one per sub-problem). For
-    /// a binary classifier a positive value means the larger of the two labels (label 1 of
+    /// Raw decision values `[N]` (binary, regression) or `[N, M]` (one per sub-problem; a
+    /// binary classifier may also give `[N, 1]`). For a binary classifier a positive value
+    /// means the larger of the two labels (label 1 of
     /// 0/1 targets), as scikit-learn's `decision_function` does, whatever order the labels
     /// came in: [`Fit`] consumers such as ECOC rely on it.
     ///

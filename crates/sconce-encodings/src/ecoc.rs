@@ -85,9 +85,10 @@ impl Ecoc {
     }
 
     /// Hadamard code: rows 1..=n of a Sylvester matrix of order `m ≥ n + 1` (the all-ones row
-    /// dropped), without the columns that are constant over those rows (column 0 always; for
-    /// n = 2 one more): a constant column is a bit no learner can be trained for, and dropping
-    /// it changes no distance. Every pair of codewords differs in exactly `m/2` places.
+    /// dropped), without the columns that are constant over those rows (column 0 always) or
+    /// the complement of an earlier one (for n = 2 only): a constant column is a bit no learner
+    /// can be trained for, a complement is the same bit again. For n ≥ 3 every pair of
+    /// codewords differs in exactly `m/2` of the `m − 1` places; for n = 2 the code is one bit.
     ///
     /// # Errors
     /// [`Error::Config`] for `n < 2`.
@@ -96,7 +97,14 @@ impl Ecoc {
         let m = (n + 1).next_power_of_two();
         let h = crate::sylvester(m)?;
         let rows = &h[1..=n];
-        let keep: Vec<usize> = (0..m).filter(|&j| rows.iter().any(|r| r[j] != rows[0][j])).collect();
+        let mut keep: Vec<usize> = Vec::new();
+        for j in 0..m {
+            let constant = rows.iter().all(|r| r[j] == rows[0][j]);
+            let complement = keep.iter().any(|&k| rows.iter().all(|r| r[j] == -r[k]));
+            if !constant && !complement {
+                keep.push(j);
+            }
+        }
         Self::from_matrix(rows.iter().map(|r| keep.iter().map(|&j| r[j]).collect()).collect())
     }
 

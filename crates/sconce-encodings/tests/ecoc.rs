@@ -50,9 +50,10 @@ fn codes_have_their_designed_row_distances() -> Result<()> {
     for n in 2usize..=70 {
         let e = Ecoc::hadamard(n)?;
         let m = (n + 1).next_power_of_two();
-        // Column 0 (all +1) dropped, and for n = 2 the column equal to −1 on both rows.
-        assert_eq!(e.code_len(), if n == 2 { 2 } else { m - 1 }, "n = {n}");
-        assert_eq!(e.min_row_distance(), m as f64 / 2.0, "every pair differs in m/2 places (n = {n})");
+        // Column 0 (all +1) dropped; for n = 2 also the constant and the complementary column.
+        assert_eq!(e.code_len(), if n == 2 { 1 } else { m - 1 }, "n = {n}");
+        let d = if n == 2 { 1.0 } else { m as f64 / 2.0 };
+        assert_eq!(e.min_row_distance(), d, "every pair differs in m/2 places (n = {n})");
         for b in 0..e.code_len() {
             let col: Vec<i8> = e.rows().iter().map(|r| r[b]).collect();
             assert!(col.contains(&1) && col.contains(&-1), "n = {n}: column {b} is constant");

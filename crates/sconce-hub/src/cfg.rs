@@ -1,4 +1,5 @@
-//! timm's `config.json` (`pretrained_cfg`): the preprocessing a checkpoint was trained with.
+//! A hub repository's `config.json`: timm's (`pretrained_cfg`: the preprocessing a checkpoint
+//! was trained with) or transformers' (`id2label`: the class names).
 
 use std::path::Path;
 
@@ -6,7 +7,7 @@ use sconce_core::{Error, Result};
 use serde::Deserialize;
 
 /// The fields of a timm hub `config.json` that preprocessing and heads need; absent fields get
-/// timm's defaults (224×224, bilinear... ImageNet mean/std, crop_pct 0.875).
+/// timm's defaults (its `PretrainedCfg()`: 224×224, bicubic, ImageNet mean/std, crop_pct 0.875).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PretrainedCfg {
     /// Architecture name, e.g. `resnet50`.
@@ -51,7 +52,7 @@ fn default_input_size() -> [usize; 3] {
     [3, 224, 224]
 }
 fn default_interpolation() -> String {
-    "bilinear".into()
+    "bicubic".into()
 }
 fn default_mean() -> Vec<f32> {
     vec![0.485, 0.456, 0.406]
@@ -87,19 +88,26 @@ impl PretrainedCfg {
         let raw: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::parse(source, Some(e.line()), e.to_string()))?;
         c.has_preprocessing = raw.get("pretrained_cfg").is_some();
-        // transformers' configs name the classes in `id2label` ({"0": "tench", ...}).
+        // transformers' configs name the classes in `id2label` ({"0": "tench", ...}). Only the
+        // names are taken: such configs carry a 2-entry map even without a classifier, so the
+        // class count comes from elsewhere (the known table, the file's classifier).
         if c.label_names.is_none()
             && let Some(map) = raw.get("id2label").and_then(|m| m.as_object())
         {
-            let mut names = vec![String::new(); map.len()];
+            let mut names: Vec<Option<String>> = vec![None; map.len()];
             for (k, v) in map {
-                let i = k.parse::<usize>().ok().filter(|&i| i < map.len()).ok_or_else(|| {
-                    Error::parse(source, None, format!("id2label key `{k}` is not a class index below {}", map.len()))
-                })?;
-                names[i] = v.as_str().unwrap_or_default().to_string();
+                let bad = |why: &str| Error::parse(source, None, format!("id2label entry `{k}`: {why}"));
+                let i = k
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < map.len())
+                    .ok_or_else(|| bad(&format!("not a class index below {}", map.len())))?;
+                let name = v.as_str().ok_or_else(|| bad("the label is not a string"))?;
+                if names[i].replace(name.to_string()).is_some() {
+                    return Err(bad("a second entry for the same class"));
+                }
             }
-            c.num_classes = c.num_classes.or(Some(names.len()));
-            c.label_names = Some(names);
+            c.label_names = Some(names.into_iter().map(Option::unwrap_or_default).collect());
         }
         let p = &c.pretrained_cfg;
         let ch = p.input_size[0];

@@ -212,7 +212,8 @@ impl Resolver {
         Self { cache, offline }
     }
 
-    /// The file `spec` names.
+    /// The file `spec` names. For a known checkpoint asked for at `main` (the default), its
+    /// pinned commit is looked up first ([`KnownWeights::revision`]), then `main`.
     ///
     /// # Errors
     /// [`Error::Weights`] naming the spec and listing every lookup tried and why it failed.
@@ -229,7 +230,7 @@ impl Resolver {
                     })
                 }
             }
-            WeightsSpec::Hub { repo, revision, file } => match self.cache.lookup(repo, pinned(repo, revision), file) {
+            WeightsSpec::Hub { repo, revision, file } => match self.lookup_pinned(repo, revision, file) {
                 Ok(p) => {
                     tracing::debug!(%spec, path = %p.display(), "weights found in the hub cache");
                     Ok(p)
@@ -272,11 +273,9 @@ impl Resolver {
         let WeightsSpec::Hub { repo, revision, .. } = spec else {
             return Ok(None);
         };
-        let revision = pinned(repo, revision);
-        let found = self
-            .cache
-            .lookup(repo, revision, "config.json")
-            .or_else(|why| if self.offline { Err(why) } else { download(&self.cache, repo, revision, "config.json") });
+        let found = self.lookup_pinned(repo, revision, "config.json").or_else(|why| {
+            if self.offline { Err(why) } else { download(&self.cache, repo, pinned(repo, revision), "config.json") }
+        });
         match found {
             Ok(p) => PretrainedCfg::from_file(&p).map(Some),
             Err(_) => Ok(None),
@@ -284,9 +283,25 @@ impl Resolver {
     }
 }
 
-/// The revision to look up: a known checkpoint's pinned commit when the spec asks for the
-/// default `main` (smp's encoders live at pinned commits, which the cache may hold without a
-/// `refs/main`), else the spec's.
+impl Resolver {
+    /// A cached file at the known checkpoint's pinned commit (when the spec says `main`), else
+    /// at the spec's revision: a cache filled by smp (the pinned commit, no `refs/main`) and
+    /// one filled by `huggingface-cli download` (`refs/main`) both resolve.
+    fn lookup_pinned(&self, repo: &str, revision: &str, file: &str) -> std::result::Result<PathBuf, String> {
+        let first = pinned(repo, revision);
+        match self.cache.lookup(repo, first, file) {
+            Ok(p) => Ok(p),
+            Err(why) if first != revision => {
+                self.cache.lookup(repo, revision, file).map_err(|why2| format!("{why}; {why2}"))
+            }
+            Err(why) => Err(why),
+        }
+    }
+}
+
+/// The revision to look up first: a known checkpoint's pinned commit when the spec asks for
+/// the default `main` (smp's encoders live at pinned commits, which the cache may hold without
+/// a `refs/main`), else the spec's.
 fn pinned<'a>(repo: &str, revision: &'a str) -> &'a str {
     match known_weights(repo) {
         Some(k) if revision == "main" => k.revision,

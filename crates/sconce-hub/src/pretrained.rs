@@ -13,8 +13,8 @@ use crate::{Naming, PretrainedCfg, Resolver, WeightsSpec, known_weights};
 /// The largest safetensors header read (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
 
-/// Tensor names and shapes of a safetensors file, from its header, in the header's order
-/// (`__metadata__` left out).
+/// Tensor names and shapes of a safetensors file, from its header, sorted by name
+/// (`__metadata__` left out). Only the header is read.
 ///
 /// # Errors
 /// [`Error::Io`] for an unreadable file; [`Error::Parse`] for a file that is not safetensors
@@ -30,8 +30,9 @@ pub fn safetensors_header(path: &Path) -> Result<Vec<(String, Vec<usize>)>> {
     let mut n = [0u8; 8];
     f.read_exact(&mut n).map_err(|_| bad(format!("{len} bytes, shorter than the 8-byte header length")))?;
     let n = u64::from_le_bytes(n);
-    if n > MAX_HEADER || n > len - 8 {
-        return Err(bad(format!("the header claims {n} bytes, the file has {} after the length", len - 8)));
+    let rest = len.saturating_sub(8);
+    if n > MAX_HEADER || n > rest {
+        return Err(bad(format!("the header claims {n} bytes, the file has {rest} after the length")));
     }
     let mut text = vec![0u8; n as usize];
     f.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
@@ -87,9 +88,9 @@ pub struct Pretrained {
     /// The safetensors file.
     pub path: PathBuf,
     /// Preprocessing, classes and label names: the repository's `config.json` (timm's
-    /// `pretrained_cfg`; transformers' `id2label` for the names) when the cache has it, else
+    /// `pretrained_cfg`; transformers' `id2label` for the names), cached or downloaded, else
     /// the known checkpoint's values ([`crate::KNOWN_WEIGHTS`]), else timm's defaults
-    /// (224 × 224, bilinear, crop 0.875, ImageNet mean/std).
+    /// (224 × 224, bicubic, crop 0.875, ImageNet mean/std).
     pub cfg: PretrainedCfg,
     /// Architecture (a `sconce_backbones::create_model` name) from the config or the known
     /// table; `None` for a plain file (pass the model name yourself).

@@ -145,24 +145,27 @@ fn checkpoints_predict_what_timm_predicts() -> Result<()> {
         let legacy = case["naming"] == "legacy";
         let weights = checkpoint(arch, legacy, case["counters"].as_bool().context("counters")?)?;
         let spec: WeightsSpec = match name {
-            // timm's names and a config.json with timm/resnet50.a1_in1k's preprocessing and labels.
+            // timm's names and a config.json with timm/resnet50.a1_in1k's preprocessing (as timm
+            // gave it to the fixture script) and labels.
             "resnet50_hub" => {
                 let labels: Vec<String> = (0..1000).map(|i| format!("label {i}")).collect();
                 let config = serde_json::json!({
                     "architecture": "resnet50", "num_classes": 1000, "label_names": labels,
-                    "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic",
-                                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 0.95}});
+                    "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": case["interpolation"],
+                                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                       "crop_pct": case["crop_pct"]}});
                 cache_repo(&cache, "timm/resnet50.a1_in1k", &weights, Some(&config))?;
                 let spec: WeightsSpec = "hub:timm/resnet50.a1_in1k".parse()?;
                 assert_eq!(resolver.pretrained(&spec)?.label(7), "label 7");
                 spec
             }
-            // No config.json: the known table's preprocessing for timm/densenet121.tv_in1k.
+            // No config.json: the known table's preprocessing for timm/densenet121.tv_in1k, which
+            // must be what timm says it is.
             "densenet121_known" => {
                 cache_repo(&cache, "timm/densenet121.tv_in1k", &weights, None)?;
                 "hub:timm/densenet121.tv_in1k".parse()?
             }
-            // A plain file in the legacy spelling without counters: timm's defaults.
+            // A plain file in the legacy spelling without counters: timm's defaults (bicubic).
             "densenet121_legacy" => {
                 let path = root.join("densenet121-legacy.safetensors");
                 save_safetensors_atomic(&weights, &path)?;
@@ -195,7 +198,12 @@ fn pinned_revisions_and_transformers_configs_are_read() -> Result<()> {
     assert!(pre.path.starts_with(&snap), "{}", pre.path.display());
     assert_eq!((pre.num_classes, pre.arch.as_deref()), (0, Some("resnet50")));
     // Another revision is looked up as given (and is not in this cache).
-    assert!(resolver.pretrained(&"hub:smp-hub/resnet50.imagenet@v2".parse()?).is_err());
+    let e = resolver.pretrained(&"hub:smp-hub/resnet50.imagenet@v2".parse()?).err().map(|e| e.to_string());
+    assert!(e.as_deref().is_some_and(|m| m.contains("refs/v2")), "{e:?}");
+    // A cache filled by `huggingface-cli download` (refs/main → another commit) still resolves.
+    cache_repo(&root, "smp-hub/densenet121.imagenet", &tiny(&[("features.conv0.weight", &[64, 3, 7, 7])])?, None)?;
+    let pre = resolver.pretrained(&"hub:smp-hub/densenet121.imagenet".parse()?)?;
+    assert!(pre.path.to_string_lossy().contains(COMMIT), "{}", pre.path.display());
 
     // microsoft/resnet-50: transformers' names and config (id2label, no pretrained_cfg), so
     // the known table's preprocessing (bicubic) applies and the labels come from id2label.

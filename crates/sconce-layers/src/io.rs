@@ -165,9 +165,12 @@ impl ParamStore {
             }
             let Some((_, t)) = by_key.remove(&key) else {
                 // Files saved before PyTorch 0.4.1 have no BatchNorm counters; PyTorch's loader
-                // sets them to 0 (`_load_from_state_dict` without a version), and so do we.
+                // sets them to 0 (`_load_from_state_dict` without a version), and so do we, for
+                // a BatchNorm whose statistics the file does have.
+                let stats = key.strip_suffix("num_batches_tracked").map(|p| format!("{p}running_mean"));
+                let has_stats = stats.is_some_and(|m| plan.iter().any(|(k, _, _)| *k == m));
                 match entry {
-                    Entry::Buffer(b) if is_counter(&key) => defaults.push((key, b)),
+                    Entry::Buffer(b) if is_counter(&key) && has_stats => defaults.push((key, b)),
                     _ => report.missing.push(key),
                 }
                 continue;

@@ -119,12 +119,14 @@ fn files_without_batch_norm_counters_load_with_the_counters_at_zero() -> Result<
     assert!(report.to_string().contains("1 set to their default"), "{report}");
     // PyTorch's loader sets the counter to 0 for such files; so do we.
     assert_eq!(block.bn().num_batches_tracked(), 0);
-    // Only the counter has a default: a missing running mean is still a problem.
+    // Only the counter has a default, and only beside its statistics: without the running
+    // mean both are missing.
     file.retain(|(k, _)| k != "features.1.running_mean");
     let Err(Error::Weights { report: Some(report), .. }) = store.load_tensors(file, &LoadOptions::strict(), "f") else {
         bail!("a missing running mean must fail strict loading")
     };
-    assert_eq!(report.missing, ["features.1.running_mean"]);
+    assert_eq!(report.missing, ["features.1.num_batches_tracked", "features.1.running_mean"]);
+    assert!(report.defaulted.is_empty());
     Ok(())
 }
 

@@ -288,4 +288,9 @@ impl Loss for WeightedSum {
     fn target_kind(&self) -> TargetKind {
         self.terms.first().map(|t| t.1.target_kind()).unwrap_or(TargetKind::Real)
     }
+
+    /// The first term's ignored value, if any term has one.
+    fn ignore_index(&self) -> Option<i64> {
+        self.terms.iter().find_map(|t| t.1.ignore_index())
+    }
 }

@@ -9,9 +9,9 @@ use sconce_core::Result;
 /// ignored index it is the *weighted mean over valid elements* (`Σ wᵢℓᵢ / Σ wᵢ`), elsewhere the
 /// plain mean over all elements.
 ///
-/// Losses with a `reduction` setter: BCE, cross-entropy, the element-wise regression and hinge
-/// losses (`ElementwiseLoss`), KL divergence, Poisson, categorical hinge and categorical focal
-/// (per position). Per-sample weights go through [`weighted_mean`] on their `None` output. The
+/// Losses that take a reduction: BCE, cross-entropy, the element-wise regression and hinge
+/// losses (`ElementwiseLoss`), KL divergence, Poisson and categorical hinge (a `reduction`
+/// setter each), and categorical focal (its `reduction` field); per position for the last four. Per-sample weights go through [`weighted_mean`] on their `None` output. The
 /// set losses (Dice/Jaccard/Tversky, Lovász) and smp's focal loss are means by definition and
 /// have no per-element form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

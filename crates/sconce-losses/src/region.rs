@@ -277,4 +277,8 @@ impl Loss for RegionLoss {
             _ => TargetKind::BinaryProbabilities,
         }
     }
+
+    fn ignore_index(&self) -> Option<i64> {
+        self.ignore_index
+    }
 }

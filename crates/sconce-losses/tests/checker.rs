@@ -67,6 +67,15 @@ fn targets_and_metrics_rules() -> Result<()> {
     assert!(rules(&f, Severity::Error).is_empty(), "{f:?}");
     let f = HeadChecker::new(&[3, 5], Activation::Identity, &ce).targets(&labels).check()?;
     assert_eq!(rules(&f, Severity::Error), vec!["labels-out-of-range"]);
+    // Dice and CE + Dice report it too (a WeightedSum passes its terms' value on).
+    let dice = sconce_losses::RegionLoss::dice(sconce_losses::Mode::Multiclass).ignore_index(255);
+    assert_eq!(sconce_core::Loss::ignore_index(&dice), Some(255));
+    let both = sconce_losses::WeightedSum::new(vec![
+        (1.0, Box::new(CrossEntropy::new()) as Box<dyn sconce_core::Loss>),
+        (1.0, Box::new(dice)),
+    ])?;
+    let f = HeadChecker::new(&[3, 5], Activation::Identity, &both).targets(&labels).check()?;
+    assert!(rules(&f, Severity::Error).is_empty(), "{f:?}");
     // ReLU feeding a classification loss.
     let f = HeadChecker::new(&[3, 5], Activation::Relu, &ce).check()?;
     assert!(f.iter().any(|x| x.rule == "activation-before-logits-loss" && x.message.contains("σ ≥ 0.5")));

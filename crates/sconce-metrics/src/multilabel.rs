@@ -30,6 +30,8 @@ pub struct MultilabelConfusion {
     thresholds: Vec<Threshold>,
     ignore: Option<f64>,
     counts: Vec<[u64; 4]>,
+    /// Per label, the pairs counted (not ignored): a label with none has no score.
+    seen: Vec<u64>,
     /// Per sample `(|pred ∩ true|, |pred|, |true|)`, kept for the `samples` average.
     samples: Vec<(u32, u32, u32)>,
 }
@@ -49,13 +51,28 @@ impl MultilabelConfusion {
             n if n == labels => thresholds,
             n => return Err(Error::config("thresholds", format!("need 1 or {labels} thresholds, got {n}"))),
         };
-        Ok(Self { labels, thresholds, ignore: None, counts: vec![[0; 4]; labels], samples: Vec::new() })
+        Ok(Self {
+            labels,
+            thresholds,
+            ignore: None,
+            counts: vec![[0; 4]; labels],
+            seen: vec![0; labels],
+            samples: Vec::new(),
+        })
     }
 
-    /// Targets equal to `v` (not 0 or 1, e.g. −1) mark pairs to leave out of every count.
-    pub fn ignore_value(mut self, v: f64) -> Self {
+    /// Targets equal to `v` (e.g. −1 for "not annotated") mark pairs to leave out of every
+    /// count; a sample with all its pairs ignored leaves the `samples` average, a label with
+    /// all its pairs ignored the `macro`/`weighted` ones.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for 0, 1 (real targets) or a non-finite value.
+    pub fn ignore_value(mut self, v: f64) -> Result<Self> {
+        if !v.is_finite() || v == 0.0 || v == 1.0 {
+            return Err(Error::config("ignore_value", format!("must be finite and neither 0 nor 1, got {v}")));
+        }
         self.ignore = Some(v);
-        self
+        Ok(self)
     }
 
     /// Adds another worker's counts (same labels, thresholds and ignore value).
@@ -67,8 +84,9 @@ impl MultilabelConfusion {
             return Err(Error::config(
                 "merge",
                 format!(
-                    "cannot merge counts of {} labels into {} (labels, thresholds and ignore value must match)",
-                    other.labels, self.labels
+                    "cannot merge counts of {} labels (thresholds {:?}, ignore value {:?}) into {} labels \
+                     (thresholds {:?}, ignore value {:?}): all three must match",
+                    other.labels, other.thresholds, other.ignore, self.labels, self.thresholds, self.ignore
                 ),
             ));
         }
@@ -77,6 +95,9 @@ impl MultilabelConfusion {
                 *x += y;
             }
         }
+        for (a, b) in self.seen.iter_mut().zip(&other.seen) {
+            *a += b;
+        }
         self.samples.extend_from_slice(&other.samples);
         Ok(())
     }
@@ -84,6 +105,7 @@ impl MultilabelConfusion {
     /// Clears every count.
     pub fn reset(&mut self) {
         self.counts.iter_mut().for_each(|c| *c = [0; 4]);
+        self.seen.iter_mut().for_each(|c| *c = 0);
         self.samples.clear();
     }
 
@@ -93,8 +115,11 @@ impl MultilabelConfusion {
     /// As [`update`](Self::update); [`Error::Shape`] for other ranks or shapes.
     pub fn update_tensors(&mut self, scores: &candle_core::Tensor, targets: &candle_core::Tensor) -> Result<()> {
         let l = self.labels;
-        if scores.rank() != 2 || scores.dims()[1] != l || targets.dims() != scores.dims() {
-            return Err(Error::shape("scores and targets", format!("[N, {l}] both"), scores.dims()));
+        if scores.rank() != 2 || scores.dims()[1] != l {
+            return Err(Error::shape("scores", format!("[N, {l}]"), scores.dims()));
+        }
+        if targets.dims() != scores.dims() {
+            return Err(Error::shape("targets", format!("{:?} like the scores", scores.dims()), targets.dims()));
         }
         let flat = |t: &candle_core::Tensor| -> Result<Vec<f64>> {
             Ok(t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
@@ -140,11 +165,13 @@ impl MultilabelConfusion {
             }
         }
         for (s, t) in scores.chunks(l).zip(targets.chunks(l)) {
-            let (mut both, mut pred, mut truth) = (0u32, 0u32, 0u32);
+            let (mut both, mut pred, mut truth, mut counted) = (0u32, 0u32, 0u32, false);
             for j in 0..l {
                 if Some(t[j]) == self.ignore {
                     continue;
                 }
+                counted = true;
+                self.seen[j] += 1;
                 let y = t[j] == 1.0;
                 let p = match self.thresholds[j] {
                     Threshold::Probability(th) | Threshold::Logit(th) => s[j] >= th,
@@ -161,7 +188,9 @@ impl MultilabelConfusion {
                 pred += u32::from(p);
                 truth += u32::from(y);
             }
-            self.samples.push((both, pred, truth));
+            if counted {
+                self.samples.push((both, pred, truth));
+            }
         }
         Ok(())
     }
@@ -218,7 +247,9 @@ impl MultilabelConfusion {
                 triple(
                     self.counts
                         .iter()
-                        .map(|c| {
+                        .zip(&self.seen)
+                        .filter(|(_, seen)| **seen > 0)
+                        .map(|(c, _)| {
                             let (tp, fp, fneg) = (c[0] as f64, c[1] as f64, c[2] as f64);
                             (score(tp, tp + fp, tp + fneg), if weighted { c[3] as f64 } else { 1.0 })
                         })

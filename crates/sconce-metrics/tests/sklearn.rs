@@ -376,7 +376,7 @@ fn multilabel_counts_merge_reset_and_ignore_pairs() -> Result<()> {
     // scores of the other labels alone (computed here from their predictions).
     let mut marked = targets.clone();
     marked.iter_mut().step_by(k).for_each(|t| *t = -1.0);
-    let mut ign = MultilabelConfusion::new(k, th.clone())?.ignore_value(-1.0);
+    let mut ign = MultilabelConfusion::new(k, th.clone())?.ignore_value(-1.0)?;
     ign.update(&probs, &marked)?;
     let (mut tp, mut fp, mut fneg) = (0.0, 0.0, 0.0);
     for (i, (&p, &t)) in probs.iter().zip(&targets).enumerate() {
@@ -390,6 +390,14 @@ fn multilabel_counts_merge_reset_and_ignore_pairs() -> Result<()> {
     }
     let micro = ign.prf(1.0, A::Micro, ZeroDivision::Zero)?;
     assert!((micro.precision - tp / (tp + fp)).abs() < 1e-12 && (micro.recall - tp / (tp + fneg)).abs() < 1e-12);
+    // Macro over the labels that have pairs: label 0 (all ignored) has no score.
+    let mut others = MultilabelConfusion::new(k - 1, th.clone())?;
+    let drop0 = |v: &[f64]| -> Vec<f64> { v.iter().enumerate().filter(|(i, _)| i % k != 0).map(|(_, x)| *x).collect() };
+    others.update(&drop0(&probs), &drop0(&targets))?;
+    assert_eq!(ign.prf(1.0, A::Macro, ZeroDivision::Zero)?, others.prf(1.0, A::Macro, ZeroDivision::Zero)?);
+    for bad in [0.0, 1.0, f64::NAN] {
+        assert!(MultilabelConfusion::new(k, th.clone())?.ignore_value(bad).is_err(), "{bad}");
+    }
     // Without the ignore value −1 is an error, and nothing of the bad batch is counted.
     let mut strict = MultilabelConfusion::new(k, th)?;
     assert!(strict.update(&probs, &marked).is_err());

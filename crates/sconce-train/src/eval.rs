@@ -67,7 +67,8 @@ impl Evaluator for SegmentationEvaluator {
 /// Classification metrics from logits `[N, C]`: `accuracy` and `macro_f1` of the arg-max;
 /// with one-hot targets `[N, C]` (the BCE setup) also `binary_accuracy`, the fraction of the
 /// N·C sigmoid outputs on the right side of 0.5 — high (≈ 1 − 1/C) even for a model that
-/// never predicts the right class.
+/// never predicts the right class. A binary classifier with one logit and `[N, 1]` 0/1 targets
+/// (2 classes) is read as class 1 where the logit is ≥ 0.
 #[derive(Debug, Clone)]
 pub struct ClassificationEvaluator {
     classes: usize,
@@ -96,7 +97,11 @@ impl Evaluator for ClassificationEvaluator {
     }
 
     fn update(&mut self, logits: &Tensor, target: &Tensor) -> Result<()> {
-        if target.rank() == 2 {
+        if target.rank() == 2 && target.dim(1)? == 1 {
+            // One logit and a 0/1 target per sample (sigmoid + BCE, two classes).
+            let labels = target.squeeze(1)?.to_dtype(DType::F64)?.ge(0.5)?.to_dtype(DType::U32)?;
+            self.set.update(logits, &labels)
+        } else if target.rank() == 2 {
             let labels = target.argmax(1)?;
             let right = logits
                 .ge(0.0)?

@@ -60,5 +60,10 @@ fn classification_metrics_and_the_binary_accuracy_of_one_hot_targets() -> Result
     e.update(&logits, &Tensor::from_vec(one_hot, (4, 3), &dev)?)?;
     let v = e.compute()?;
     assert!(close(get(&v, "accuracy")?, 0.75) && close(get(&v, "binary_accuracy")?, 10.0 / 12.0), "{v:?}");
+    // One logit per sample and [N, 1] 0/1 targets: class 1 where the logit is ≥ 0.
+    let mut b = ClassificationEvaluator::new(2)?;
+    let one = Tensor::new(&[[2f32], [-1.0], [0.5], [-3.0]], &dev)?;
+    b.update(&one, &Tensor::new(&[[1f32], [0.0], [0.0], [1.0]], &dev)?)?;
+    assert!(close(get(&b.compute()?, "accuracy")?, 0.5), "{:?}", b.compute()?);
     Ok(())
 }

@@ -40,8 +40,7 @@ use sconce::data::{
 use sconce::layers::ParamStore;
 use sconce::losses::{BinaryCrossEntropy, CrossEntropy};
 use sconce::train::{
-    Adam, AdamConfig, Batch, ClassificationEvaluator, EpochRecord, Optimizer, Schedule, Sgd, SgdConfig, TrainConfig,
-    Trainer,
+    Adam, AdamConfig, ClassificationEvaluator, EpochRecord, Optimizer, Schedule, Sgd, SgdConfig, TrainConfig, Trainer,
 };
 
 const KNOWN: &[&str] = &[
@@ -235,18 +234,17 @@ fn main() -> Result<()> {
         tc.schedule.with(Schedule::Cosine { t_max: (epochs * train.num_batches()) as u64, eta_min: lr * 0.01 });
     tc.progress = !json && !smoke;
     let run_dir = PathBuf::from(args.get("out", "runs/classify".to_string())?);
+    let mut guard = None;
     if !smoke {
         // A folder per run: a rerun must not prune (or mix with) an earlier run's checkpoints.
         let name = format!("{model_name}-{loss_name}-{opt_name}-{}", common::timestamp());
-        tc.checkpoint_dir = Some(common::create_run_dir(&run_dir, &name)?.join("checkpoints"));
+        let dir = common::create_run_dir(&run_dir, &name)?;
+        tc.checkpoint_dir = Some(dir.join("checkpoints"));
+        guard = Some(common::RunDirGuard::new(&dir, true));
     }
+    // The Trainer runs the head checker on the first batch and logs its findings (warnings
+    // show by default); an error stops it before any step.
     let mut trainer = Trainer::new(model.as_ref(), store.clone(), loss.as_ref(), optimizer, tc)?;
-    if let Some(first) = train.epoch(0).next() {
-        let b = first?;
-        for f in trainer.check_head(&Batch { x: b.x, y: b.y })? {
-            say(format!("head check: {f}"));
-        }
-    }
     if !json {
         println!(
             "classify: {model_name} ({} parameters), {classes} classes, {loss_name} + {opt_name} (lr {lr}), {img}×{img} \
@@ -281,6 +279,9 @@ fn main() -> Result<()> {
             );
         }
     })?;
+    if let Some(g) = guard {
+        g.keep();
+    }
     if !json && let Some(last) = history.epochs.last() {
         let acc = last.get("accuracy").unwrap_or(f64::NAN);
         println!("done in {:.1} s", t0.elapsed().as_secs_f64());

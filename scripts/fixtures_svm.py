@@ -204,6 +204,9 @@ def main():
         ("csvc_rbf_iris_prob", "iris_mm", "-s 0 -t 2 -b 1", None),
         ("csvc_rbf_heart_prob", "heart_scale", "-s 0 -t 2 -b 1", None),
         ("epssvr_rbf_diab_prob", "diab_z", "-s 3 -t 2 -g 0.1 -b 1", None),
+        # One-class probabilities (LIBSVM ≥ 3.25): density marks from the training decision
+        # values, no internal CV, so the model's marks themselves are compared.
+        ("oneclass_rbf_heart_prob", "heart_scale", "-s 2 -t 2 -b 1", None),
     ]
     out_cases = []
     for name, dset, flags, sconce_flags in cases:
@@ -229,7 +232,7 @@ def main():
         if "-b 1" in flags:
             # LIBSVM also prints the 5 internal CV trainings: classification runs them before
             # each pair's final solve, regression after its only solve.
-            pairs = pairs[:1] if name.startswith("eps") or name.startswith("nusvr") else pairs[5::6]
+            pairs = pairs[:1] if name.startswith(("eps", "nusvr", "oneclass")) else pairs[5::6]
         b = ["-b", "1"] if "-b 1" in flags else []
         p = subprocess.run([predict_bin, *b, str(train_file), str(model), str(pred)], env=env, capture_output=True, text=True, check=True)
         if kernel_note and kernel_note != "linear Gram":

@@ -102,12 +102,20 @@ impl ClassificationReport {
     /// # Errors
     /// [`Error::Config`] when `names` has fewer entries than classes.
     pub fn new(cm: &ConfusionMatrix, names: Option<&[&str]>) -> Result<Self> {
+        Self::with_zero_division(cm, names, ZeroDivision::Zero)
+    }
+
+    /// [`ClassificationReport::new`] with scikit-learn's `zero_division`: the value a 0/0
+    /// precision, recall or F1 takes (a class never predicted, or never present).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `names` has fewer entries than classes.
+    pub fn with_zero_division(cm: &ConfusionMatrix, names: Option<&[&str]>, zd: ZeroDivision) -> Result<Self> {
         if let Some(n) = names
             && n.len() < cm.num_classes()
         {
             return Err(Error::config("names", format!("{} names for {} classes", n.len(), cm.num_classes())));
         }
-        let zd = ZeroDivision::Zero;
         let pc = per_class_prf(cm, 1.0, zd)?;
         let mut rows: Vec<ReportRow> = pc
             .classes

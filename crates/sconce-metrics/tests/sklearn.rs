@@ -283,6 +283,27 @@ fn classification_report_is_scikit_learns_text() -> Result<()> {
 }
 
 #[test]
+fn classification_report_takes_zero_division() -> Result<()> {
+    use sconce_metrics::ClassificationReport;
+    // Class 2 is present once but never predicted: its precision is 0/0, its recall 0/1 and
+    // its F1 (2·tp / (2·tp + fp + fn)) 0/1.
+    let mut cm = ConfusionMatrix::new(3)?;
+    cm.update(&[0, 0, 1, 2], &[0, 1, 1, 1])?;
+    let row = |r: &ClassificationReport, i: usize| (r.rows[i].precision, r.rows[i].recall, r.rows[i].f1);
+    let zero = ClassificationReport::new(&cm, None)?;
+    let one = ClassificationReport::with_zero_division(&cm, None, ZeroDivision::One)?;
+    assert_eq!(row(&zero, 2), (0.0, 0.0, 0.0));
+    assert_eq!(row(&one, 2), (1.0, 0.0, 0.0));
+    // Classes 0 and 1 are unaffected: precision 1 and 1/3, recall 1/2 and 1.
+    assert_eq!((row(&one, 0).0, row(&one, 0).1), (1.0, 0.5));
+    assert!((row(&zero, 1).0 - 1.0 / 3.0).abs() < 1e-12 && row(&zero, 1).1 == 1.0);
+    // The macro average moves with the 0/0 class: (1 + 1/3 + z) / 3 for precision.
+    let macro_p = |r: &ClassificationReport| r.rows[3].precision;
+    assert!((macro_p(&zero) - (4.0 / 3.0) / 3.0).abs() < 1e-12 && (macro_p(&one) - (7.0 / 3.0) / 3.0).abs() < 1e-12);
+    Ok(())
+}
+
+#[test]
 fn top_k_and_thresholded_accuracy() -> Result<()> {
     use sconce_metrics::{Threshold, binary_accuracy, top_k_accuracy};
     let fx = fixture()?;

@@ -13,7 +13,8 @@
 //! Predict options: `--image PATH` (or the first argument after `predict`), `--weights SPEC`,
 //! `--model NAME` (when the checkpoint has no `config.json` and is not a known one),
 //! `--resize none` (the image is already at the input size: only normalised), `--topk K`
-//! (default 5; `--top K` is the same), `--json` (one object: `model`, `topk` as `index`/`label`/`prob`, `logits`).
+//! (default 5; `--top K` is the same), `--json` (one object: `model`, `topk` as `index`/`label`/`prob`, `logits`),
+//! `--offline` (never download, as `HF_HUB_OFFLINE=1`).
 //! Legacy DenseNet key names (`norm.1`) and files without BatchNorm counters load as they are.
 //!
 //! Training options:
@@ -63,6 +64,7 @@ const KNOWN: &[&str] = &[
     "out",
     "json",
     "smoke",
+    "offline",
 ];
 
 /// `classify predict --image PATH --weights SPEC [--model NAME] [--resize none] [--topk K]
@@ -87,6 +89,7 @@ fn predict(args: &common::Args) -> Result<()> {
         },
         topk: args.get("topk", default_k)?,
         json: args.flag("json"),
+        offline: args.flag("offline"),
     })
 }
 
@@ -98,12 +101,18 @@ struct PredictArgs<'a> {
     resize: bool,
     topk: usize,
     json: bool,
+    offline: bool,
 }
 
 fn run_predict(req: &PredictArgs) -> Result<()> {
     let (image_path, w) = (req.image, req.weights);
     let spec: sconce::hub::WeightsSpec = w.parse()?;
-    let pre = sconce::hub::Resolver::from_env().pretrained(&spec)?;
+    let resolver = if req.offline {
+        sconce::hub::Resolver::new(sconce::hub::HubCache::from_env(), true)
+    } else {
+        sconce::hub::Resolver::from_env()
+    };
+    let pre = resolver.pretrained(&spec)?;
     let model_name = match (req.model, &pre.arch) {
         (Some(m), _) => m.to_string(),
         (None, Some(a)) => a.clone(),
@@ -146,7 +155,7 @@ fn run_predict(req: &PredictArgs) -> Result<()> {
 fn main() -> Result<()> {
     common::tune_allocator();
     common::init_tracing();
-    let args = common::Args::parse(&["json", "smoke"])?;
+    let args = common::Args::parse(&["json", "smoke", "offline"])?;
     args.reject_unknown(KNOWN)?;
     match args.positional().first().map(String::as_str) {
         Some("train") => {}
@@ -209,7 +218,7 @@ fn main() -> Result<()> {
     // With --json, stdout carries only JSON lines; everything else goes to stderr.
     let say = |s: String| if json { eprintln!("{s}") } else { println!("{s}") };
     if let Some(w) = args.opt("weights") {
-        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        let pre = common::resolver(&args).pretrained(&w.parse()?)?;
         // A pretrained head is kept when it has this many classes, else replaced.
         let (opts, head_note) = if pre.num_classes == classes {
             (pre.load_options(), format!("its {classes}-class head kept"))
@@ -317,6 +326,7 @@ fn main() -> Result<()> {
             resize: true,
             topk: 3,
             json: true,
+            offline: true,
         })?;
         std::fs::remove_dir_all(dir)?;
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example features-svm -- [--dataset letters|digits] [--model resnet18]
-//!     [--weights SPEC] [--train-size 2600] [--test-size 1040] [--size 32] [--c 10] [--json]
+//!     [--weights SPEC [--offline]] [--train-size 2600] [--test-size 1040] [--size 32] [--c 10] [--json]
 //! ```
 //! Without `--weights` the backbone keeps its seeded random initialisation (frozen random
 //! features: a baseline); with published weights (`--weights hub:timm/resnet18.a1_in1k`, from
@@ -73,7 +73,7 @@ fn standardise(train: &mut [f32], test: &mut [f32], dim: usize) {
 fn main() -> Result<()> {
     common::tune_allocator();
     common::init_tracing();
-    let args = common::Args::parse(&["json", "smoke"])?;
+    let args = common::Args::parse(&["json", "smoke", "offline"])?;
     args.reject_unknown(&[
         "dataset",
         "model",
@@ -85,6 +85,7 @@ fn main() -> Result<()> {
         "epochs",
         "json",
         "smoke",
+        "offline",
         "seed",
     ])?;
     let smoke = args.flag("smoke");
@@ -115,7 +116,7 @@ fn main() -> Result<()> {
     let vb = store.builder(seed, DType::F32, &Device::Cpu);
     let backbone = create_backbone(&model, &vb, in_ch, 0)?;
     if let Some(w) = args.opt("weights") {
-        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        let pre = common::resolver(&args).pretrained(&w.parse()?)?;
         let opts = pre.load_options().skip("fc.").skip("classifier.");
         let report = store.load_safetensors(&pre.path, &opts)?;
         tracing::info!("{w}: {report}");

@@ -14,7 +14,8 @@
 //! Options: `--data DIR` (`DIR/images`, `DIR/masks`; 0/255 or 0/1 masks), `--backbone
 //! unet|resnet18|resnet34|resnet50|densenet121` (`unet` is the classic U-Net, the others smp's
 //! U-Net on that encoder), `--weights SPEC` (encoder weights: a safetensors path or
-//! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names),
+//! `hub:ORG/NAME[@REV][/FILE]` from the local Hugging Face cache; torchvision/timm names;
+//! `--offline` never downloads),
 //! `--width N` (classic U-Net base channels), `--img-size N`, `--epochs N`, `--batch-size N`,
 //! `--lr X`, `--optimizer sgd|adam|adamw`, `--head sigmoid|softmax`, `--channels N`,
 //! `--loss bce|dice|bce+dice|focal|cce`, `--train-size N`, `--val-size N`, `--seed N`,
@@ -79,6 +80,7 @@ const KNOWN: &[&str] = &[
     "out",
     "json",
     "smoke",
+    "offline",
     "resume",
     "predict",
     "checkpoint",
@@ -350,7 +352,7 @@ fn predict(args: &common::Args, image: &str) -> Result<()> {
 fn main() -> Result<()> {
     common::tune_allocator();
     common::init_tracing();
-    let args = common::Args::parse(&["json", "smoke"])?;
+    let args = common::Args::parse(&["json", "smoke", "offline"])?;
     args.reject_unknown(KNOWN)?;
     if let Some(image) = args.opt("predict") {
         return predict(&args, image);
@@ -361,7 +363,7 @@ fn main() -> Result<()> {
             let fixed: Vec<&str> = KNOWN
                 .iter()
                 .copied()
-                .filter(|k| !matches!(*k, "resume" | "epochs" | "json"))
+                .filter(|k| !matches!(*k, "resume" | "epochs" | "json" | "offline"))
                 .filter(|k| args.opt(k).is_some() || args.flag(k))
                 .collect();
             if !fixed.is_empty() {
@@ -395,7 +397,7 @@ fn main() -> Result<()> {
                 "--weights loads encoder weights; the classic U-Net has no pretrained encoder (use --backbone resnet50)"
             );
         }
-        let pre = sconce::hub::Resolver::from_env().pretrained(&w.parse()?)?;
+        let pre = common::resolver(&args).pretrained(&w.parse()?)?;
         // The checkpoint's own spelling first (transformers, legacy DenseNet: detected from the
         // file's keys), then the encoder prefix of smp's U-Net.
         let opts = pre

@@ -77,6 +77,16 @@ impl Args {
     }
 }
 
+/// The weights resolver: the Hugging Face cache from the environment, offline with
+/// `--offline` (as with `HF_HUB_OFFLINE=1`).
+pub(crate) fn resolver(args: &Args) -> sconce::hub::Resolver {
+    if args.flag("offline") {
+        sconce::hub::Resolver::new(sconce::hub::HubCache::from_env(), true)
+    } else {
+        sconce::hub::Resolver::from_env()
+    }
+}
+
 /// `YYYYMMDD-HHMMSS` (UTC) for run folders.
 pub(crate) fn timestamp() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

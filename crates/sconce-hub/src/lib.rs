@@ -237,7 +237,8 @@ impl Resolver {
                 }
                 Err(why) => {
                     let next = if self.offline {
-                        "HF_HUB_OFFLINE is set, so nothing is downloaded".to_string()
+                        "offline (HF_HUB_OFFLINE, or the resolver was made offline), so nothing is downloaded"
+                            .to_string()
                     } else {
                         match download(&self.cache, repo, pinned(repo, revision), file) {
                             Ok(p) => {

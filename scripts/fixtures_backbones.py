@@ -11,12 +11,14 @@ i in 0..numel, then by the key's role:
   rank >= 2 (conv/linear weight) -> (2u − 1)·sqrt(3 / fan_in), fan_in = numel / shape[0]
   inputs ("input") -> 2u − 1
 
-Writes crates/sconce-backbones/tests/fixtures/backbones.{json,safetensors}.
-Run: .venv-ref/bin/python scripts/fixtures_backbones.py   (see scripts/setup_venv.sh)
+Writes crates/sconce-backbones/tests/fixtures/backbones.{json,safetensors}; with --variants,
+variants.{json,safetensors} (the other ResNet and DenseNet depths) instead.
+Run: .venv-ref/bin/python scripts/fixtures_backbones.py [--variants]   (see scripts/setup_venv.sh)
 """
 import json
 import math
 import pathlib
+import sys
 
 import numpy as np
 import segmentation_models_pytorch as smp
@@ -216,7 +218,23 @@ def train_case(book, name, model, shape, target, loss, **meta):
     print(f"{name}: train {list(shape)} loss {value.item():.6f}, {num_params(model):,} params")
 
 
+def variants():
+    """The other depths (ResNet 34/101/152, DenseNet 161/169/201), eval at 32×32 with every
+    feature stage: crates/sconce-backbones/tests/fixtures/variants.{json,safetensors}."""
+    book = Book()
+    for n in ("resnet34", "resnet101", "resnet152"):
+        eval_case(book, n, timm.create_model(n), (1, 3, 32, 32), resnet_features, arch=n)
+    for n in ("densenet161", "densenet169", "densenet201"):
+        eval_case(book, n, getattr(torchvision.models, n)(), (1, 3, 32, 32), densenet_features, arch=n)
+    OUT.mkdir(parents=True, exist_ok=True)
+    save_file(book.tensors, str(OUT / "variants.safetensors"))
+    (OUT / "variants.json").write_text(json.dumps(book.cases, indent=1) + "\n")
+    print(f"{len(book.cases)} cases, {(OUT / 'variants.safetensors').stat().st_size / 1e6:.2f} MB")
+
+
 def main():
+    if "--variants" in sys.argv:
+        return variants()
     book = Book()
     # Full-size models, eval mode, small inputs.
     eval_case(book, "resnet50", timm.create_model("resnet50"), (1, 3, 32, 32), resnet_features, arch="resnet50")

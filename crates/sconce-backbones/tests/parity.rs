@@ -87,6 +87,19 @@ fn densenet121_eval_matches_torchvision() -> Result<()> {
     eval_case(&fx, "densenet121", |vb| Ok(create_backbone("densenet121", vb, 3, 1000)?))
 }
 
+#[test]
+fn other_depths_eval_match_timm_and_torchvision() -> Result<()> {
+    // ResNet 34/101/152 (timm) and DenseNet 161/169/201 (torchvision): logits and every
+    // feature stage at 32×32 (fixtures from `scripts/fixtures_backbones.py --variants`).
+    let fx = sconce_testutil::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"), "variants")?;
+    let names: Vec<String> = fx.cases.iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect();
+    assert_eq!(names, ["resnet34", "resnet101", "resnet152", "densenet161", "densenet169", "densenet201"]);
+    for name in &names {
+        eval_case(&fx, name, |vb| Ok(create_backbone(name, vb, 3, 1000)?))?;
+    }
+    Ok(())
+}
+
 fn seg_case(fx: &Fixture, name: &str, model: &str, opts: ModelOptions) -> Result<()> {
     let c = case(fx, name)?;
     let store = ParamStore::new();

@@ -74,7 +74,8 @@ cases.append(case("single_class", [1, 1, 1], [1, 1, 1], 3))
 def seg_case(name, yt, yp, k):
     """yt, yp: [N, H, W] int arrays. Global scores from scikit-learn on all pixels (classes
     absent from both excluded: zero_division=nan + nanmean), per-image scores likewise per image,
-    and torchmetrics' MulticlassJaccardIndex (average=None, zero_division=nan) as a cross-check."""
+    cross-checked against torchmetrics: MulticlassJaccardIndex (average=None) for the global IoU,
+    MeanIoU(per_class=True) and DiceScore(average="none", samplewise) for the per-image means."""
     import torch
     from torchmetrics.classification import MulticlassJaccardIndex
     ft, fp = yt.reshape(-1), yp.reshape(-1)
@@ -98,6 +99,18 @@ def seg_case(name, yt, yp, k):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img_iou, img_dice = np.nanmean(per_iou, 0), np.nanmean(per_dice, 0)
+    # torchmetrics' own per-image mean: MeanIoU(per_class=True) averages each class's IoU over
+    # the images where it is in the target or the prediction (union > 0), as img_iou does
+    # (-1 where no image has it).
+    from torchmetrics.segmentation import MeanIoU
+    tm_img = MeanIoU(num_classes=k, per_class=True, input_format="index")(
+        torch.from_numpy(yp), torch.from_numpy(yt)).numpy()
+    assert np.allclose(tm_img, np.nan_to_num(img_iou, nan=-1)), (tm_img, img_iou)
+    # And DiceScore's sample-wise per-class mean is img_dice (NaN where no image has the class).
+    from torchmetrics.segmentation import DiceScore
+    tm_dice = DiceScore(num_classes=k, average="none", input_format="index", aggregation_level="samplewise")(
+        torch.from_numpy(yp), torch.from_numpy(yt)).numpy()
+    assert np.allclose(np.nan_to_num(tm_dice, nan=-1), np.nan_to_num(img_dice, nan=-1)), (tm_dice, img_dice)
     return dict(name=name, num_classes=k, shape=list(yt.shape), y_true=ft.tolist(), y_pred=fp.tolist(),
                 iou=[clean(v) for v in iou], dice=[clean(v) for v in dice],
                 mean_iou=clean(np.nanmean(iou)), mean_dice=clean(np.nanmean(dice)),

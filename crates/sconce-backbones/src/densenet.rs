@@ -4,7 +4,7 @@
 use candle_core::{Module, ModuleT, Tensor};
 use sconce_core::{Backbone, Error, FanMode, Init, Nonlinearity, Result};
 use sconce_layers::{AvgPool, BatchNorm2d, Builder, Conv2d, ConvOptions, Linear, MaxPool};
-use sconce_tensor::{AvgPool2d, MaxPool2d};
+use sconce_tensor::{AvgPool2d, DenseBlockBuffer, MaxPool2d};
 
 use crate::common::{STRIDES, check_input, pooled_logits};
 
@@ -85,6 +85,19 @@ impl DenseLayer {
         let x = Tensor::cat(inputs, 1)?;
         let y = self.norm1.forward_relu_conv_t(&x, &self.conv1, true)?;
         self.norm2.forward_relu_conv_t(&y, &self.conv2, true)
+    }
+
+    /// Training with the block's features in one shared buffer (`last`: the previous layer's
+    /// output, or the block input): the same values and gradients as [`Self::forward`], with
+    /// no concatenation kept per layer, so the block's memory is linear in its width.
+    fn forward_buffered(&self, buffer: &DenseBlockBuffer, last: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.norm1.forward_relu_conv_buffered(buffer, last, &self.conv1)?;
+        self.norm2.forward_relu_conv_t(&y, &self.conv2, true)
+    }
+
+    /// New channels per layer.
+    fn growth(&self) -> usize {
+        self.conv2.weight().as_tensor().dims()[0]
     }
 }
 
@@ -185,9 +198,21 @@ impl DenseNet {
         feats.push(y.clone());
         let mut y = MaxPool(MaxPool2d::new(3).stride(2).padding(1)).forward(&y)?;
         for (b, layers) in self.blocks.iter().enumerate() {
+            // Training keeps the block's features once, in a shared buffer, instead of each
+            // layer's concatenation (memory linear in the block's width, not quadratic).
+            let total = y.dim(1)? + layers.iter().map(DenseLayer::growth).sum::<usize>();
+            let buffer =
+                if train && sconce_core::grad_enabled() { Some(DenseBlockBuffer::new(&y, total)?) } else { None };
             let mut parts = vec![y];
             for l in layers {
-                let new = l.forward(&parts, train)?;
+                let new = match (&buffer, parts.last()) {
+                    (Some(buf), Some(last)) => {
+                        let new = l.forward_buffered(buf, last)?;
+                        buf.write(&new)?;
+                        new
+                    }
+                    _ => l.forward(&parts, train)?,
+                };
                 parts.push(new);
             }
             y = Tensor::cat(&parts, 1)?;

@@ -151,6 +151,33 @@ impl BatchNorm2d {
         conv.forward(&self.forward_relu_t(x, train)?)
     }
 
+    /// [`Self::forward_relu_conv_t`] in training over every channel of a DenseNet block's
+    /// shared buffer so far (`last`: the tensor its newest channels came from), without a
+    /// concatenation kept per layer ([`sconce_tensor::DenseBlockBuffer`]).
+    ///
+    /// # Errors
+    /// As [`sconce_tensor::DenseBlockBuffer::bn_relu_conv_train`]; a convolution with a bias.
+    pub fn forward_relu_conv_buffered(
+        &self,
+        buffer: &sconce_tensor::DenseBlockBuffer,
+        last: &Tensor,
+        conv: &Conv2d,
+    ) -> candle_core::Result<Tensor> {
+        if conv.bias().is_some() {
+            candle_core::bail!("forward_relu_conv_buffered: the convolution must have no bias (DenseNet's have none)");
+        }
+        self.recorded(|| {
+            buffer.bn_relu_conv_train(
+                last,
+                self.weight.as_tensor(),
+                self.bias.as_tensor(),
+                self.eps,
+                conv.weight().as_tensor(),
+                conv.config(),
+            )
+        })
+    }
+
     /// `conv(relu(self(cat(parts, 1))))` in eval mode, then `post`'s batch norm (and a ReLU when
     /// its flag is set): a DenseNet layer's `norm1 → relu1 → conv1 → norm2 → relu2`. For a 1×1
     /// convolution without bias, stride, padding or groups, under [`sconce_core::no_grad`], the

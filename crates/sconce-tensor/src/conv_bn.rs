@@ -936,3 +936,190 @@ pub fn batch_norm_relu_conv2d_train(
     let stats = BnTrain::stats(&saved, x)?;
     Ok((y, stats))
 }
+
+/// A DenseNet block's features in one buffer, so that training keeps them once (linear in the
+/// block's width) instead of a concatenation per layer (quadratic).
+///
+/// The buffer holds the block input and each layer's new features side by side on axis 1,
+/// written in place ([`DenseBlockBuffer::write`]); [`DenseBlockBuffer::bn_relu_conv_train`]
+/// runs a layer's `conv(relu(bn(features so far)))` reading the buffer, where a plain
+/// concatenation would have been kept by the graph. Its graph input is only the previous
+/// layer's output (or the block input), so the backward pass runs from the last layer to the
+/// first; each layer recomputes its input from the buffer, hands the gradient of its own
+/// part to candle and adds the rest into a shared gradient buffer, which each earlier layer
+/// adds to its own part. Values and gradients equal the concatenating version's.
+#[derive(Debug, Clone)]
+pub struct DenseBlockBuffer {
+    state: Arc<DenseState>,
+}
+
+#[derive(Debug)]
+struct DenseState {
+    /// `[N, C_total, H, W]`, untracked; channels `0..filled` are written.
+    features: Tensor,
+    filled: std::sync::Mutex<usize>,
+    /// Gradient parts of the earlier channels, added by later layers' backward passes.
+    grad: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl DenseBlockBuffer {
+    /// A buffer of `total` channels holding `x` (`[N, C, H, W]`, `C ≤ total`) first.
+    ///
+    /// # Errors
+    /// [`sconce_core::Error::Shape`] for another rank or `C > total`.
+    pub fn new(x: &Tensor, total: usize) -> Result<Self> {
+        let [n, c, h, w] = sconce_core::check::dims::<4>(x, "dense block input", "[N, C, H, W]")?;
+        if c > total {
+            return Err(sconce_core::Error::shape("dense block input", format!("at most {total} channels"), x.dims()));
+        }
+        let features = Tensor::zeros((n, total, h, w), x.dtype(), x.device())?;
+        features.slice_set(&x.detach().contiguous()?, 1, 0)?;
+        let state = DenseState { features, filled: std::sync::Mutex::new(c), grad: std::sync::Mutex::new(None) };
+        Ok(Self { state: Arc::new(state) })
+    }
+
+    /// Channels written so far.
+    pub fn channels(&self) -> usize {
+        *self.state.filled.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a layer's features `y` (`[N, k, H, W]`) after the channels written so far.
+    ///
+    /// # Errors
+    /// [`sconce_core::Error::Shape`] when `y` does not fit (batch, map size, room left).
+    pub fn write(&self, y: &Tensor) -> Result<()> {
+        let mut filled = self.state.filled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let f = self.state.features.dims();
+        let ok = y.rank() == 4
+            && y.dims()[0] == f[0]
+            && y.dims()[2..] == f[2..]
+            && y.dtype() == self.state.features.dtype()
+            && *filled + y.dims()[1] <= f[1];
+        if !ok {
+            return Err(sconce_core::Error::shape(
+                "dense layer output",
+                format!("[{}, ≤ {}, {}, {}] ({:?})", f[0], f[1] - *filled, f[2], f[3], self.state.features.dtype()),
+                y.dims(),
+            ));
+        }
+        self.state.features.slice_set(&y.detach().contiguous()?, 1, *filled)?;
+        *filled += y.dims()[1];
+        Ok(())
+    }
+
+    /// The first `c` channels, contiguous (the concatenation a layer reads).
+    fn input(&self, c: usize) -> candle_core::Result<Tensor> {
+        self.state.features.narrow(1, 0, c)?.contiguous()
+    }
+
+    /// `conv(relu(bn(features)), w)` over every channel written so far, as
+    /// [`batch_norm_relu_conv2d_train`] computes it on their concatenation; `last` is the
+    /// tensor the newest channels were written from (the previous layer's output, or the
+    /// block input): the op's graph input, which carries the gradient back.
+    ///
+    /// # Errors
+    /// As [`batch_norm_relu_conv2d_train`]; [`sconce_core::Error::Shape`] when `last` is not
+    /// the newest part of the buffer's shape.
+    pub fn bn_relu_conv_train(
+        &self,
+        last: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+        w: &Tensor,
+        cfg: &Conv2dConfig,
+    ) -> Result<(Tensor, BatchStats)> {
+        let c = self.channels();
+        let f = self.state.features.dims();
+        let own = last.dims().get(1).copied().unwrap_or(0);
+        if last.rank() != 4 || last.dims()[0] != f[0] || last.dims()[2..] != f[2..] || own == 0 || own > c {
+            return Err(sconce_core::Error::shape(
+                "dense layer input",
+                format!("[{}, ≤ {c}, {}, {}] (the newest part of the block's buffer)", f[0], f[2], f[3]),
+                last.dims(),
+            ));
+        }
+        let x = self.input(c)?;
+        let geom = Geom::checked(&x, w, cfg)?;
+        let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
+        let saved = bn.saved();
+        let gb = Tensor::cat(&[weight, bias], 0)?;
+        let op = BufferedBnReluConv { inner: BnReluConv { bn, geom }, buffer: self.clone(), channels: c, own };
+        let y = last.contiguous()?.apply_op3(&gb, &w.contiguous()?, op)?;
+        let stats = BnTrain::stats(&saved, &x)?;
+        Ok((y, stats))
+    }
+}
+
+/// [`BnReluConv`] over a [`DenseBlockBuffer`]'s first `channels` channels; its graph input is
+/// the newest `own` of them.
+struct BufferedBnReluConv {
+    inner: BnReluConv,
+    buffer: DenseBlockBuffer,
+    channels: usize,
+    own: usize,
+}
+
+impl CustomOp3 for BufferedBnReluConv {
+    fn name(&self) -> &'static str {
+        "sconce-dense-buffer-batch-norm-relu-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = self.buffer.input(self.channels)?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(s1) = &*storage else {
+            candle_core::bail!("{}: the dense block buffer is not on the CPU", self.name());
+        };
+        self.inner.cpu_fwd(s1, layout, s2, l2, s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        _last: &Tensor,
+        gb: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let bn = &self.inner.bn;
+        let c = bn.channels();
+        let x = self.buffer.input(self.channels)?;
+        let a = x.apply_op2_no_bwd(&gb.contiguous()?, &Replay { bn })?;
+        let (da, dw) = Conv2dBackward::new(self.inner.geom, true, w.track_op()).grads(&a, w, grad)?;
+        let Some(da) = da else {
+            candle_core::bail!("{}: the convolution's backward gave no input gradient", self.name());
+        };
+        let (dx, dg, db) = bn.backward(&x, &gb.narrow(0, 0, c)?, &a, &da)?;
+        let dgb = if gb.track_op() { Some(Tensor::cat(&[dg, db], 0)?) } else { None };
+        // The newest channels' gradient goes back through the graph input, with what later
+        // layers left for them; the earlier channels' waits in the shared buffer.
+        let rest = self.channels - self.own;
+        let mut slot = self.buffer.state.grad.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut mine = dx.narrow(1, rest, self.own)?;
+        if let Some(g) = slot.as_ref() {
+            mine = (mine + g.narrow(1, rest, self.own)?)?;
+        }
+        if rest > 0 {
+            let g = match slot.take() {
+                Some(g) => g,
+                None => self.buffer.state.features.zeros_like()?,
+            };
+            let sum = (g.narrow(1, 0, rest)? + dx.narrow(1, 0, rest)?)?;
+            g.slice_set(&sum.contiguous()?, 1, 0)?;
+            *slot = Some(g);
+        } else {
+            // The first layer: nothing earlier is left to receive a gradient.
+            *slot = None;
+        }
+        Ok((Some(mine.contiguous()?), dgb, dw))
+    }
+}

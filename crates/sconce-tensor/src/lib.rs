@@ -39,7 +39,7 @@ pub use batch_norm::{
 };
 pub use conv::{Conv2dConfig, ConvTranspose2dConfig, conv_transpose2d, conv2d};
 pub use conv_bn::{
-    batch_norm_relu_conv2d_train, conv2d_batch_norm_add_relu_eval, conv2d_batch_norm_add_relu_train,
+    DenseBlockBuffer, batch_norm_relu_conv2d_train, conv2d_batch_norm_add_relu_eval, conv2d_batch_norm_add_relu_train,
     conv2d_batch_norm_cat_train, conv2d_batch_norm_eval, conv2d_batch_norm_train,
 };
 pub use dense::{BatchNormParams, cat_batch_norm_relu_conv1x1_eval};

@@ -1039,7 +1039,8 @@ impl DenseBlockBuffer {
                 last.dims(),
             ));
         }
-        let x = self.input(c)?;
+        // Shapes and the statistics' count only: a view, not a copy (the op reads its own).
+        let x = self.state.features.narrow(1, 0, c)?;
         let geom = Geom::checked(&x, w, cfg)?;
         let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
         let saved = bn.saved();

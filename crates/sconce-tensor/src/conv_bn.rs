@@ -958,6 +958,8 @@ struct DenseState {
     /// `[N, C_total, H, W]`, untracked; channels `0..filled` are written.
     features: Tensor,
     filled: std::sync::Mutex<usize>,
+    /// The tensor written last (an op's graph input must be it), and whether an op took it.
+    newest: std::sync::Mutex<(candle_core::TensorId, bool)>,
     /// Gradient parts of the earlier channels, added by later layers' backward passes.
     grad: std::sync::Mutex<Option<Tensor>>,
 }
@@ -974,7 +976,12 @@ impl DenseBlockBuffer {
         }
         let features = Tensor::zeros((n, total, h, w), x.dtype(), x.device())?;
         features.slice_set(&x.detach().contiguous()?, 1, 0)?;
-        let state = DenseState { features, filled: std::sync::Mutex::new(c), grad: std::sync::Mutex::new(None) };
+        let state = DenseState {
+            features,
+            filled: std::sync::Mutex::new(c),
+            newest: std::sync::Mutex::new((x.id(), false)),
+            grad: std::sync::Mutex::new(None),
+        };
         Ok(Self { state: Arc::new(state) })
     }
 
@@ -1004,6 +1011,7 @@ impl DenseBlockBuffer {
         }
         self.state.features.slice_set(&y.detach().contiguous()?, 1, *filled)?;
         *filled += y.dims()[1];
+        *self.state.newest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (y.id(), false);
         Ok(())
     }
 
@@ -1037,6 +1045,25 @@ impl DenseBlockBuffer {
                 "dense layer input",
                 format!("[{}, ≤ {c}, {}, {}] (the newest part of the block's buffer)", f[0], f[2], f[3]),
                 last.dims(),
+            ));
+        }
+        // The gradient routing needs the graph input to be the part written last, and one op
+        // per part (each op hands its part's gradient to candle exactly once).
+        {
+            let mut newest = self.state.newest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if newest.0 != last.id() || newest.1 {
+                return Err(sconce_core::Error::config(
+                    "dense layer input",
+                    "must be the tensor written into the block's buffer last (the previous layer's output, or the \
+                     block input), once per write: write each layer's output before the next layer runs",
+                ));
+            }
+            newest.1 = true;
+        }
+        if last.dtype() != self.state.features.dtype() {
+            return Err(sconce_core::Error::config(
+                "dense layer input",
+                format!("dtype {:?}, the buffer's is {:?}", last.dtype(), self.state.features.dtype()),
             ));
         }
         // Shapes and the statistics' count only: a view, not a copy (the op reads its own).
@@ -1085,7 +1112,7 @@ impl CustomOp3 for BufferedBnReluConv {
 
     fn bwd(
         &self,
-        _last: &Tensor,
+        last: &Tensor,
         gb: &Tensor,
         w: &Tensor,
         _res: &Tensor,
@@ -1105,9 +1132,18 @@ impl CustomOp3 for BufferedBnReluConv {
         // layers left for them; the earlier channels' waits in the shared buffer.
         let rest = self.channels - self.own;
         let mut slot = self.buffer.state.grad.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !last.track_op() {
+            // Nothing before this layer trains (its input and every earlier layer are
+            // constants): no earlier part will read the shared buffer.
+            *slot = None;
+            return Ok((None, dgb, dw));
+        }
         let mut mine = dx.narrow(1, rest, self.own)?;
         if let Some(g) = slot.as_ref() {
             mine = (mine + g.narrow(1, rest, self.own)?)?;
+            // Read once: a second backward pass over the same graph starts from zero here.
+            let f = g.dims();
+            g.slice_set(&Tensor::zeros((f[0], self.own, f[2], f[3]), g.dtype(), g.device())?, 1, rest)?;
         }
         if rest > 0 {
             let g = match slot.take() {

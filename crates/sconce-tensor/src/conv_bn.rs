@@ -927,14 +927,29 @@ pub fn batch_norm_relu_conv2d_train(
     w: &Tensor,
     cfg: &Conv2dConfig,
 ) -> Result<(Tensor, BatchStats)> {
-    let geom = Geom::checked(x, w, cfg)?;
-    let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
-    let saved = bn.saved();
-    let gb = Tensor::cat(&[weight, bias], 0)?;
-    let y = x.contiguous()?.apply_op3(&gb, &w.contiguous()?, BnReluConv { bn, geom })?;
+    let (op, saved, gb) = BnReluConv::checked(x, weight, bias, eps, w, cfg)?;
+    let y = x.contiguous()?.apply_op3(&gb, &w.contiguous()?, op)?;
     // The statistics are `x`'s (their count is `N·H·W` of `x`, not of the output).
     let stats = BnTrain::stats(&saved, x)?;
     Ok((y, stats))
+}
+
+impl BnReluConv {
+    /// The op for `conv(relu(bn(x)), w)` after checking shapes and parameters (only `x`'s
+    /// shape, dtype and device are read), its statistics slot and `[γ | β]`.
+    fn checked(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+        w: &Tensor,
+        cfg: &Conv2dConfig,
+    ) -> Result<(Self, crate::batch_norm::Saved, Tensor)> {
+        let geom = Geom::checked(x, w, cfg)?;
+        let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
+        let saved = bn.saved();
+        Ok((Self { bn, geom }, saved, Tensor::cat(&[weight, bias], 0)?))
+    }
 }
 
 /// A DenseNet block's features in one buffer, so that training keeps them once (linear in the
@@ -1047,6 +1062,15 @@ impl DenseBlockBuffer {
                 last.dims(),
             ));
         }
+        if last.dtype() != self.state.features.dtype() {
+            return Err(sconce_core::Error::config(
+                "dense layer input",
+                format!("dtype {:?}, the buffer's is {:?}", last.dtype(), self.state.features.dtype()),
+            ));
+        }
+        // Shapes and the statistics' count only: a view, not a copy (the op reads its own).
+        let x = self.state.features.narrow(1, 0, c)?;
+        let (inner, saved, gb) = BnReluConv::checked(&x, weight, bias, eps, w, cfg)?;
         // The gradient routing needs the graph input to be the part written last, and one op
         // per part (each op hands its part's gradient to candle exactly once).
         {
@@ -1060,19 +1084,7 @@ impl DenseBlockBuffer {
             }
             newest.1 = true;
         }
-        if last.dtype() != self.state.features.dtype() {
-            return Err(sconce_core::Error::config(
-                "dense layer input",
-                format!("dtype {:?}, the buffer's is {:?}", last.dtype(), self.state.features.dtype()),
-            ));
-        }
-        // Shapes and the statistics' count only: a view, not a copy (the op reads its own).
-        let x = self.state.features.narrow(1, 0, c)?;
-        let geom = Geom::checked(&x, w, cfg)?;
-        let bn = BnTrain::checked(x.dims(), x.dtype(), weight, bias, eps, true)?;
-        let saved = bn.saved();
-        let gb = Tensor::cat(&[weight, bias], 0)?;
-        let op = BufferedBnReluConv { inner: BnReluConv { bn, geom }, buffer: self.clone(), channels: c, own };
+        let op = BufferedBnReluConv { inner, buffer: self.clone(), channels: c, own };
         let y = last.contiguous()?.apply_op3(&gb, &w.contiguous()?, op)?;
         let stats = BnTrain::stats(&saved, &x)?;
         Ok((y, stats))

@@ -170,6 +170,7 @@ for i, (n, k) in enumerate([(30, 4), (25, 3)]):
         for avg in ["micro", "macro", "weighted", "samples"]:
             p, r, f, _ = metrics.precision_recall_fscore_support(yt, yp, beta=1.0, average=avg, zero_division=zd)
             entry["prf"].append(dict(average=avg, zero_division=zd_name, precision=clean(p), recall=clean(r), f=clean(f)))
+    entry["report"] = metrics.classification_report(yt, yp, digits=4, zero_division=0)
     multi.append(entry)
 OUT.parent.mkdir(parents=True, exist_ok=True)
 OUT.write_text(json.dumps(dict(sklearn=sklearn.__version__, cases=cases, segmentation=seg, regression=reg,

@@ -33,7 +33,7 @@ pub use classification::{
     precision_recall_fscore,
 };
 pub use confusion::ConfusionMatrix;
-pub use multilabel::{MultilabelAverage, MultilabelConfusion};
+pub use multilabel::{MultilabelAverage, MultilabelConfusion, MultilabelReport};
 pub use ranking::{
     OvrAverage, average_precision, average_precision_ovr, binary_brier, brier, expected_calibration_error, roc_auc,
     roc_auc_ovr,

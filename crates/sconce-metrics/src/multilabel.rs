@@ -4,8 +4,24 @@
 
 use sconce_core::{Error, Result};
 
-use crate::report::Threshold;
+use crate::report::{ReportRow, Threshold, report_text};
 use crate::{Prf, ZeroDivision};
+
+/// scikit-learn's `classification_report` for multi-label targets (see
+/// [`MultilabelConfusion::report`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultilabelReport {
+    /// A row per label, then `micro avg`, `macro avg`, `weighted avg`, `samples avg`.
+    pub rows: Vec<ReportRow>,
+    labels: usize,
+}
+
+impl MultilabelReport {
+    /// The text table, laid out as scikit-learn lays it out (with `digits` decimals).
+    pub fn to_text(&self, digits: usize) -> String {
+        report_text(&self.rows, self.labels, None, digits)
+    }
+}
 
 /// How multi-label scores are averaged (scikit-learn's `average` for indicator matrices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +209,57 @@ impl MultilabelConfusion {
             }
         }
         Ok(())
+    }
+
+    /// scikit-learn's `classification_report` for indicator matrices: a row per label, then
+    /// the micro, macro, weighted and samples averages (supports: the labels' total).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for fewer names than labels; [`Error::Data`] before any update.
+    pub fn report(&self, names: Option<&[&str]>, zd: ZeroDivision) -> Result<MultilabelReport> {
+        if let Some(n) = names
+            && n.len() < self.labels
+        {
+            return Err(Error::config("names", format!("{} names for {} labels", n.len(), self.labels)));
+        }
+        let z = match zd {
+            ZeroDivision::Zero => 0.0,
+            ZeroDivision::One => 1.0,
+            ZeroDivision::NaN => f64::NAN,
+        };
+        let div = |a: f64, b: f64| if b == 0.0 { z } else { a / b };
+        let mut rows: Vec<ReportRow> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                let (tp, fp, fneg) = (c[0] as f64, c[1] as f64, c[2] as f64);
+                ReportRow {
+                    name: names.map(|n| n[j].to_string()).unwrap_or_else(|| j.to_string()),
+                    precision: div(tp, tp + fp),
+                    recall: div(tp, tp + fneg),
+                    f1: div(2.0 * tp, 2.0 * tp + fp + fneg),
+                    support: c[3],
+                }
+            })
+            .collect();
+        let total: u64 = self.counts.iter().map(|c| c[3]).sum();
+        for (name, avg) in [
+            ("micro avg", MultilabelAverage::Micro),
+            ("macro avg", MultilabelAverage::Macro),
+            ("weighted avg", MultilabelAverage::Weighted),
+            ("samples avg", MultilabelAverage::Samples),
+        ] {
+            let p = self.prf(1.0, avg, zd)?;
+            rows.push(ReportRow {
+                name: name.into(),
+                precision: p.precision,
+                recall: p.recall,
+                f1: p.f_score,
+                support: total,
+            });
+        }
+        Ok(MultilabelReport { rows, labels: self.labels })
     }
 
     /// Averaged precision, recall and F-beta.

@@ -145,48 +145,8 @@ impl ClassificationReport {
 
     /// The text table, laid out as scikit-learn lays it out (with `digits` decimals).
     pub fn to_text(&self, digits: usize) -> String {
-        let headers = ["precision", "recall", "f1-score", "support"];
-        let longest = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
-        let width = longest.max("weighted avg".len()).max(digits);
-        // scikit-learn's formats: "{:>{width}s} " then " {:>9}" per column.
-        let mut s = format!("{:>width$} ", "", width = width);
-        for h in headers {
-            let _ = write!(s, " {h:>9}");
-        }
-        s.push_str("\n\n");
         let n_classes = self.rows.len().saturating_sub(2);
-        let row = |s: &mut String, r: &ReportRow| {
-            let _ = writeln!(
-                s,
-                "{:>width$}  {:>9.d$} {:>9.d$} {:>9.d$} {:>9}",
-                r.name,
-                r.precision,
-                r.recall,
-                r.f1,
-                r.support,
-                width = width,
-                d = digits
-            );
-        };
-        for r in &self.rows[..n_classes] {
-            row(&mut s, r);
-        }
-        s.push('\n');
-        let _ = writeln!(
-            s,
-            "{:>width$}  {:>9} {:>9} {:>9.d$} {:>9}",
-            "accuracy",
-            "",
-            "",
-            self.accuracy,
-            self.total,
-            width = width,
-            d = digits
-        );
-        for r in &self.rows[n_classes..] {
-            row(&mut s, r);
-        }
-        s
+        report_text(&self.rows, n_classes, Some((self.accuracy, self.total)), digits)
     }
 
     /// The report as JSON, keyed like scikit-learn's `output_dict=True`.
@@ -208,6 +168,55 @@ impl ClassificationReport {
         parts.extend(self.rows[n_classes..].iter().map(entry));
         format!("{{{}}}", parts.join(", "))
     }
+}
+
+/// scikit-learn's `classification_report` text: the first `n_main` rows (classes or labels),
+/// a blank line, the accuracy line when given (multi-class), then the average rows.
+pub(crate) fn report_text(rows: &[ReportRow], n_main: usize, accuracy: Option<(f64, u64)>, digits: usize) -> String {
+    let headers = ["precision", "recall", "f1-score", "support"];
+    let longest = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let width = longest.max("weighted avg".len()).max(digits);
+    // scikit-learn's formats: "{:>{width}s} " then " {:>9}" per column.
+    let mut s = format!("{:>width$} ", "", width = width);
+    for h in headers {
+        let _ = write!(s, " {h:>9}");
+    }
+    s.push_str("\n\n");
+    let row = |s: &mut String, r: &ReportRow| {
+        let _ = writeln!(
+            s,
+            "{:>width$}  {:>9.d$} {:>9.d$} {:>9.d$} {:>9}",
+            r.name,
+            r.precision,
+            r.recall,
+            r.f1,
+            r.support,
+            width = width,
+            d = digits
+        );
+    };
+    let n_main = n_main.min(rows.len());
+    for r in &rows[..n_main] {
+        row(&mut s, r);
+    }
+    s.push('\n');
+    if let Some((acc, total)) = accuracy {
+        let _ = writeln!(
+            s,
+            "{:>width$}  {:>9} {:>9} {:>9.d$} {:>9}",
+            "accuracy",
+            "",
+            "",
+            acc,
+            total,
+            width = width,
+            d = digits
+        );
+    }
+    for r in &rows[n_main..] {
+        row(&mut s, r);
+    }
+    s
 }
 
 /// What a [`MetricSet`] measures.

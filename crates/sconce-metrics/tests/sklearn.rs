@@ -471,3 +471,22 @@ fn segmentation_ignores_void_pixels() -> Result<()> {
     assert_eq!(s.confusion().total(), 3);
     Ok(())
 }
+
+#[test]
+fn multilabel_report_is_scikit_learns_text() -> Result<()> {
+    use sconce_metrics::{MultilabelConfusion, Threshold};
+    let fx = fixture()?;
+    for case in fx["multilabel"].as_array().context("multilabel")? {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["labels"].as_u64().context("labels")? as usize;
+        let mut m = MultilabelConfusion::new(k, vec![Threshold::Probability(0.5)])?;
+        m.update(&floats(&case["probs"])?, &floats(&case["targets"])?)?;
+        let ours = m.report(None, ZeroDivision::Zero)?.to_text(4);
+        let want = case["report"].as_str().context("report")?;
+        assert_eq!(ours.trim_end(), want.trim_end(), "{name}:\nours:\n{ours}\nscikit-learn:\n{want}");
+    }
+    let m = MultilabelConfusion::new(3, vec![Threshold::Probability(0.5)])?;
+    assert!(m.report(None, ZeroDivision::Zero).is_err(), "no samples yet");
+    assert!(m.report(Some(&["a"]), ZeroDivision::Zero).is_err(), "too few names");
+    Ok(())
+}

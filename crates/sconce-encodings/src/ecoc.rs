@@ -11,7 +11,9 @@ use crate::common::{along_axis1, check_classes, check_code_axis, labels};
 /// How bit outputs are turned into class scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoding {
-    /// `−Σ_b [sign(z_b) ≠ M_kb]` over the non-zero entries (ties broken by the lower class).
+    /// `−Σ_b [sign(z_b) ≠ M_kb]` over the non-zero entries (ties broken by the lower class),
+    /// normalised into class log-probabilities (a softmax over them: each disagreeing bit costs
+    /// one nat; calibrate the temperature on held-out data when the probabilities matter).
     Hamming,
     /// Loss-based with the logistic loss: `Σ_b log σ(M_kb·z_b)` over non-zero entries, normalised
     /// into class log-probabilities (for independent logistic bits this is the exact posterior).
@@ -189,7 +191,7 @@ impl Ecoc {
                 let s = z.ge(0.0)?.to_dtype(z.dtype())?.affine(2.0, -1.0)?;
                 let agree = along_axis1(&s, &m)?;
                 let nonzero = along_axis1(&s.ones_like()?, &m.abs()?)?;
-                Ok(((agree - nonzero)? * 0.5)?)
+                Ok(sconce_tensor::log_softmax(&((agree - nonzero)? * 0.5)?, 1)?)
             }
             Decoding::Logistic => {
                 // Σ_b log σ(M_kb·z_b) over M_kb ≠ 0 = Σ_b [M_kb = 1]·log σ(z_b) + [M_kb = −1]·log σ(−z_b).

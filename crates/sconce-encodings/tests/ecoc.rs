@@ -81,6 +81,23 @@ fn decoding_round_trips_and_equals_brute_force() -> Result<()> {
             let got = e.clone().decoding(d).decode(&perfect)?.to_vec1::<u32>()?;
             assert_eq!(got, (0..n as u32).collect::<Vec<_>>(), "{d:?}");
         }
+        // Hamming scores are log-probabilities: each row's exp sums to 1, and two classes
+        // differ by their difference in disagreeing bits.
+        let hs = e
+            .clone()
+            .decoding(Decoding::Hamming)
+            .scores(&perfect)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec2::<f64>()?;
+        for (row, sr) in hs.iter().enumerate() {
+            assert!((sr.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-5, "row {row}");
+            // The input's sign per bit: + for the row's +1 and for its 0 (a zero margin), − for −1.
+            let sign: Vec<i8> = e.rows()[row].iter().map(|&v| if v < 0 { -1 } else { 1 }).collect();
+            let disagree =
+                |k: usize| e.rows()[k].iter().zip(&sign).filter(|(m, s)| **m != 0 && *m != *s).count() as f64;
+            let other = (row + 1) % n;
+            assert!((sr[row] - sr[other] - (disagree(other) - disagree(row))).abs() < 1e-4, "row {row}");
+        }
         // Logistic loss-based scores against a direct sum of log σ(M·z).
         let mut rng = SeededRng::new(1);
         let l = e.code_len();

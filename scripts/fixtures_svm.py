@@ -17,7 +17,8 @@ Datasets (LIBSVM format, values written with %.17g so they are exact):
   [-1,1]), iris_mm, wine_mm, diab_z (diabetes, y z-scored), digits300 (300 digits / 16,
   non-negative: for chi2/intersection).
 
-Writes crates/sconce-svm/tests/fixtures/{*.libsvm, *.model, *.pred, cases.json}.
+Writes crates/sconce-svm/tests/fixtures/{*.libsvm, *.model, *.pred, cases.json} and, with
+--libsvm-src, scale/ (svm-scale's outputs, which .ci/run compares the svm-scale example with).
 Run: .venv-ref/bin/python scripts/fixtures_svm.py --libsvm-src DIR   (heart_scale is taken from it)
 LIBSVM's tools: `apt-get install libsvm-tools` (Debian: LIBSVM 3.24), or without root:
   apt-get download libsvm-tools libsvm3 && for f in libsvm*.deb; do dpkg -x $f /opt/libsvm; done
@@ -133,6 +134,7 @@ def main():
         subprocess.run(["g++", "-O2", "-fPIC", "-c", str(src / "svm.cpp"), "-o", f"{bindir}/svm.o"], check=True)
         for tool in ["svm-train", "svm-predict"]:
             subprocess.run(["g++", "-O2", str(src / f"{tool}.c"), f"{bindir}/svm.o", "-o", f"{bindir}/{tool}", "-lm"], check=True)
+        subprocess.run(["gcc", "-O2", str(src / "svm-scale.c"), "-o", f"{bindir}/svm-scale"], check=True)
         head = subprocess.run(["git", "-C", str(src), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
         ver = re.search(r"LIBSVM_VERSION (\d+)", (src / "svm.h").read_text()).group(1)
         version = f"LIBSVM {ver} built from source ({head or 'no git'}), g++ -O2"
@@ -252,6 +254,21 @@ def main():
             "predict_stdout": p.stdout.strip().splitlines()[-2:] if "-b 1" in flags and name.startswith("eps") else p.stdout.strip().splitlines()[-1:],
         })
         print(name, [(q["iter"], q["obj"], q["nSV"]) for q in pairs][:3])
+
+    # svm-scale's own output (for the svm-scale example, compared byte for byte by .ci/run):
+    # [0, 1] with the factors saved, y scaling, and another file restored from those factors
+    # (stderr holds LIBSVM's density warning).
+    scale_bin = os.path.join(bindir, "svm-scale")
+    if os.path.exists(scale_bin):
+        sd = OUT / "scale"
+        sd.mkdir(exist_ok=True)
+        for out, args in [("wine_l0_u1", ["-l", "0", "-u", "1", "-s", str(sd / "wine_l0_u1.range"), str(OUT / "wine_mm.libsvm")]),
+                          ("diab_y", ["-y", "-1", "1", str(OUT / "diab_z.libsvm")]),
+                          ("iris_restore_wine", ["-r", str(sd / "wine_l0_u1.range"), str(OUT / "iris_mm.libsvm")])]:
+            r = subprocess.run([scale_bin, *args], env=env, capture_output=True, text=True, check=True)
+            (sd / f"{out}.out").write_text(r.stdout)
+            if r.stderr:
+                (sd / f"{out}.err").write_text(r.stderr)
 
     # 5-fold CV accuracy of LIBSVM on heart_scale (its documented 83.3333%) for the record.
     r = subprocess.run([train_bin, "-v", "5", "-q", str(OUT / "heart_scale.libsvm")], env=env, capture_output=True, text=True, check=True)

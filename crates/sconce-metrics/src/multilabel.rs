@@ -250,14 +250,7 @@ impl MultilabelConfusion {
             ("weighted avg", MultilabelAverage::Weighted),
             ("samples avg", MultilabelAverage::Samples),
         ] {
-            let p = self.prf(1.0, avg, zd)?;
-            rows.push(ReportRow {
-                name: name.into(),
-                precision: p.precision,
-                recall: p.recall,
-                f1: p.f_score,
-                support: total,
-            });
+            rows.push(ReportRow::average(name, &self.prf(1.0, avg, zd)?, total));
         }
         Ok(MultilabelReport { rows, labels: self.labels })
     }

@@ -84,6 +84,13 @@ pub struct ReportRow {
     pub support: u64,
 }
 
+impl ReportRow {
+    /// An average's row (`"macro avg"`, ...) from its scores and the total support.
+    pub(crate) fn average(name: &str, p: &crate::Prf, support: u64) -> Self {
+        Self { name: name.into(), precision: p.precision, recall: p.recall, f1: p.f_score, support }
+    }
+}
+
 /// scikit-learn's `classification_report`: per present class, accuracy, macro and weighted
 /// averages (`zero_division = 0`).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,14 +138,7 @@ impl ClassificationReport {
             .collect();
         let total = cm.total();
         for (name, avg) in [("macro avg", Average::Macro), ("weighted avg", Average::Weighted)] {
-            let p = precision_recall_fscore(cm, 1.0, avg, zd)?;
-            rows.push(ReportRow {
-                name: name.into(),
-                precision: p.precision,
-                recall: p.recall,
-                f1: p.f_score,
-                support: total,
-            });
+            rows.push(ReportRow::average(name, &precision_recall_fscore(cm, 1.0, avg, zd)?, total));
         }
         Ok(Self { rows, accuracy: accuracy(cm), total })
     }

@@ -426,15 +426,26 @@ fn multilabel_counts_merge_reset_and_ignore_pairs() -> Result<()> {
     Ok(())
 }
 
+/// The multi-label fixture cases with their counts at threshold 0.5.
+fn multilabel_cases(
+    fx: &serde_json::Value,
+) -> Result<Vec<(&serde_json::Value, &str, sconce_metrics::MultilabelConfusion)>> {
+    let mut out = Vec::new();
+    for case in fx["multilabel"].as_array().context("multilabel")? {
+        let name = case["name"].as_str().context("name")?;
+        let k = case["labels"].as_u64().context("labels")? as usize;
+        let mut m = sconce_metrics::MultilabelConfusion::new(k, vec![sconce_metrics::Threshold::Probability(0.5)])?;
+        m.update(&floats(&case["probs"])?, &floats(&case["targets"])?)?;
+        out.push((case, name, m));
+    }
+    Ok(out)
+}
+
 #[test]
 fn multilabel_averages_match_scikit_learn() -> Result<()> {
     use sconce_metrics::{MultilabelAverage, MultilabelConfusion, Threshold};
     let fx = fixture()?;
-    for case in fx["multilabel"].as_array().context("multilabel")? {
-        let name = case["name"].as_str().context("name")?;
-        let k = case["labels"].as_u64().context("labels")? as usize;
-        let mut m = MultilabelConfusion::new(k, vec![Threshold::Probability(0.5)])?;
-        m.update(&floats(&case["probs"])?, &floats(&case["targets"])?)?;
+    for (case, name, m) in multilabel_cases(&fx)? {
         for r in case["prf"].as_array().context("prf")? {
             let avg = match r["average"].as_str() {
                 Some("micro") => MultilabelAverage::Micro,
@@ -476,11 +487,7 @@ fn segmentation_ignores_void_pixels() -> Result<()> {
 fn multilabel_report_is_scikit_learns_text() -> Result<()> {
     use sconce_metrics::{MultilabelConfusion, Threshold};
     let fx = fixture()?;
-    for case in fx["multilabel"].as_array().context("multilabel")? {
-        let name = case["name"].as_str().context("name")?;
-        let k = case["labels"].as_u64().context("labels")? as usize;
-        let mut m = MultilabelConfusion::new(k, vec![Threshold::Probability(0.5)])?;
-        m.update(&floats(&case["probs"])?, &floats(&case["targets"])?)?;
+    for (case, name, m) in multilabel_cases(&fx)? {
         let ours = m.report(None, ZeroDivision::Zero)?.to_text(4);
         let want = case["report"].as_str().context("report")?;
         assert_eq!(ours.trim_end(), want.trim_end(), "{name}:\nours:\n{ours}\nscikit-learn:\n{want}");
